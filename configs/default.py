@@ -1,0 +1,55 @@
+"""The main job: HiMulConE on the embedded Fashion-MNIST subset, a small CNN, CPU-sized.
+
+    himl-train                                   # this config
+    himl-train --config.loss.name=supcon --config.train.steps=100
+    himl-train --config=configs/default.py:fashion_mnist --config.data.manual_dir=PATH
+
+Arg "fashion_mnist" trains on the full Fashion-MNIST IDX files instead (same splits).
+"""
+
+import ml_collections
+
+from himl.train.config_lib import loss_config
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "fashion_mnist" if arg == "fashion_mnist" else "embedded"
+    config.data.manual_dir = ""  # folder of the IDX files for name=fashion_mnist
+    config.data.batch_size = 64  # samples per step (global, over all devices)
+    config.data.samples_per_class = 16
+    config.data.num_views = 2  # augmented views per sample (instance-level positives)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "small_cnn"
+    config.model.widths = (16, 32, 64)
+    config.model.embedding_dim = 64
+
+    config.loss = loss_config("himulcone")
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 3e-3
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.schedule = "cosine"
+    config.optimizer.warmup_steps = 50
+    config.optimizer.decay_every = 0  # "step" schedule: halve the rate every this many steps
+    config.optimizer.decay_factor = 0.5
+    config.optimizer.loss_lr_multiplier = 1.0  # learning rate of loss parameters (proxies)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 600
+    config.train.log_every = 50
+    config.train.checkpoint_every = 200
+    config.train.keep_checkpoints = 2
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.splits = ("unseen", "seen_test")
+    config.eval.ks = (1, 2, 4, 8)
+    config.eval.metric = "cosine"
+    config.eval.batch_size = 500
+    config.eval.block_size = 4096
+    return config

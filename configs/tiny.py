@@ -1,0 +1,17 @@
+"""A seconds-long variant of the default for tests and notebooks."""
+
+from himl.configs import default
+
+
+def get_config(arg: str = ""):
+    config = default.get_config(arg)
+    config.data.batch_size = 32
+    config.data.samples_per_class = 8
+    config.model.widths = (8, 16)
+    config.model.embedding_dim = 16
+    config.optimizer.warmup_steps = 2
+    config.train.steps = 12
+    config.train.log_every = 4
+    config.train.checkpoint_every = 4
+    config.eval.splits = ("unseen",)
+    return config

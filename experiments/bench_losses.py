@@ -1,0 +1,197 @@
+"""Forward + backward speed of every registered loss, against references in the same process.
+
+For each loss of `himl.losses.LOSSES` and each (B, D): `jit(value_and_grad)` with respect to
+the embeddings (and the loss's parameters, for entries with `init_params`). Reported:
+compile time (lower + compile, separately), and the median of >= `--repeats` steady-state
+calls after warm-up (`jax.block_until_ready`). References, timed the same way in the same
+process: the slow NumPy loop references of `tests/test_losses_classic.py` (value only,
+B <= `--ref-max-batch`), and pytorch-metric-learning (forward + backward) when `torch` and
+`pytorch_metric_learning` import. Labels: 4 samples per class; hierarchical losses get
+3-level label rows `[B, 3]` and two views `[B, 2, D]`.
+
+  python experiments/bench_losses.py --quick
+  python experiments/bench_losses.py --batch-sizes 256 1024 --dims 128 512 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from himl.losses import LOSSES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _median_time(fn, repeats: int, budget_s: float = 30.0) -> tuple[float, int]:
+    """Median seconds of `fn()` over `repeats` calls after one warm-up call; fewer calls
+    (at least 3) when a single call is so slow that `repeats` would exceed `budget_s`."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    n = repeats if first * repeats <= budget_s else max(3, int(budget_s / max(first, 1e-9)))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), n
+
+
+def _inputs(info, b: int, d: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    cls = rng.permutation(b) // 4
+    if info.labels == "hierarchical":
+        x = rng.normal(size=(b, 2, d)).astype(np.float32)
+        y = np.stack([cls // 8, cls // 2, cls], axis=1).astype(np.int32)
+        num_classes = int(cls.max()) + 1
+    else:
+        x = rng.normal(size=(b, d)).astype(np.float32)
+        y = cls.astype(np.int32)
+        num_classes = int(cls.max()) + 1
+    return x, y, num_classes
+
+
+def _numpy_refs():
+    path = ROOT / "tests" / "test_losses_classic.py"
+    if not path.exists():
+        return {}
+    spec = importlib.util.spec_from_file_location("_classic_refs", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {name: ref for name, (_, ref) in mod.REFS.items()}
+
+
+def _pml_factories():
+    try:
+        import torch  # noqa: F401
+        from pytorch_metric_learning import losses as pl
+    except ImportError:
+        return None
+    return {
+        "supcon": lambda c, d: pl.SupConLoss(),
+        "contrastive": lambda c, d: pl.ContrastiveLoss(),
+        "triplet_margin": lambda c, d: pl.TripletMarginLoss(),
+        "multi_similarity": lambda c, d: pl.MultiSimilarityLoss(),
+        "ntxent": lambda c, d: pl.NTXentLoss(),
+        "proxy_anchor": lambda c, d: pl.ProxyAnchorLoss(c, d),
+        "proxy_nca": lambda c, d: pl.ProxyNCALoss(c, d),
+        "normalized_softmax": lambda c, d: pl.NormalizedSoftmaxLoss(c, d),
+    }
+
+
+def _time_pml(factory, x, y, num_classes, repeats):
+    import torch
+
+    loss_fn = factory(num_classes, x.shape[1])
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.tensor(y, dtype=torch.long)
+
+    def step():
+        xt.grad = None
+        loss_fn.zero_grad()
+        loss_fn(xt, yt).backward()
+
+    return _median_time(step, repeats)
+
+
+def bench_one(name, b, d, args, refs, pml):
+    info = LOSSES[name]
+    x, y, num_classes = _inputs(info, b, d)
+    params = {}
+    if info.init_params is not None:
+        params = info.init_params(jax.random.key(0), num_classes=num_classes, embedding_dim=d)
+
+    def loss(x, params, y):
+        return info.fn(x, y, **params)
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    t0 = time.perf_counter()
+    compiled = step.lower(xj, params, yj).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(xj, params, yj))  # warm-up
+    himl_s, n = _median_time(lambda: jax.block_until_ready(compiled(xj, params, yj)), args.repeats)
+    row = {"loss": name, "B": b, "D": d, "compile_s": compile_s, "himl_ms": himl_s * 1e3}
+    row["himl_calls"] = n
+    if name in refs and b <= args.ref_max_batch and info.labels == "flat":
+        ref_s, _ = _median_time(lambda: refs[name](x, y), 1)
+        row["numpy_ref_ms"] = ref_s * 1e3
+    if pml is not None and name in pml and info.labels == "flat" and not args.no_pml:
+        pml_s, pn = _time_pml(pml[name], x, y, num_classes, args.repeats)
+        row["pml_ms"], row["pml_calls"] = pml_s * 1e3, pn
+        row["speedup_vs_pml"] = pml_s / himl_s
+    return row
+
+
+def _fmt(v, spec):
+    return format(v, spec) if isinstance(v, int | float) else "-"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 2048, 4096, 8192])
+    p.add_argument("--dims", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--losses", nargs="+", default=None, help="names from LOSSES (default all)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--ref-max-batch", type=int, default=32)
+    p.add_argument("--no-pml", action="store_true")
+    p.add_argument("--pml-only", action="store_true", help="only losses PML also has")
+    p.add_argument("--quick", action="store_true", help="B=32, D=16, 3 calls")
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.dims, args.repeats = [32], [16], 3
+    names = args.losses or list(LOSSES)
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown:
+        p.error(f"unknown losses {unknown}; valid: {sorted(LOSSES)}")
+    refs = _numpy_refs()
+    pml = None if args.no_pml else _pml_factories()
+    if pml is not None and args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    if args.pml_only:
+        names = [n for n in names if pml is not None and n in pml]
+    rows = []
+    header = f"{'loss':18s} {'B':>6s} {'D':>4s} {'compile s':>9s} {'himl ms':>9s}"
+    header += f" {'numpy ms':>9s} {'PML ms':>9s} {'xPML':>6s}"
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    print(header)
+    for b in args.batch_sizes:
+        for d in args.dims:
+            for name in names:
+                try:
+                    row = bench_one(name, b, d, args, refs, pml)
+                except Exception as e:  # keep going (e.g. out of memory at large B)
+                    row = {"loss": name, "B": b, "D": d, "error": f"{type(e).__name__}: {e}"}
+                    print(f"{name:18s} {b:6d} {d:4d}  error: {row['error'][:80]}")
+                    rows.append(row)
+                    continue
+                rows.append(row)
+                print(
+                    f"{name:18s} {b:6d} {d:4d} {row['compile_s']:9.2f} {row['himl_ms']:9.2f}"
+                    f" {_fmt(row.get('numpy_ref_ms'), '9.1f'):>9s}"
+                    f" {_fmt(row.get('pml_ms'), '9.2f'):>9s}"
+                    f" {_fmt(row.get('speedup_vs_pml'), '6.1f'):>6s}",
+                    flush=True,
+                )
+    if args.out:
+        meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+        meta["torch_threads"] = args.torch_threads
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

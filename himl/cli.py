@@ -1,0 +1,66 @@
+"""Command-line plumbing shared by `himl-train` and `himl-eval`.
+
+Errors a user can fix (bad flags, config overrides, files, checkpoints) become one clear
+line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from absl import flags
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.args[0]) if err.args else str(err)
+    text = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+    return text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
+
+
+def with_default_config(argv: list[str], default: str | None) -> list[str]:
+    """`argv` with its `--config=FILE` first (`default` when it names none), as
+    ml_collections needs the file before any `--config.x=y` override.
+
+    The config flag is defined without a default because ml_collections would load a
+    default (and apply overrides) at import time, where errors cannot be reported nicely.
+    """
+    files = [a for a in argv[1:] if a.startswith("--config=")]
+    rest = [a for a in argv[1:] if not a.startswith("--config=")]
+    if not files and default is not None:
+        files = [f"--config={default}"]
+    return [argv[0], *files, *rest]
+
+
+def flags_parser(program: str):
+    """An `absl.app.run(flags_parser=...)` that reports bad flags and config overrides
+    (unknown field, wrong type, missing config file) in one line and exits 2."""
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as err:
+            message = _one_line(err)
+        except (AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+            overrides = [a for a in argv[1:] if a.startswith("--config")]
+            message = f"bad --config or override ({' '.join(overrides)}): {_one_line(err)}"
+        print(f"{program}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    return parse
+
+
+@contextlib.contextmanager
+def exit_on_user_error(program: str):
+    """Prints `program: error: message` and exits 2 on a user error; 130 on Ctrl-C."""
+    from himl.hierarchy import HierarchyError
+    from himl.train.checkpoint import CheckpointError
+    from himl.train.config_lib import ConfigError
+
+    try:
+        yield
+    except (ConfigError, CheckpointError, HierarchyError, FileNotFoundError) as err:
+        print(f"{program}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

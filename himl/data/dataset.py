@@ -1,0 +1,74 @@
+"""The one shape every data source takes: images, label matrices, names, named splits."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from himl.hierarchy import validate_tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One named split.
+
+    Attributes:
+      images: `[N, H, W, C]` uint8.
+      labels: `[N, L]` int64, column 0 coarsest (the rows form a tree).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be [N, H, W, C], got shape {self.images.shape}")
+        if self.labels.ndim != 2 or self.labels.shape[0] != self.images.shape[0]:
+            raise ValueError(
+                f"labels must be [N, L] with N = {self.images.shape[0]}, got {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A labelled image dataset with class-disjoint splits.
+
+    Attributes:
+      name: short name, as in `config.data.name`.
+      level_names: names of the L label columns, coarse to fine.
+      class_level: the column that holds the class (flat losses and eval use it; columns
+        after it, such as an instance id, are finer than a class).
+      class_names: `{class label: name}` for the class column.
+      splits: split name -> Split; "train" is what training samples from.
+    """
+
+    name: str
+    level_names: tuple[str, ...]
+    class_level: int
+    class_names: dict[int, str]
+    splits: dict[str, Split]
+
+    def __post_init__(self):
+        for split_name, split in self.splits.items():
+            if split.labels.shape[1] != len(self.level_names):
+                raise ValueError(
+                    f"{self.name}/{split_name}: {split.labels.shape[1]} label columns for "
+                    f"levels {self.level_names}"
+                )
+            validate_tree(split.labels, self.level_names)
+
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise ValueError(
+                f"dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}"
+            )
+        return self.splits[name]
+
+    @property
+    def eval_level_names(self) -> tuple[str, ...]:
+        """Levels that evaluation reports: the coarsest down to the class level."""
+        return self.level_names[: self.class_level + 1]

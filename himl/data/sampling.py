@@ -1,0 +1,70 @@
+"""Training batches as a pure function of (seed, step): exactly resumable, no iterator state.
+
+`MPerClassSampler` draws P classes x K samples (Schroff et al. 2015, PML `MPerClassSampler`)
+so every anchor has positives; `augment` makes V random views of each image (random
+translation by padding-and-cropping plus horizontal flip) in NumPy on the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class MPerClassSampler:
+    """Batches of `batch_size // samples_per_class` classes x `samples_per_class` samples."""
+
+    def __init__(self, class_labels, *, batch_size: int, samples_per_class: int, seed: int):
+        class_labels = np.asarray(class_labels)
+        if batch_size % samples_per_class:
+            raise ValueError(
+                f"batch_size {batch_size} is not a multiple of samples_per_class "
+                f"{samples_per_class}"
+            )
+        self.classes, inverse = np.unique(class_labels, return_inverse=True)
+        self.members = [np.flatnonzero(inverse == c) for c in range(len(self.classes))]
+        self.classes_per_batch = batch_size // samples_per_class
+        if self.classes_per_batch > len(self.classes):
+            raise ValueError(
+                f"a batch of {batch_size} with {samples_per_class} per class needs "
+                f"{self.classes_per_batch} classes, the data has {len(self.classes)}"
+            )
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+
+    def rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step])
+
+    def indices(self, step: int) -> np.ndarray:
+        """Dataset indices `[batch_size]` of training step `step` (same step, same batch)."""
+        rng = self.rng(step)
+        chosen = rng.choice(len(self.classes), self.classes_per_batch, replace=False)
+        picks = []
+        for c in chosen:
+            members = self.members[c]
+            replace = len(members) < self.samples_per_class
+            picks.append(rng.choice(members, self.samples_per_class, replace=replace))
+        return np.concatenate(picks)
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, *, num_views: int, pad: int = 2):
+    """`num_views` random views `[B, V, H, W, C]` float32 in [0, 1] of uint8 `[B, H, W, C]`."""
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    views = np.empty((b, num_views, *images.shape[1:]), np.uint8)
+    for v in range(num_views):
+        dy, dx = rng.integers(0, 2 * pad + 1, size=(2, b))
+        flip = rng.random(b) < 0.5
+        for i in range(b):
+            crop = padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+            views[i, v] = crop[:, ::-1] if flip[i] else crop
+    return views.astype(np.float32) / 255.0
+
+
+def train_batch(split, sampler: MPerClassSampler, step: int, *, num_views: int) -> dict:
+    """The batch of step `step`: {"images": [B, V, H, W, C] float32, "labels": [B, L] int32}."""
+    idx = sampler.indices(step)
+    rng = np.random.default_rng([sampler.seed, step, 1])
+    return {
+        "images": augment(split.images[idx], rng, num_views=num_views),
+        "labels": split.labels[idx].astype(np.int32),
+    }

@@ -1,0 +1,146 @@
+"""Pairwise similarities and distances shared by the losses (seed 002, "Similarity Learning").
+
+All functions take embeddings `[N, D]` (and optionally `[M, D]`) and return `[N, M]`.
+Normalisation and square roots are made safe at zero, so zero vectors and identical
+embeddings give finite values *and* finite gradients.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# PML / torch.nn.functional.normalize clamp the norm at 1e-12.
+NORM_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = NORM_EPS) -> jax.Array:
+    """`x / max(||x||, eps)` along `axis`, with a finite gradient at `x = 0`."""
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def dot_similarity(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """`a @ b.T` accumulated in float32 (bf16 inputs stay fast on accelerators)."""
+    b = a if b is None else b
+    return jnp.einsum("nd,md->nm", a, b, preferred_element_type=jnp.float32)
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """Cosine similarity `[N, M]` of L2-normalised rows (PML `CosineSimilarity`)."""
+    a = l2_normalize(a)
+    b = a if b is None else l2_normalize(b)
+    return dot_similarity(a, b)
+
+
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """`sqrt(max(x, 0))` whose gradient is 0 (not inf/NaN) where `x <= 0`."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def _squared_norms_and_gram(a: jax.Array, b: jax.Array | None):
+    bb = a if b is None else b
+    sq_a = jnp.sum(jnp.square(a.astype(jnp.float32)), axis=-1)
+    sq_b = sq_a if b is None else jnp.sum(jnp.square(bb.astype(jnp.float32)), axis=-1)
+    return sq_a, sq_b, dot_similarity(a, bb)
+
+
+def squared_euclidean_distance(
+    a: jax.Array, b: jax.Array | None = None, *, normalize: bool = True
+) -> jax.Array:
+    """`||a_i - b_j||^2` `[N, M]` (PML `LpDistance(power=2)`; rows L2-normalised first
+    unless `normalize=False`). Computed from the Gram matrix (O(N*M) memory), clamped at 0;
+    with `b=None` the diagonal is exactly 0."""
+    if normalize:
+        a = l2_normalize(a)
+        b = None if b is None else l2_normalize(b)
+    sq_a, sq_b, gram = _squared_norms_and_gram(a, b)
+    d2 = jnp.maximum(sq_a[:, None] + sq_b[None, :] - 2.0 * gram, 0.0)
+    if b is None:
+        d2 = jnp.where(jnp.eye(a.shape[0], dtype=bool), 0.0, d2)
+    return d2
+
+
+def euclidean_distance(
+    a: jax.Array, b: jax.Array | None = None, *, normalize: bool = True
+) -> jax.Array:
+    """`||a_i - b_j||` `[N, M]`, PML's default `LpDistance()` (normalise, p=2, power 1).
+
+    Uses a safe square root: identical rows give distance 0 with a finite (zero) gradient.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> d = euclidean_distance(jnp.array([[1.0, 0.0], [0.0, 2.0]]))
+      >>> [round(float(v), 4) for v in d[0]]
+      [0.0, 1.4142]
+    """
+    return safe_sqrt(squared_euclidean_distance(a, b, normalize=normalize))
+
+
+def mahalanobis_diag_distance(
+    a: jax.Array, b: jax.Array | None = None, *, s2: jax.Array
+) -> jax.Array:
+    """Diagonal Mahalanobis `(a_i - b_j)^T diag(1 / s2) (a_i - b_j)` `[N, M]` (no square root).
+
+    Args:
+      a: `[N, D]`; b: `[M, D]` (default `a`).
+      s2: positive variances, `[D]` (one metric) or `[M, D]` (one per reference row, as HIST's
+        per-class variances). Inputs are used as given (normalise them first if wanted).
+    """
+    b_ = a if b is None else b
+    s2 = jnp.asarray(s2, jnp.float32)
+    if s2.ndim not in (1, 2) or s2.shape[-1] != a.shape[-1]:
+        raise ValueError(f"mahalanobis: s2 must be [D] or [M, D], got {s2.shape}")
+    if s2.ndim == 2 and s2.shape[0] != b_.shape[0]:
+        raise ValueError(f"mahalanobis: s2 {s2.shape} does not match {b_.shape[0]} rows")
+    inv = 1.0 / s2
+    af, bf = a.astype(jnp.float32), b_.astype(jnp.float32)
+    inv2 = jnp.broadcast_to(inv, bf.shape)
+    d2 = (
+        jnp.square(af) @ inv2.T
+        - 2.0 * dot_similarity(af, bf * inv2)
+        + jnp.sum(jnp.square(bf) * inv2, axis=-1)[None, :]
+    )
+    d2 = jnp.maximum(d2, 0.0)
+    if b is None and s2.ndim == 1:
+        d2 = jnp.where(jnp.eye(a.shape[0], dtype=bool), 0.0, d2)
+    return d2
+
+
+# name -> (function, is_similarity). A similarity is "inverted" in PML's sense: larger
+# means closer, so every margin inequality flips.
+_MEASURES = {
+    "euclidean": (euclidean_distance, False),
+    "squared_euclidean": (squared_euclidean_distance, False),
+    "cosine": (cosine_similarity, True),
+    "dot": (dot_similarity, True),
+    "mahalanobis": (mahalanobis_diag_distance, False),
+}
+MEASURES = tuple(_MEASURES)
+
+
+def _lookup(name: str):
+    if name not in _MEASURES:
+        raise ValueError(f"unknown distance {name!r}; valid names: {', '.join(MEASURES)}")
+    return _MEASURES[name]
+
+
+def is_similarity(name: str) -> bool:
+    """True if `name` is a similarity (larger = closer; PML's `is_inverted`)."""
+    return _lookup(name)[1]
+
+
+def pairwise(name: str, a: jax.Array, b: jax.Array | None = None, **kwargs) -> jax.Array:
+    """`[N, M]` matrix of measure `name` (one of `MEASURES`) between rows of `a` and `b`.
+
+    `kwargs` go to the measure (`s2=` for "mahalanobis", `normalize=` for the euclidean
+    ones). Example: `pairwise("euclidean", x)` is PML's `LpDistance()(x)`.
+    """
+    fn, _ = _lookup(name)
+    if a.ndim != 2 or (b is not None and (b.ndim != 2 or b.shape[-1] != a.shape[-1])):
+        raise ValueError(
+            f"pairwise({name!r}): need [N, D] and [M, D], got {a.shape} and "
+            f"{None if b is None else b.shape}"
+        )
+    return fn(a, b, **kwargs).astype(jnp.float32)

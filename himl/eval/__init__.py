@@ -1,0 +1,30 @@
+"""Evaluation: exact blocked kNN, retrieval / clustering / hierarchical metrics, probes, plots.
+
+Core API (plain Python numbers out, NumPy or JAX arrays in):
+
+- `knn(queries, gallery=None, *, k, metric, block_size, exclude_self)` -> (indices, scores)
+- `retrieval_metrics(embeddings, labels, *, ks, metric, block_size)` -> dict
+- `query_gallery_retrieval_metrics(query_emb, query_labels, gallery_emb, gallery_labels, ...)`
+- `clustering_metrics(embeddings, labels, *, seed, n_init, average)` -> dict
+- `hierarchical_metrics(embeddings, labels_2d, *, ks, level_names, seed, metric)` -> dict
+- `linear_probe(train_emb, train_labels, test_emb, test_labels, *, seed)` -> dict
+
+Plots live in `himl.eval.plots` (imported on demand: it loads matplotlib).
+"""
+
+from himl.eval.clustering import clustering_metrics
+from himl.eval.hierarchical import hierarchical_metrics
+from himl.eval.knn import iter_knn, knn
+from himl.eval.probe import linear_probe, stratified_split
+from himl.eval.retrieval import query_gallery_retrieval_metrics, retrieval_metrics
+
+__all__ = [
+    "clustering_metrics",
+    "hierarchical_metrics",
+    "iter_knn",
+    "knn",
+    "linear_probe",
+    "query_gallery_retrieval_metrics",
+    "retrieval_metrics",
+    "stratified_split",
+]

@@ -1,0 +1,3 @@
+from himl.eval.main import run
+
+run()

@@ -1,0 +1,54 @@
+"""Embeds a split with a model and computes its metrics; used by training and `himl-eval`."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from himl.data.dataset import Dataset, Split
+from himl.eval.hierarchical import hierarchical_metrics
+from himl.train.state import embed
+
+
+def embed_split(model, params, batch_stats, split: Split, *, batch_size: int, progress=True):
+    """Embeddings `[N, D]` float32 of a split's images (eval mode, in batches)."""
+    apply = jax.jit(functools.partial(embed, model, train=False))
+    chunks = []
+    starts = range(0, len(split), batch_size)
+    for start in tqdm(starts, desc="embedding", leave=False, disable=not progress):
+        images = split.images[start : start + batch_size].astype(np.float32) / 255.0
+        if len(images) < batch_size:  # pad the last batch: one compiled shape
+            pad = np.zeros((batch_size - len(images), *images.shape[1:]), np.float32)
+            out, _ = apply(params, batch_stats, np.concatenate([images, pad]))
+            out = out[: len(images)]
+        else:
+            out, _ = apply(params, batch_stats, images)
+        chunks.append(np.asarray(out, np.float32))
+    return np.concatenate(chunks)
+
+
+def evaluate(model, params, batch_stats, dataset: Dataset, eval_config, *, progress=True):
+    """`{split: metrics}` for every split in `eval_config.splits`.
+
+    Metrics are computed per label level from the coarsest to the class level
+    (`hierarchical_metrics`), e.g. `{"unseen": {"group": {"recall@1": ...}, "class": ...}}`.
+    """
+    results = {}
+    levels = dataset.eval_level_names
+    for split_name in eval_config.splits:
+        split = dataset.split(split_name)
+        emb = embed_split(
+            model, params, batch_stats, split, batch_size=eval_config.batch_size, progress=progress
+        )
+        results[split_name] = hierarchical_metrics(
+            emb,
+            split.labels[:, : len(levels)],
+            ks=tuple(eval_config.ks),
+            level_names=levels,
+            metric=eval_config.metric,
+        )
+        results[split_name]["num_samples"] = len(split)
+    return results

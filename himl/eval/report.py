@@ -1,0 +1,31 @@
+"""Plain-text tables of evaluation results."""
+
+from __future__ import annotations
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned columns under a header and a rule."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
+
+
+def results_table(results_by_model: dict, level_names, ks) -> str:
+    """One table per split: rows (model, level), columns Recall@K, MAP@R, NMI, AMI (in %).
+
+    `results_by_model` is `{"untrained": {split: metrics}, "trained": {...}}` as returned
+    by `himl.eval.evaluator.evaluate`.
+    """
+    blocks = []
+    first = next(iter(results_by_model.values()))
+    for split in first:
+        header = ["model", "level"] + [f"R@{k}" for k in ks] + ["MAP@R", "NMI", "AMI"]
+        rows = []
+        for model_name, results in results_by_model.items():
+            for level in level_names:
+                m = results[split][level]
+                cells = [m[f"recall@{k}"] for k in ks] + [m["map@r"], m["nmi"], m["ami"]]
+                rows.append([model_name, level] + [f"{100 * c:.2f}" for c in cells])
+        n = first[split].get("num_samples", "?")
+        blocks.append(f"split {split!r} ({n} images)\n{format_table(header, rows)}\n")
+    return "\n".join(blocks)

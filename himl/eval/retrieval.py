@@ -1,0 +1,174 @@
+"""Retrieval metrics from exact kNN: Recall@K, Precision@1, R-Precision and MAP@R.
+
+Definitions (Musgrave, Belongie & Lim, "A Metric Learning Reality Check", ECCV 2020;
+matching `pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator`):
+
+- R for a query = number of gallery samples with its label (minus the query itself when
+  queries are the gallery).
+- Recall@K (the DML convention): fraction of *all* queries with at least one same-label
+  sample among their K nearest neighbours. Queries with R = 0 count as misses.
+- Precision@1: fraction of the first neighbours with the query's label.
+- R-Precision: (same-label samples among the first R neighbours) / R.
+- MAP@R: (1/R) * sum_{i <= R} P(i) * rel(i), P(i) the precision at rank i.
+- Queries with R = 0 ("left out") are excluded from Precision@1, R-Precision and MAP@R,
+  as PML does; their number is reported as "num_left_out".
+
+R is capped at the number of neighbours searched, `k = min(max(max(ks), max R), max_k)`
+(PML caps it at 1023 because of faiss). Queries whose R exceeds k use R' = k in both the
+numerator window and the denominator, as PML does; their count is "num_r_truncated".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from himl.eval.knn import as_embeddings, iter_knn
+
+DEFAULT_MAX_K = 1024
+
+
+def as_labels(labels, num: int, *, name: str = "labels") -> np.ndarray:
+    """Checks `labels` is an integer vector of length `num`; returns it as int64."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must have shape [N], got {labels.shape}")
+    if labels.shape[0] != num:
+        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num} embeddings")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    return ks
+
+
+class RankAccumulator:
+    """Sums per-query rank metrics over streamed query blocks.
+
+    `update(match [b, k] bool, r [b] int)`: `match[q, j]` is whether neighbour j of query q
+    has its label, `r[q]` the number of relevant gallery samples. `result()` gives the
+    metric dict.
+    """
+
+    def __init__(self, ks: Sequence[int], k: int):
+        self.ks, self.k = tuple(ks), k
+        self.hits = dict.fromkeys(self.ks, 0)
+        self.p1 = self.rp = self.map = 0.0
+        self.num = self.left_out = self.truncated = 0
+
+    def update(self, match: np.ndarray, r: np.ndarray) -> None:
+        self.num += match.shape[0]
+        for kk in self.ks:
+            self.hits[kk] += int(match[:, :kk].any(axis=1).sum())
+        keep = r > 0
+        self.left_out += int((~keep).sum())
+        self.truncated += int((r > self.k).sum())
+        match, r = match[keep], np.minimum(r[keep], self.k)
+        if not match.shape[0]:
+            return
+        window = np.arange(self.k)[None, :] < r[:, None]
+        rel = match & window
+        self.p1 += float(match[:, 0].sum())
+        self.rp += float((rel.sum(axis=1) / r).sum())
+        precision = np.cumsum(rel, axis=1) / np.arange(1, self.k + 1)[None, :]
+        self.map += float(((precision * rel).sum(axis=1) / r).sum())
+
+    def result(self) -> dict:
+        out = {f"recall@{kk}": self.hits[kk] / self.num for kk in self.ks}
+        scored = self.num - self.left_out
+        # PML returns 0 when every query is left out.
+        out["precision@1"] = self.p1 / scored if scored else 0.0
+        out["r_precision"] = self.rp / scored if scored else 0.0
+        out["map@r"] = self.map / scored if scored else 0.0
+        out["num_queries"] = int(self.num)
+        out["num_left_out"] = int(self.left_out)
+        out["num_r_truncated"] = int(self.truncated)
+        out["k"] = int(self.k)
+        return out
+
+
+def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> int:
+    k = max(max(ks), min(r_max, max_k))
+    return max(1, min(k, available))
+
+
+def retrieval_metrics(
+    embeddings,
+    labels,
+    *,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    metric: str = "cosine",
+    block_size: int = 4096,
+    max_k: int = DEFAULT_MAX_K,
+) -> dict:
+    """Leave-one-out retrieval metrics: every sample queries all the others.
+
+    Args:
+      embeddings: `[N, D]` floats (NumPy or JAX). labels: `[N]` ints.
+      ks: the K of Recall@K (K larger than N - 1 is clipped to N - 1).
+      metric: "cosine" or "euclidean". block_size: see `himl.eval.knn.knn`.
+      max_k: cap on the neighbours fetched for R-Precision / MAP@R (see module doc).
+
+    Returns:
+      dict of plain floats/ints: "recall@K" per K, "precision@1", "r_precision", "map@r",
+      "num_queries", "num_left_out", "num_r_truncated", "k".
+    """
+    ks = check_ks(ks)
+    embeddings = as_embeddings(embeddings)
+    n = embeddings.shape[0]
+    labels = as_labels(labels, n)
+    if n < 2:
+        raise ValueError(f"retrieval needs at least 2 samples, got {n}")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    r_all = counts[inverse] - 1
+    k = _num_neighbours(ks, int(r_all.max()), n - 1, max_k)
+    acc = RankAccumulator(ks, k)
+    for start, idx, _ in iter_knn(embeddings, k=k, metric=metric, block_size=block_size):
+        q = labels[start : start + idx.shape[0]]
+        acc.update(labels[idx] == q[:, None], r_all[start : start + idx.shape[0]])
+    return acc.result()
+
+
+def query_gallery_retrieval_metrics(
+    query_emb,
+    query_labels,
+    gallery_emb,
+    gallery_labels,
+    *,
+    ks: Sequence[int] = (1, 10, 20, 30),
+    metric: str = "cosine",
+    block_size: int = 4096,
+    max_k: int = DEFAULT_MAX_K,
+) -> dict:
+    """Query -> gallery retrieval metrics (In-Shop protocol); no sample is excluded.
+
+    Args:
+      query_emb `[Q, D]`, query_labels `[Q]`, gallery_emb `[G, D]`, gallery_labels `[G]`.
+      Other arguments and the result as in `retrieval_metrics`; here R is the number of
+      gallery samples with the query's label, and queries with R = 0 are left out.
+    """
+    ks = check_ks(ks)
+    query_emb = as_embeddings(query_emb, name="query_emb")
+    gallery_emb = as_embeddings(gallery_emb, name="gallery_emb")
+    q_n, g_n = query_emb.shape[0], gallery_emb.shape[0]
+    query_labels = as_labels(query_labels, q_n, name="query_labels")
+    gallery_labels = as_labels(gallery_labels, g_n, name="gallery_labels")
+    uniq, counts = np.unique(gallery_labels, return_counts=True)
+    pos = np.clip(np.searchsorted(uniq, query_labels), 0, len(uniq) - 1)
+    r_all = np.where(uniq[pos] == query_labels, counts[pos], 0)
+    k = _num_neighbours(ks, int(r_all.max()), g_n, max_k)
+    acc = RankAccumulator(ks, k)
+    for start, idx, _ in iter_knn(
+        query_emb, gallery_emb, k=k, metric=metric, block_size=block_size, exclude_self=False
+    ):
+        q = query_labels[start : start + idx.shape[0]]
+        acc.update(gallery_labels[idx] == q[:, None], r_all[start : start + idx.shape[0]])
+    return acc.result()

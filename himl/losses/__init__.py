@@ -1,0 +1,43 @@
+"""Pure-functional metric-learning losses: `fn(embeddings, labels, **hparams) -> scalar`.
+
+Pick one by name with `get_loss(name)`; `LOSSES` lists them all.
+"""
+
+from himl.losses.hierarchical import hicone, himulcon, himulcone
+from himl.losses.pair import contrastive, multi_similarity, triplet_margin
+from himl.losses.proxy import (
+    init_normalized_softmax,
+    init_proxy_anchor,
+    init_proxy_nca,
+    normalized_softmax,
+    proxy_anchor,
+    proxy_nca,
+)
+from himl.losses.registry import LOSSES, LossInfo, default_hparams, get_loss, loss_info
+from himl.losses.supcon import masked_supcon, ntxent, supcon
+from himl.losses.tuple import lifted_structure, npairs
+
+__all__ = [
+    "LOSSES",
+    "LossInfo",
+    "contrastive",
+    "default_hparams",
+    "get_loss",
+    "hicone",
+    "himulcon",
+    "himulcone",
+    "init_normalized_softmax",
+    "init_proxy_anchor",
+    "init_proxy_nca",
+    "lifted_structure",
+    "loss_info",
+    "masked_supcon",
+    "multi_similarity",
+    "normalized_softmax",
+    "npairs",
+    "ntxent",
+    "proxy_anchor",
+    "proxy_nca",
+    "supcon",
+    "triplet_margin",
+]

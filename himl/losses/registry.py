@@ -1,0 +1,88 @@
+"""The explicit name -> loss table behind `get_loss` and `--config.loss.name`.
+
+Each entry says what labels the loss takes ("flat" `[B]` class labels or "hierarchical"
+`[B, L]` label rows) and, for losses with learnable parameters (proxies), how to create
+them. Keyword-only arguments with defaults are the loss's hyperparameters; the training
+config gets them (and their defaults) from the signature, so a config can never name a
+hyperparameter the function does not take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
+
+from himl.losses.hierarchical import hicone, himulcon, himulcone
+from himl.losses.pair import contrastive, multi_similarity, triplet_margin
+from himl.losses.proxy import (
+    init_normalized_softmax,
+    init_proxy_anchor,
+    init_proxy_nca,
+    normalized_softmax,
+    proxy_anchor,
+    proxy_nca,
+)
+from himl.losses.supcon import ntxent, supcon
+from himl.losses.tuple import lifted_structure, npairs
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInfo:
+    """How the training loop calls a loss.
+
+    Attributes:
+      fn: `fn(embeddings, labels, **params, **hparams) -> scalar`.
+      labels: "flat" for `[B]` class labels, "hierarchical" for `[B, L]` label rows.
+      init_params: for losses with learnable parameters,
+        `init_params(rng, *, num_classes, embedding_dim) -> dict` of arrays passed to `fn`
+        as keyword arguments (e.g. `{"proxies": [C, D]}`); None otherwise.
+    """
+
+    fn: Callable[..., Any]
+    labels: Literal["flat", "hierarchical"]
+    init_params: Callable[..., dict] | None = None
+
+
+LOSSES: dict[str, LossInfo] = {
+    "supcon": LossInfo(supcon, "flat"),
+    "himulcon": LossInfo(himulcon, "hierarchical"),
+    "hicone": LossInfo(hicone, "hierarchical"),
+    "himulcone": LossInfo(himulcone, "hierarchical"),
+    "contrastive": LossInfo(contrastive, "flat"),
+    "triplet_margin": LossInfo(triplet_margin, "flat"),
+    "ntxent": LossInfo(ntxent, "flat"),
+    "multi_similarity": LossInfo(multi_similarity, "flat"),
+    "proxy_anchor": LossInfo(proxy_anchor, "flat", init_proxy_anchor),
+    "proxy_nca": LossInfo(proxy_nca, "flat", init_proxy_nca),
+    "normalized_softmax": LossInfo(normalized_softmax, "flat", init_normalized_softmax),
+    "npairs": LossInfo(npairs, "flat"),
+    "lifted_structure": LossInfo(lifted_structure, "flat"),
+}
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+
+
+def loss_info(name: str) -> LossInfo:
+    """The registry entry for `name`; ValueError listing the valid names otherwise."""
+    if name not in LOSSES:
+        raise _unknown(name)
+    return LOSSES[name]
+
+
+def get_loss(name: str) -> Callable[..., Any]:
+    """The loss function registered as `name` (ValueError listing valid names otherwise)."""
+    return loss_info(name).fn
+
+
+def default_hparams(name: str) -> dict[str, Any]:
+    """The keyword-only hyperparameters of loss `name` with their default values."""
+    params = inspect.signature(loss_info(name).fn).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }

@@ -1,0 +1,194 @@
+"""Supervised contrastive loss (Khosla et al., NeurIPS 2020), as PML's `SupConLoss`.
+
+`masked_supcon` is the shared core: it takes a logit matrix and explicit positive and
+denominator masks, so the hierarchical losses (Zhang et al., CVPR 2022) reuse it with
+their own level masks. `supcon(..., chunk_size=c)` is the row-blocked, rematerialised
+path for very large batches. `ntxent` is PML's `NTXentLoss` (one term per positive pair).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from himl.distances import cosine_similarity, dot_similarity, is_similarity, l2_normalize, pairwise
+from himl.losses.checks import flatten_views
+from himl.mining import label_masks
+
+# Stands in for -inf in masked log-sum-exps: exp() of it is 0 in float32, and unlike -inf
+# it keeps rows with no kept entry (and their gradients) finite.
+MASKED_LOGIT = -1e30
+
+
+def masked_supcon(
+    logits: jax.Array, pos_mask: jax.Array, denom_mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Per-anchor SupCon losses from logits and masks.
+
+    `l_i = -mean_{p: pos_mask[i, p]} [logits_ip - logsumexp_{k: denom_mask[i, k]} logits_ik]`.
+
+    Args:
+      logits: `[N, M]` similarities already divided by the temperature.
+      pos_mask: `[N, M]` bool, positives of each anchor (must be a subset of denom_mask).
+      denom_mask: `[N, M]` bool, entries in each anchor's denominator (self excluded).
+
+    Returns:
+      `(losses [N], has_positive [N])`, float32 losses, 0 where an anchor has no positive.
+    """
+    logits = logits.astype(jnp.float32)
+    masked = jnp.where(denom_mask, logits, MASKED_LOGIT)
+    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=1, keepdims=True))
+    shifted = masked - row_max
+    log_denominator = jnp.log(jnp.sum(jnp.where(denom_mask, jnp.exp(shifted), 0.0), axis=1))
+    # A row with no kept entry has log(0) = -inf; it has no positive either, so give it 0.
+    log_denominator = jnp.where(jnp.isfinite(log_denominator), log_denominator, 0.0)
+    log_prob = shifted - log_denominator[:, None]
+    num_pos = jnp.sum(pos_mask, axis=1)
+    has_positive = num_pos > 0
+    sum_log_prob = jnp.sum(jnp.where(pos_mask, log_prob, 0.0), axis=1)
+    losses = -sum_log_prob / jnp.maximum(num_pos, 1)
+    return jnp.where(has_positive, losses, 0.0), has_positive
+
+
+def mean_over_nonzero(losses: jax.Array) -> jax.Array:
+    """PML's `AvgNonZeroReducer`: mean of the strictly positive entries, 0 if there are none."""
+    count = jnp.sum(losses > 0)
+    return jnp.sum(losses) / jnp.maximum(count, 1)
+
+
+def supcon(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    temperature: float = 0.1,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """Supervised contrastive loss, equal to PML `SupConLoss(temperature)`.
+
+    Args:
+      embeddings: `[B, D]`, or `[B, V, D]` with V views of each sample (views of one
+        sample share its label, so they are positives of each other).
+      labels: `[B]` integer class labels.
+      temperature: softmax temperature t (PML default 0.1).
+      chunk_size: None for the dense `[N, N]` path; an int c processes c anchor rows at a
+        time under `jax.checkpoint` (recomputed in the backward pass), so memory is
+        O(N * c) instead of O(N^2), with the same value and gradient (N = B * V).
+
+    Returns:
+      Scalar: the mean over anchors with at least one positive of
+      `-mean_p [s_ip / t - logsumexp_{k != i} s_ik / t]`, `s` the cosine similarity.
+      As in PML, a batch with no positive pair or no negative pair gives 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+      >>> float(supcon(x, jnp.array([0, 0, 1, 1]))) < 0.01
+      True
+    """
+    x, y = flatten_views(embeddings, labels, "supcon")
+    _check_temperature(temperature, "supcon")
+    if chunk_size is not None:
+        return _supcon_chunked(x, y, temperature, chunk_size)
+    n = x.shape[0]
+    logits = cosine_similarity(x) / temperature
+    not_self = ~jnp.eye(n, dtype=bool)
+    same = y[:, None] == y[None, :]
+    pos_mask = same & not_self
+    losses, _ = masked_supcon(logits, pos_mask, not_self)
+    has_pairs = jnp.any(pos_mask) & jnp.any(~same)
+    return jnp.where(has_pairs, mean_over_nonzero(losses), 0.0)
+
+
+def _check_temperature(temperature, loss_name: str) -> None:
+    if isinstance(temperature, int | float) and not temperature > 0:
+        raise ValueError(f"{loss_name}: temperature must be > 0, got {temperature}")
+
+
+def _supcon_chunked(x: jax.Array, y: jax.Array, temperature: float, chunk_size: int):
+    """Row-blocked SupCon: `lax.map` over blocks of `chunk_size` anchors, each rematerialised."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"supcon: chunk_size must be a positive int or None, got {chunk_size}")
+    n, d = x.shape
+    c = min(chunk_size, n)
+    blocks = -(-n // c)
+    pad = blocks * c - n
+    xn = l2_normalize(x)
+    rows = jnp.arange(blocks * c)
+    xb = jnp.pad(xn, ((0, pad), (0, 0))).reshape(blocks, c, d)
+    yb = jnp.pad(y, (0, pad)).reshape(blocks, c)
+    rb = rows.reshape(blocks, c)
+    cols = jnp.arange(n)
+
+    @jax.checkpoint
+    def block(args):
+        xi, yi, ri = args
+        logits = dot_similarity(xi, xn) / temperature
+        valid = (ri < n)[:, None]
+        not_self = ri[:, None] != cols[None, :]
+        same = yi[:, None] == y[None, :]
+        pos_mask = same & not_self & valid
+        losses, has_pos = masked_supcon(logits, pos_mask, not_self)
+        return losses, has_pos, jnp.any(~same & valid, axis=1)
+
+    losses, has_pos, has_neg = jax.lax.map(block, (xb, yb, rb))
+    has_pairs = jnp.any(has_pos) & jnp.any(has_neg)
+    return jnp.where(has_pairs, mean_over_nonzero(losses.reshape(-1)), 0.0)
+
+
+NTXENT_DISTANCES = ("cosine", "dot", "euclidean", "squared_euclidean")
+
+
+def ntxent(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    temperature: float = 0.07,
+    distance: str = "cosine",
+) -> jax.Array:
+    """NT-Xent / InfoNCE (Chen et al., SimCLR, ICML 2020; Sohn, NeurIPS 2016), as PML's
+    `NTXentLoss(temperature)`.
+
+    One term per positive pair (a, p) (same label, p != a), whose denominator holds that
+    positive and the anchor's negatives only (not its other positives):
+    `l_ap = -log(exp(s_ap / t) / (exp(s_ap / t) + sum_{n in N(a)} exp(s_an / t)))`,
+    `s` the cosine similarity (a distance enters as `-d`). The loss is the mean of `l_ap`
+    over all positive pairs (PML `MeanReducer`); 0 if the batch has no positive pair or no
+    negative pair. Unlike PML no `1e-38` is added inside the log, which differs only when a
+    single term exceeds about 87.
+
+    Args:
+      embeddings: `[B, D]`, or `[B, V, D]` (e.g. V = 2 augmented views, the SimCLR setup
+        with `labels = arange(B)`).
+      labels: `[B]` integers.
+      temperature: PML default 0.07.
+      distance: "cosine" (default), "dot", "euclidean" or "squared_euclidean".
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+      >>> float(ntxent(x, jnp.array([0, 0, 1, 1]))) < 1e-5
+      True
+    """
+    if distance not in NTXENT_DISTANCES:
+        raise ValueError(
+            f"ntxent: unknown distance {distance!r}; valid: {', '.join(NTXENT_DISTANCES)}"
+        )
+    _check_temperature(temperature, "ntxent")
+    x, y = flatten_views(embeddings, labels, "ntxent")
+    mat = pairwise(distance, x.astype(jnp.float32))
+    logits = (mat if is_similarity(distance) else -mat) / temperature
+    pos, neg = label_masks(y)
+    has_neg = jnp.any(neg, axis=1)
+    masked = jnp.where(neg, logits, MASKED_LOGIT)
+    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
+    total = jnp.sum(jnp.where(neg, jnp.exp(masked - row_max[:, None]), 0.0), axis=1)
+    log_neg = jnp.log(jnp.where(has_neg, total, 1.0)) + row_max
+    log_neg = jnp.where(has_neg, log_neg, MASKED_LOGIT)
+    # -log(e^x / (e^x + e^L)) = softplus(L - x); L = -1e30 (no negative) gives 0.
+    pair_losses = jax.nn.softplus(log_neg[:, None] - logits)
+    num_pos = jnp.sum(pos)
+    loss = jnp.sum(jnp.where(pos, pair_losses, 0.0)) / jnp.maximum(num_pos, 1)
+    return jnp.where((num_pos > 0) & jnp.any(neg), loss, 0.0)

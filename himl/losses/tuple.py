@@ -1,0 +1,105 @@
+"""Tuple-based losses: N-pairs and lifted structure, as in pytorch-metric-learning (PML)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from himl.distances import dot_similarity, euclidean_distance, l2_normalize
+from himl.losses.checks import flatten_views
+from himl.losses.proxy import masked_logsumexp
+from himl.losses.supcon import MASKED_LOGIT
+
+
+def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+    """Multi-class N-pair loss (Sohn, NeurIPS 2016), equal to PML `NPairsLoss()`.
+
+    One (anchor, positive) pair per class, picked deterministically as PML does: the anchor
+    is the class's first sample in batch order and the positive its second. Classes with a
+    single sample give no pair. With `a_k, p_k` the K pairs and cosine similarities
+    (PML `DotProductSimilarity` on normalised embeddings):
+
+        loss = mean_k -log softmax_j(cos(a_k, p_j))[k]
+
+    0 when no class has two samples. No embedding L2 penalty (PML's default; Sohn adds one).
+    Because of the pair choice, the value depends on the order of samples within a class.
+
+    Args:
+      embeddings: `[B, D]` or `[B, V, D]` (flattened sample-major: the views of sample 0
+        come first, so its first two views form class pair when V >= 2).
+      labels: `[B]` integer class labels (any values).
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+      >>> float(npairs(x, jnp.array([0, 0, 1, 1]))) < 0.7
+      True
+    """
+    x, y = flatten_views(embeddings, labels, "npairs")
+    n = x.shape[0]
+    xn = l2_normalize(x.astype(jnp.float32))
+    idx = jnp.arange(n)
+    same = y[:, None] == y[None, :]
+    positive = same & (idx[:, None] != idx[None, :])
+    is_first = ~jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
+    is_anchor = is_first & jnp.any(positive, axis=1)
+    # First True of each row = the second sample of the class for a first-occurrence anchor.
+    pos_idx = jnp.argmax(positive, axis=1)
+    logits = dot_similarity(xn, xn[pos_idx])  # [anchor i, positive of anchor j]
+    masked = jnp.where(is_anchor[None, :], logits, MASKED_LOGIT)
+    losses = jax.nn.logsumexp(masked, axis=1) - jnp.diagonal(logits)
+    num_pairs = jnp.sum(is_anchor)
+    return jnp.sum(jnp.where(is_anchor, losses, 0.0)) / jnp.maximum(num_pairs, 1)
+
+
+def lifted_structure(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+) -> jax.Array:
+    """Lifted structured loss (Oh Song et al., CVPR 2016), equal to PML `LiftedStructureLoss`.
+
+    With `d` the euclidean distance of L2-normalised embeddings (PML `LpDistance()`) and
+    `N_i` the samples whose label differs from i's, every ordered positive pair (i, j),
+    i != j, costs
+
+        J_ij = log( sum_{k in N_i} exp(neg_margin - d_ik) + sum_{l in N_j} exp(neg_margin - d_jl) )
+        l_ij = relu(J_ij + d_ij - pos_margin)^2 / 2
+
+    and the loss is the mean of `l_ij` over ordered positive pairs (PML `MeanReducer`; each
+    unordered pair counted twice, hence the 1/2 as in the paper's `1/(2|P|)`).
+    0 when the batch has no positive pair or no negative pair.
+    (PML's `GeneralizedLiftedStructureLoss` is a different, per-anchor formulation.)
+
+    Args:
+      embeddings: `[B, D]` or `[B, V, D]`.
+      labels: `[B]` integer class labels.
+      pos_margin: subtracted from positive distances (PML default 0).
+      neg_margin: the margin alpha of the paper (PML default 1).
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+      >>> float(lifted_structure(x, jnp.array([0, 0, 1, 1]))) > 0
+      True
+    """
+    x, y = flatten_views(embeddings, labels, "lifted_structure")
+    n = x.shape[0]
+    dist = euclidean_distance(x.astype(jnp.float32))  # Gram-based, like torch.cdist for B > 25
+    same = y[:, None] == y[None, :]
+    pos_mask = same & ~jnp.eye(n, dtype=bool)
+    neg_mask = ~same
+    neg_lse = masked_logsumexp(neg_margin - dist, neg_mask, 1)  # [N]
+    pair = jnp.logaddexp(neg_lse[:, None], neg_lse[None, :]) + dist - pos_margin
+    losses = jnp.square(jax.nn.relu(pair)) / 2.0
+    num_pos = jnp.sum(pos_mask)
+    value = jnp.sum(jnp.where(pos_mask, losses, 0.0)) / jnp.maximum(num_pos, 1)
+    return jnp.where(jnp.any(neg_mask), value, 0.0)

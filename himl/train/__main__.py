@@ -1,0 +1,3 @@
+from himl.train.main import run
+
+run()

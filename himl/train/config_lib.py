@@ -1,0 +1,77 @@
+"""Building blocks for `configs/*.py` and the checks run on a config before any work.
+
+Every knob a run uses appears in its config: the loss section carries one sub-config per
+registered loss with that loss's keyword hyperparameters and their defaults (read from the
+function's signature), so `--config.loss.name=...` switches objective and
+`--config.loss.<name>.<hparam>=...` tunes it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from himl.losses import LOSSES, default_hparams
+
+DATASETS = ("embedded", "fashion_mnist")
+MODELS = ("small_cnn",)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+class ConfigError(ValueError):
+    """A config that names something that does not exist or cannot work."""
+
+
+def _field(value):
+    # A None default still needs a type so that `--config.x=3` can override it.
+    return config_dict.placeholder(int) if value is None else value
+
+
+def loss_config(name: str = "himulcone") -> ml_collections.ConfigDict:
+    """`{name, <loss>: {hparam: default}}` for every registered loss; `name` picks one."""
+    cfg = ml_collections.ConfigDict({"name": name})
+    for loss_name in sorted(LOSSES):
+        hparams = {k: _field(v) for k, v in default_hparams(loss_name).items()}
+        cfg[loss_name] = ml_collections.ConfigDict(hparams)
+    return cfg
+
+
+def _choose(value, valid, what):
+    if value not in valid:
+        raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def validate_config(config, num_devices: int = 1) -> None:
+    """Raises ConfigError with one clear line for a config that cannot run."""
+    _choose(config.loss.name, tuple(sorted(LOSSES)), "config.loss.name")
+    expected = set(default_hparams(config.loss.name))
+    given = set(config.loss[config.loss.name].keys())
+    if given != expected:
+        raise ConfigError(
+            f"config.loss.{config.loss.name} has keys {sorted(given)}, the loss takes "
+            f"{sorted(expected)}"
+        )
+    _choose(config.data.name, DATASETS, "config.data.name")
+    _choose(config.model.name, MODELS, "config.model.name")
+    _choose(config.optimizer.name, OPTIMIZERS, "config.optimizer.name")
+    _choose(config.optimizer.schedule, SCHEDULES, "config.optimizer.schedule")
+    batch, per_class = config.data.batch_size, config.data.samples_per_class
+    if batch <= 0 or per_class <= 0 or batch % per_class:
+        raise ConfigError(
+            f"config.data.batch_size ({batch}) must be a positive multiple of "
+            f"config.data.samples_per_class ({per_class})"
+        )
+    if batch % num_devices:
+        raise ConfigError(
+            f"config.data.batch_size ({batch}) must divide evenly over {num_devices} devices"
+        )
+    if config.data.num_views < 1:
+        raise ConfigError(f"config.data.num_views must be >= 1, got {config.data.num_views}")
+    if config.train.steps < 0:
+        raise ConfigError(f"config.train.steps must be >= 0, got {config.train.steps}")
+    if config.data.name == "fashion_mnist" and not config.data.manual_dir:
+        raise ConfigError(
+            "config.data.manual_dir must point at the Fashion-MNIST IDX files for "
+            "data.name=fashion_mnist (e.g. --config.data.manual_dir=../shared/data/fashion-mnist)"
+        )

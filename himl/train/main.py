@@ -1,0 +1,61 @@
+"""`himl-train` (also `python -m himl.train`): train, checkpoint, then evaluate.
+
+    himl-train                                         # configs/default.py, ./runs/default
+    himl-train --config=configs/tiny.py --workdir=/tmp/run
+    himl-train --config.loss.name=supcon --config.train.steps=100
+
+Running the same command again with the same --workdir resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from himl.cli import exit_on_user_error, flags_parser, with_default_config
+
+DEFAULT_CONFIG = str(resources.files("himl.configs") / "default.py")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file, configs/*.py[:arg] (default: configs/default.py).",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for checkpoints, metrics and metrics.json (default: ./runs/<config file name>).",
+)
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def default_workdir(config_path: str) -> Path:
+    return Path("runs") / Path(config_path.split(":")[0]).stem
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    # Imported here so that `--help` and flag errors answer before JAX starts.
+    from himl.train.loop import train_and_evaluate
+
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+    print(f"himl-train: workdir {workdir}", file=sys.stderr)
+    with exit_on_user_error("himl-train"):
+        train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value)
+
+
+def run():
+    """Console-script entry point."""
+    sys.argv = with_default_config(sys.argv, DEFAULT_CONFIG)  # ml_collections reads sys.argv
+    app.run(main, flags_parser=flags_parser("himl-train"))
+
+
+if __name__ == "__main__":
+    run()

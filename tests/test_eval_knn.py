@@ -1,0 +1,131 @@
+"""Blocked exact kNN against a brute-force NumPy reference with the same tie rule."""
+
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from himl.eval.knn import iter_knn, knn
+
+
+def brute_force(queries, gallery, k, metric, exclude_self):
+    """Full argsort in float64: best score first, then smaller gallery index."""
+    q = np.asarray(queries, np.float64)
+    g = np.asarray(gallery, np.float64)
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        cost = -(q[:, None, :] * g[None, :, :]).sum(-1)  # per pair: exact ties stay exact
+    else:
+        cost = np.sqrt(((q[:, None, :] - g[None, :, :]) ** 2).sum(-1))
+    if exclude_self:
+        cost[np.arange(len(q)), np.arange(len(q))] = np.inf
+    order = np.argsort(cost, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(cost, order, axis=1)
+
+
+def data_with_duplicates(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[5] = x[2]
+    x[n - 1] = x[2]  # duplicates of row 2 spread over different blocks
+    x[7] = x[2]
+    x[11] = 2.0 * x[3]  # a cosine tie (same direction), not a Euclidean one
+    return x
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("block_size", [4096, 37, 5])
+def test_self_search_matches_brute_force(metric, block_size):
+    x = data_with_duplicates(203, 12)
+    idx, scores = knn(x, k=9, metric=metric, block_size=block_size)
+    ref_idx, ref_cost = brute_force(x, x, 9, metric, exclude_self=True)
+    assert idx.dtype == np.int32 and scores.dtype == np.float32
+    assert idx.shape == scores.shape == (203, 9)
+    np.testing.assert_array_equal(idx, ref_idx)
+    ref_scores = -ref_cost if metric == "cosine" else ref_cost
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert not (idx == np.arange(203)[:, None]).any()
+    # Duplicates of the query are found (self excluded by index, not by distance).
+    np.testing.assert_array_equal(idx[2, :3], [5, 7, 202])
+    if metric == "euclidean":
+        np.testing.assert_array_equal(scores[2, :3], 0.0)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("block_size", [1000, 23])
+def test_separate_gallery_matches_brute_force(metric, block_size):
+    g = data_with_duplicates(150, 8, seed=1)
+    q = np.concatenate([g[:3], np.random.default_rng(2).normal(size=(58, 8))]).astype(np.float32)
+    idx, scores = knn(q, g, k=6, metric=metric, block_size=block_size)
+    ref_idx, ref_cost = brute_force(q, g, 6, metric, exclude_self=False)
+    np.testing.assert_array_equal(idx, ref_idx)
+    ref_scores = -ref_cost if metric == "cosine" else ref_cost
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    # The query itself is in the gallery and not excluded: it comes first (ties by index).
+    np.testing.assert_array_equal(idx[0, 0], 0)
+    np.testing.assert_array_equal(idx[2, :4], [2, 5, 7, 149])
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_grouped_block_top_k_path(k):
+    # Blocks wide enough for the two-stage (column-group) top-k, with many exact ties.
+    x = data_with_duplicates(700, 6, seed=3)
+    x[100:160] = x[50]  # a large run of duplicates spanning several column groups
+    x[600:610] = x[50]
+    idx, _ = knn(x, k=k, block_size=4096)
+    ref_idx, _ = brute_force(x, x, k, "cosine", exclude_self=True)
+    np.testing.assert_array_equal(idx, ref_idx)
+
+
+def test_all_equal_points_order_by_index():
+    x = np.ones((50, 4), np.float32)
+    idx, _ = knn(x, k=49, block_size=8)
+    for i in (0, 17, 49):
+        np.testing.assert_array_equal(idx[i], [j for j in range(50) if j != i])
+
+
+def test_exclude_self_with_explicit_gallery_and_jax_input():
+    x = data_with_duplicates(40, 5)
+    # Explicit gallery: the streaming search; gallery=None: the symmetric one.
+    a, _ = knn(jnp.asarray(x), jnp.asarray(x), k=3, exclude_self=True, block_size=16)
+    b, _ = knn(x, k=3, block_size=16)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_streaming_self_search_matches_brute_force(monkeypatch, metric):
+    # `himl.eval.knn` the attribute is the function (re-export); patch the module itself.
+    monkeypatch.setattr(sys.modules["himl.eval.knn"], "SYMMETRIC_MAX_ENTRIES", 0)
+    x = data_with_duplicates(203, 12)
+    idx, _ = knn(x, k=9, metric=metric, block_size=37)
+    np.testing.assert_array_equal(idx, brute_force(x, x, 9, metric, exclude_self=True)[0])
+
+
+def test_k_equals_gallery_size_and_iter_blocks():
+    x = data_with_duplicates(30, 3)
+    idx, _ = knn(x, k=29, block_size=7)
+    np.testing.assert_array_equal(np.sort(idx, axis=1)[0], np.arange(1, 30))
+    starts = [s for s, i, _ in iter_knn(x, k=2, block_size=7)]
+    assert starts[0] == 0 and len(starts) > 1
+    parts = np.concatenate([i for _, i, _ in iter_knn(x, k=2, block_size=7)])
+    np.testing.assert_array_equal(parts, idx[:, :2])
+
+
+def test_validation_errors():
+    x = np.zeros((10, 4), np.float32) + 1.0
+    with pytest.raises(ValueError, match="k must be in 1..9"):
+        knn(x, k=10)
+    with pytest.raises(ValueError, match="empty"):
+        knn(np.zeros((0, 4), np.float32), k=1)
+    bad = x.copy()
+    bad[[1, 4, 6], 2] = np.nan
+    with pytest.raises(ValueError, match="3 of 10 rows containing NaN"):
+        knn(bad, k=2)
+    with pytest.raises(ValueError, match="dimension"):
+        knn(x, np.ones((5, 3), np.float32), k=2)
+    with pytest.raises(ValueError, match="shape"):
+        knn(np.ones(5), k=1)
+    with pytest.raises(ValueError, match="metric"):
+        knn(x, k=1, metric="manhattan")

@@ -1,0 +1,222 @@
+"""Retrieval, clustering, hierarchical and probe metrics against brute-force references."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from himl.eval import (
+    clustering_metrics,
+    hierarchical_metrics,
+    query_gallery_retrieval_metrics,
+    retrieval_metrics,
+)
+from himl.eval.hierarchical import majority_vote
+from himl.eval.probe import linear_probe
+
+
+def ranking(q, g, exclude_self):
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    cost = -(qn[:, None, :] * gn[None, :, :]).sum(-1)
+    if exclude_self:
+        np.fill_diagonal(cost, np.inf)
+    order = np.argsort(cost, axis=1, kind="stable")
+    return order[:, : g.shape[0] - int(exclude_self)]
+
+
+def reference_metrics(q, ql, g, gl, ks, exclude_self):
+    """Loop-per-query definitions of Musgrave et al. 2020 (no truncation of R)."""
+    order = ranking(q, g, exclude_self)
+    hits = {k: 0 for k in ks}
+    p1, rp, ap, left = [], [], [], 0
+    for i in range(len(q)):
+        rel = gl[order[i]] == ql[i]
+        r = int(rel.sum())
+        for k in ks:
+            hits[k] += bool(rel[:k].any())
+        if r == 0:
+            left += 1
+            continue
+        p1.append(float(rel[0]))
+        rp.append(rel[:r].sum() / r)
+        prec = np.cumsum(rel[:r]) / np.arange(1, r + 1)
+        ap.append((prec * rel[:r]).sum() / r)
+    out = {f"recall@{k}": hits[k] / len(q) for k in ks}
+    out.update({"precision@1": np.mean(p1), "r_precision": np.mean(rp), "map@r": np.mean(ap)})
+    out["num_left_out"] = left
+    return out
+
+
+def assert_close(result, ref):
+    for key, value in ref.items():
+        assert result[key] == pytest.approx(value, abs=1e-9), key
+
+
+def clustered(n, num_classes, d=8, noise=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    x = rng.normal(size=(num_classes, d))[labels] + noise * rng.normal(size=(n, d))
+    return x.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("block_size", [4096, 33])
+def test_retrieval_matches_reference_on_random_data(block_size):
+    x, y = clustered(300, 25, noise=1.5)
+    y[:3] = 1000 + np.arange(3)  # three singleton classes
+    ks = (1, 2, 4, 8, 16)
+    res = retrieval_metrics(x, y, ks=ks, block_size=block_size)
+    assert_close(res, reference_metrics(x, y, x, y, ks, exclude_self=True))
+    assert res["num_queries"] == 300 and res["num_left_out"] == 3
+    json.dumps(res)
+    assert all(type(v) in (int, float) for v in res.values())
+
+
+def test_query_gallery_matches_reference():
+    g, gl = clustered(200, 20, seed=1)
+    q, ql = clustered(70, 24, seed=1)  # labels 20..23 have no gallery member
+    ks = (1, 10, 20, 30)
+    res = query_gallery_retrieval_metrics(q, ql, g, gl, ks=ks, block_size=64)
+    ref = reference_metrics(q, ql, g, gl, ks, exclude_self=False)
+    assert ref["num_left_out"] > 0
+    assert_close(res, ref)
+
+
+def test_perfect_and_worst_rankings():
+    # Two tight, far-apart pairs: perfect ranking.
+    x = np.array([[1, 0], [1, 0.01], [-1, 0], [-1, 0.01]], np.float32)
+    res = retrieval_metrics(x, [0, 0, 1, 1], ks=(1, 2))
+    for key in ("recall@1", "recall@2", "precision@1", "r_precision", "map@r"):
+        assert res[key] == 1.0
+    # Same points, labels crossed: every first neighbour is wrong (R = 1, so R-Precision
+    # and MAP@R are 0 too), and the match is always within 3.
+    res = retrieval_metrics(x, [0, 1, 0, 1], ks=(1, 2, 3))
+    assert res["recall@1"] == res["precision@1"] == res["r_precision"] == res["map@r"] == 0.0
+    assert res["recall@3"] == 1.0
+
+
+def test_map_at_r_hand_computed():
+    # Query 0 (class 0, R = 2): neighbours ranked [wrong, right, right].
+    # P@R = 1/2; MAP@R = (0 + 1/2) / 2 = 1/4  (Musgrave et al. 2020, Sec. 3.2 example style).
+    x = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.9, 0.436]], np.float32)
+    y = np.array([0, 0, 0, 1])
+    order = ranking(x, x, True)
+    assert list(order[0]) == [3, 1, 2]
+    res = retrieval_metrics(x, y, ks=(1,))
+    ref = reference_metrics(x, y, x, y, (1,), True)
+    assert_close(res, ref)
+    rel0 = np.array([0, 1])
+    assert (np.cumsum(rel0) / [1, 2] * rel0).sum() / 2 == 0.25
+
+
+def test_ties_broken_by_index():
+    # All points identical: neighbours are in index order, so the labels decide.
+    x = np.ones((4, 3), np.float32)
+    res = retrieval_metrics(x, [0, 1, 0, 1], ks=(1, 2))
+    # Query 0 -> [1, 2, 3]: miss at 1. Query 1 -> [0, 2, 3]: miss at 1, 2 and hit at 3.
+    # Query 2 -> [0, 1, 3]: hit. Query 3 -> [0, 1, 2]: miss, hit at 2.
+    assert res["recall@1"] == 0.25
+    assert res["recall@2"] == 0.75
+
+
+def test_all_singletons_and_r_cap():
+    x, _ = clustered(20, 3)
+    res = retrieval_metrics(x, np.arange(20), ks=(1, 4))
+    assert res["num_left_out"] == 20 and res["recall@4"] == 0.0 and res["map@r"] == 0.0
+    y = np.zeros(20, np.int64)
+    res = retrieval_metrics(x, y, ks=(1,), max_k=5)
+    assert res["k"] == 5 and res["num_r_truncated"] == 20 and res["map@r"] == 1.0
+
+
+def test_retrieval_validation():
+    x, y = clustered(10, 2)
+    with pytest.raises(ValueError, match="9 entries but there are 10"):
+        retrieval_metrics(x, y[:9])
+    bad = x.copy()
+    bad[[0, 3], 1] = np.nan
+    with pytest.raises(ValueError, match="2 of 10 rows containing NaN"):
+        retrieval_metrics(bad, y)
+    with pytest.raises(ValueError, match="empty"):
+        retrieval_metrics(np.zeros((0, 3)), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="integers"):
+        retrieval_metrics(x, y.astype(float))
+
+
+def test_clustering_perfect_and_reference():
+    x, y = clustered(200, 5, noise=0.01)
+    res = clustering_metrics(x, y, seed=0)
+    assert res["nmi"] == pytest.approx(1.0) and res["ami"] == pytest.approx(1.0)
+    assert res["num_clusters"] == 5
+    x, y = clustered(200, 5, noise=3.0)
+    a = clustering_metrics(x, y, seed=3, average="geometric")
+    b = clustering_metrics(x, y, seed=3)
+    assert a["nmi"] == b["nmi_geometric"] and b["nmi"] == b["nmi_arithmetic"]
+    assert 0.0 < b["nmi"] < 1.0
+    # Deterministic in the seed.
+    assert clustering_metrics(x, y, seed=3) == b
+    perm = np.random.default_rng(0).permutation(5)
+    assert normalized_mutual_info_score(y, perm[y]) == pytest.approx(1.0)
+
+
+def vote_reference(row):
+    """Most common label; among equally common ones, the one met first (nearest)."""
+    best = max(row.count(v) for v in row)
+    return next(v for v in row if row.count(v) == best)
+
+
+def test_majority_vote():
+    got = majority_vote(np.array([[3, 1, 1, 3], [2, 2, 5, 5], [0, 1, 2, 3], [7, 7, 7, 1]]))
+    np.testing.assert_array_equal(got, [3, 2, 0, 7])
+
+
+def test_hierarchical_against_per_level_reference():
+    x, fine = clustered(240, 12, noise=1.2, seed=4)
+    labels = np.stack([fine // 4, fine], 1)
+    ks = (1, 2, 4)
+    res = hierarchical_metrics(x, labels, ks=ks, level_names=["coarse", "fine"], clustering=False)
+    for name, y in (("coarse", fine // 4), ("fine", fine)):
+        ref = retrieval_metrics(x, y, ks=ks)
+        for key in ("recall@1", "recall@4", "precision@1", "r_precision", "map@r"):
+            assert res[name][key] == pytest.approx(ref[key]), (name, key)
+    order = ranking(x, x, True)
+    for k in ks:
+        nbr = labels[order[:, :k]]
+        h = 2 - np.argmax(
+            np.concatenate([nbr != labels[:, None], np.ones((240, k, 1), bool)], -1), -1
+        )
+        assert res[f"mean_lca_height@{k}"] == pytest.approx(h.mean())
+        assert res[f"hierarchical_precision@{k}"] == pytest.approx(1 - h.mean() / 2)
+        for name, y in (("coarse", fine // 4), ("fine", fine)):
+            votes = [vote_reference(list(r)) for r in y[order[:, :k]]]
+            assert res[name][f"accuracy@{k}"] == pytest.approx(np.mean(votes == y))
+    top1 = labels[order[:, 0]]
+    wrong = top1[:, 1] != fine
+    sev = np.where(top1[wrong, 0] == labels[wrong, 0], 1, 2).mean()
+    assert res["mistake_severity"] == pytest.approx(sev)
+    json.dumps(res)
+
+
+def test_hierarchical_perfect_and_clustering():
+    x, fine = clustered(120, 6, noise=0.01, seed=5)
+    labels = np.stack([fine // 3, fine], 1)
+    x = x + 20.0 * np.eye(8, dtype=np.float32)[fine // 3]  # coarse classes far apart
+    res = hierarchical_metrics(x, labels, ks=(1, 8))
+    for level in ("level_0", "level_1"):
+        assert res[level]["recall@1"] == 1.0 and res[level]["nmi"] == pytest.approx(1.0)
+        assert res[level]["accuracy@8"] == 1.0
+    assert res["mean_lca_height@1"] == 0.0 and res["hierarchical_precision@1"] == 1.0
+    with pytest.raises(ValueError, match="level names"):
+        hierarchical_metrics(x, labels, level_names=["a"])
+
+
+def test_linear_probe():
+    x, y = clustered(300, 4, noise=0.2, seed=6)
+    res = linear_probe(x[:200], y[:200], x[200:], y[200:], seed=0)
+    assert res["accuracy"] == 1.0
+    again = linear_probe(x[:200], y[:200], x[200:], y[200:], seed=0)
+    assert again == res
+    rng = np.random.default_rng(0)
+    noise = linear_probe(rng.normal(size=(200, 8)), y[:200], rng.normal(size=(100, 8)), y[200:])
+    assert noise["accuracy"] < 0.6
+    json.dumps(res)

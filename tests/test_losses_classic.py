@@ -1,0 +1,398 @@
+"""Classic losses (contrastive, triplet, multi-similarity, NT-Xent, SupCon) against slow
+NumPy references written from the definitions (PML semantics and reductions)."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from himl.losses import LOSSES, contrastive, multi_similarity, ntxent, supcon, triplet_margin
+
+# ---------------------------------------------------------------- slow NumPy references
+
+
+def _measure(x, distance):
+    x = np.asarray(x, np.float64)
+    if distance == "dot":
+        return x @ x.T, True
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if distance == "cosine":
+        return xn @ xn.T, True
+    d = np.sqrt(((xn[:, None] - xn[None]) ** 2).sum(-1))
+    return (d**2 if distance == "squared_euclidean" else d), False
+
+
+def _avg_nonzero(losses):
+    losses = np.asarray(losses, np.float64)
+    nz = losses[losses > 0]
+    return nz.mean() if nz.size else 0.0
+
+
+def ref_contrastive(x, y, pos_margin=0.0, neg_margin=1.0, distance="euclidean"):
+    m, inv = _measure(x, distance)
+    sign = -1 if inv else 1
+    pos, neg = [], []
+    for i, j in itertools.product(range(len(y)), repeat=2):
+        if i != j and y[i] == y[j]:
+            pos.append(max(sign * (m[i, j] - pos_margin), 0))
+        elif y[i] != y[j]:
+            neg.append(max(sign * (neg_margin - m[i, j]), 0))
+    return _avg_nonzero(pos) + _avg_nonzero(neg)
+
+
+def ref_triplet(
+    x, y, margin=0.05, swap=False, smooth_loss=False, mining="all", distance="euclidean"
+):
+    m, inv = _measure(x, distance)
+    d = -m if inv else m
+    b = len(y)
+    triplets = []
+    if mining == "batch_hard":
+        for a in range(b):
+            ps = [p for p in range(b) if p != a and y[p] == y[a]]
+            ns = [n for n in range(b) if y[n] != y[a]]
+            if ps and ns:
+                triplets.append((a, max(ps, key=lambda p: d[a, p]), min(ns, key=lambda n: d[a, n])))
+    else:
+        for a, p, n in itertools.product(range(b), repeat=3):
+            if a != p and y[a] == y[p] and y[a] != y[n]:
+                if mining == "semi_hard" and not (d[a, n] > d[a, p]):
+                    continue
+                triplets.append((a, p, n))
+    losses = []
+    for a, p, n in triplets:
+        an = min(d[a, n], d[p, n]) if swap else d[a, n]
+        v = d[a, p] - an + margin
+        losses.append(np.log1p(np.exp(v)) if smooth_loss else max(v, 0.0))
+    return _avg_nonzero(losses)
+
+
+def ref_multi_similarity(x, y, alpha=2.0, beta=50.0, base=0.5):
+    s, _ = _measure(x, "cosine")
+    b = len(y)
+    if b < 2:
+        return 0.0
+    total = 0.0
+    for i in range(b):
+        ps = [s[i, j] for j in range(b) if j != i and y[j] == y[i]]
+        ns = [s[i, j] for j in range(b) if y[j] != y[i]]
+        if ps:
+            total += np.log(1 + sum(np.exp(-alpha * (v - base)) for v in ps)) / alpha
+        if ns:
+            total += np.log(1 + sum(np.exp(beta * (v - base)) for v in ns)) / beta
+    return total / b
+
+
+def ref_ntxent(x, y, temperature=0.07):
+    s, _ = _measure(x, "cosine")
+    b = len(y)
+    if not any(y[i] != y[j] for i in range(b) for j in range(b)):
+        return 0.0
+    losses = []
+    for a, p in itertools.product(range(b), repeat=2):
+        if a != p and y[a] == y[p]:
+            negs = [np.exp(s[a, n] / temperature) for n in range(b) if y[n] != y[a]]
+            num = np.exp(s[a, p] / temperature)
+            losses.append(-np.log(num / (num + sum(negs))))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def ref_supcon(x, y, temperature=0.1):
+    s, _ = _measure(x, "cosine")
+    b = len(y)
+    has_pos = any(y[i] == y[j] for i in range(b) for j in range(b) if i != j)
+    has_neg = any(y[i] != y[j] for i in range(b) for j in range(b))
+    if not (has_pos and has_neg):
+        return 0.0
+    losses = []
+    for i in range(b):
+        ps = [j for j in range(b) if j != i and y[j] == y[i]]
+        if not ps:
+            continue
+        log_den = np.log(sum(np.exp(s[i, k] / temperature) for k in range(b) if k != i))
+        losses.append(-np.mean([s[i, p] / temperature - log_den for p in ps]))
+    return _avg_nonzero(losses)
+
+
+REFS = {
+    "contrastive": (contrastive, ref_contrastive),
+    "triplet_margin": (triplet_margin, ref_triplet),
+    "multi_similarity": (multi_similarity, ref_multi_similarity),
+    "ntxent": (ntxent, ref_ntxent),
+    "supcon": (supcon, ref_supcon),
+}
+
+CASES = [
+    ("contrastive", {}),
+    ("contrastive", {"distance": "squared_euclidean", "neg_margin": 0.9}),
+    ("contrastive", {"distance": "cosine", "pos_margin": 0.8, "neg_margin": 0.2}),
+    ("contrastive", {"distance": "dot", "pos_margin": 1.0, "neg_margin": 0.0}),
+    ("triplet_margin", {}),
+    ("triplet_margin", {"margin": 0.3, "mining": "semi_hard"}),
+    ("triplet_margin", {"margin": 0.2, "mining": "batch_hard"}),
+    ("triplet_margin", {"margin": 0.2, "swap": True}),
+    ("triplet_margin", {"smooth_loss": True}),
+    ("triplet_margin", {"margin": 0.2, "distance": "cosine"}),
+    ("triplet_margin", {"margin": 0.2, "smooth_loss": True, "mining": "semi_hard"}),
+    ("multi_similarity", {}),
+    ("multi_similarity", {"alpha": 1.0, "beta": 20.0, "base": 0.3}),
+    ("ntxent", {}),
+    ("ntxent", {"temperature": 0.5}),
+    ("supcon", {}),
+    ("supcon", {"chunk_size": 5}),
+]
+
+
+def _batch(seed, b=12, d=6, classes=4):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(b, d)).astype(np.float32), rng.integers(0, classes, size=b)
+
+
+@functools.cache
+def _jitted(name, items):
+    return jax.jit(functools.partial(REFS[name][0], **dict(items)))
+
+
+def _run(name, hp, x, y):
+    return _jitted(name, tuple(sorted(hp.items())))(jnp.asarray(x), jnp.asarray(y))
+
+
+@pytest.mark.parametrize("name,hp", CASES)
+def test_matches_numpy_reference(name, hp):
+    ref = REFS[name][1]
+    ref_hp = {k: v for k, v in hp.items() if k != "chunk_size"}
+    for seed in range(3):
+        x, y = _batch(seed)
+        np.testing.assert_allclose(float(_run(name, hp, x, y)), ref(x, y, **ref_hp), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,hp",
+    [
+        ("multi_similarity", {}),
+        ("ntxent", {"temperature": 0.5}),
+        ("supcon", {"temperature": 0.5}),
+        ("triplet_margin", {"smooth_loss": True}),
+    ],
+)
+def test_check_grads_smooth_losses(name, hp):
+    x, y = _batch(5, b=8, d=4)
+    fn = jax.jit(functools.partial(REFS[name][0], labels=jnp.asarray(y), **hp))
+    check_grads(fn, (jnp.asarray(x),), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+def _dense_triplet(x, y, margin, mining):
+    """B^3 JAX triplet loss, the obvious way (the gradient reference for the fast paths)."""
+    xn = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+    d = jnp.sqrt(jnp.sum((xn[:, None] - xn[None]) ** 2, -1) + jnp.eye(len(y)))
+    same = y[:, None] == y[None]
+    pos, neg = same & ~jnp.eye(len(y), dtype=bool), ~same
+    keep = pos[:, :, None] & neg[:, None, :]
+    if mining == "semi_hard":
+        keep &= d[:, None, :] > d[:, :, None]
+    loss = jnp.where(keep, jax.nn.relu(d[:, :, None] - d[:, None, :] + margin), 0.0)
+    return jnp.sum(loss) / jnp.maximum(jnp.sum(loss > 0), 1)
+
+
+@pytest.mark.parametrize("mining", ["all", "semi_hard"])
+def test_triplet_gradient_matches_dense(mining):
+    x, y = _batch(6)
+    y = jnp.asarray(y)
+    g_fast = jax.jit(jax.grad(lambda x: triplet_margin(x, y, margin=0.3, mining=mining)))(
+        jnp.asarray(x)
+    )
+    g_dense = jax.jit(jax.grad(lambda x: _dense_triplet(x, y, 0.3, mining)))(jnp.asarray(x))
+    np.testing.assert_allclose(g_fast, g_dense, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_supcon_equals_dense_value_and_grad():
+    x, y = _batch(7, b=23, d=5)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    dense = jax.jit(jax.value_and_grad(lambda x: supcon(x, y)))
+    v0, g0 = dense(x)
+    for c in (4,):
+        v, g = jax.jit(jax.value_and_grad(lambda x, c=c: supcon(x, y, chunk_size=c)))(x)
+        np.testing.assert_allclose(v, v0, rtol=1e-5)
+        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-6)
+    x3 = jnp.stack([x, x * 1.1 + 0.05], axis=1)
+    chunked = jax.jit(lambda x: supcon(x, y, chunk_size=64))(x3)  # c > N
+    np.testing.assert_allclose(chunked, jax.jit(lambda x: supcon(x, y))(x3), rtol=1e-5)
+
+
+ALL = list(REFS)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_views_equal_flattened(name):
+    x, y = _batch(8, b=6)
+    x3 = np.stack([x, x[::-1] + 0.1], axis=1)
+    flat = REFS[name][0](x3.reshape(12, -1), np.repeat(y, 2))
+    np.testing.assert_allclose(REFS[name][0](x3, y), flat, rtol=1e-6)
+
+
+EDGE_LABELS = {
+    "all_distinct": np.arange(8),
+    "one_class": np.zeros(8, int),
+    "pairs": np.repeat(np.arange(4), 2),
+}
+
+
+@functools.cache
+def _value_and_grad(name):
+    return jax.jit(jax.value_and_grad(REFS[name][0]))
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("labels", list(EDGE_LABELS))
+@pytest.mark.parametrize("inputs", ["random", "duplicates", "zeros", "bf16"])
+def test_edge_cases_finite(name, labels, inputs):
+    y = jnp.asarray(EDGE_LABELS[labels])
+    x = jnp.asarray(_batch(9, b=8, d=4)[0])
+    if inputs == "duplicates":
+        x = jnp.tile(x[:2], (4, 1))
+    elif inputs == "zeros":
+        x = x.at[::2].set(0.0)
+    elif inputs == "bf16":
+        x = x.astype(jnp.bfloat16)
+    v, g = _value_and_grad(name)(x, y)
+    assert v.dtype == jnp.float32
+    assert np.isfinite(float(v)) and np.all(np.isfinite(np.asarray(g, np.float32)))
+    if labels == "all_distinct" and name in ("triplet_margin", "ntxent", "supcon"):
+        assert float(v) == 0.0
+    if labels == "one_class" and name in ("triplet_margin", "ntxent", "supcon"):
+        assert float(v) == 0.0
+
+
+@pytest.mark.parametrize("name", ["ntxent", "supcon"])
+def test_low_temperature_finite(name):
+    x, y = _batch(10)
+    fn = functools.partial(REFS[name][0], labels=y, temperature=0.01)
+    v, g = jax.jit(jax.value_and_grad(fn))(jnp.asarray(x))
+    assert np.isfinite(float(v)) and np.all(np.isfinite(g))
+    np.testing.assert_allclose(float(v), REFS[name][1](x, y, temperature=0.01), rtol=1e-4)
+
+
+def test_bf16_close_to_float32():
+    x, y = _batch(11)
+    for name in ALL:
+        fn = REFS[name][0]
+        np.testing.assert_allclose(
+            fn(jnp.asarray(x, jnp.bfloat16), y), fn(jnp.asarray(x), y), rtol=5e-2, atol=1e-2
+        )
+
+
+def test_illegal_inputs():
+    x, y = _batch(12)
+    for name in ALL:
+        fn = REFS[name][0]
+        with pytest.raises(ValueError, match=name):
+            fn(x[0], y)
+        with pytest.raises(ValueError, match=name):
+            fn(x, y[:, None])
+        with pytest.raises(ValueError, match=name):
+            fn(x[:5], y)
+        with pytest.raises(ValueError, match=name):
+            fn(x.astype(np.int32), y)
+        with pytest.raises(ValueError, match=name):
+            fn(x, y.astype(np.float32))
+    with pytest.raises(ValueError, match="mining"):
+        triplet_margin(x, y, mining="hardest")
+    with pytest.raises(ValueError, match="swap"):
+        triplet_margin(x, y, mining="batch_hard", swap=True)
+    for fn in (contrastive, triplet_margin, multi_similarity, ntxent):
+        with pytest.raises(ValueError, match="distance"):
+            fn(x, y, distance="manhattan")
+    for fn in (ntxent, supcon):
+        with pytest.raises(ValueError, match="temperature"):
+            fn(x, y, temperature=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        supcon(x, y, chunk_size=0)
+
+
+def test_registered():
+    for name in ("contrastive", "triplet_margin", "ntxent", "multi_similarity"):
+        assert LOSSES[name].fn is REFS[name][0] and LOSSES[name].labels == "flat"
+
+
+# ---------------------------------------------------------------- properties
+
+PROPERTY = settings(max_examples=4, deadline=None, derandomize=True)
+PROPERTY_CASES = [
+    ("contrastive", {}),
+    ("triplet_margin", {}),
+    ("triplet_margin", {"mining": "batch_hard", "margin": 0.2}),
+    ("multi_similarity", {}),
+    ("ntxent", {}),
+    ("supcon", {}),
+]
+
+
+@pytest.mark.parametrize("name,hp", PROPERTY_CASES)
+@PROPERTY
+@given(seed=st.integers(0, 2**16))
+def test_invariances(name, hp, seed):
+    x, y = _batch(seed)
+    rng = np.random.default_rng(seed + 1)
+    base = float(_run(name, hp, x, y))
+    perm = rng.permutation(len(y))
+    np.testing.assert_allclose(float(_run(name, hp, x[perm], y[perm])), base, rtol=2e-5, atol=1e-6)
+    relabel = rng.permutation(100)[:4] * 7 - 50
+    np.testing.assert_allclose(float(_run(name, hp, x, relabel[y])), base, rtol=2e-5, atol=1e-6)
+    scale = np.float32(rng.uniform(0.1, 10.0))
+    np.testing.assert_allclose(float(_run(name, hp, x * scale, y)), base, rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- optional PML cross-check
+
+
+def test_matches_pytorch_metric_learning():
+    torch = pytest.importorskip("torch")
+    pml = pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import distances, losses, miners
+
+    pairs = [
+        (losses.ContrastiveLoss(), contrastive, {}, None),
+        (
+            losses.ContrastiveLoss(distance=distances.LpDistance(power=2), neg_margin=0.8),
+            contrastive,
+            {"distance": "squared_euclidean", "neg_margin": 0.8},
+            None,
+        ),
+        (losses.TripletMarginLoss(), triplet_margin, {}, None),
+        (losses.TripletMarginLoss(swap=True), triplet_margin, {"swap": True}, None),
+        (losses.TripletMarginLoss(smooth_loss=True), triplet_margin, {"smooth_loss": True}, None),
+        (
+            losses.TripletMarginLoss(margin=0.2),
+            triplet_margin,
+            {"margin": 0.2, "mining": "batch_hard"},
+            miners.BatchHardMiner(),
+        ),
+        (
+            losses.TripletMarginLoss(margin=0.2),
+            triplet_margin,
+            {"margin": 0.2, "mining": "semi_hard"},
+            miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"),
+        ),
+        (losses.MultiSimilarityLoss(), multi_similarity, {}, None),
+        (losses.NTXentLoss(), ntxent, {}, None),
+        (losses.SupConLoss(), supcon, {}, None),
+    ]
+    del pml
+    for seed in range(2):
+        x, y = _batch(seed, b=32, d=8, classes=6)
+        for pml_loss, fn, hp, miner in pairs:
+            xt = torch.tensor(x, requires_grad=True)
+            yt = torch.tensor(y)
+            want = pml_loss(xt, yt, miner(xt, yt) if miner is not None else None)
+            want.backward()
+            got, grad = jax.value_and_grad(lambda x, fn=fn, hp=hp, y=y: fn(x, y, **hp))(
+                jnp.asarray(x)
+            )
+            np.testing.assert_allclose(float(got), want.item(), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-4, atol=1e-6)

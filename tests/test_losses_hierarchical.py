@@ -1,0 +1,374 @@
+"""HiMulCon / HiConE / HiMulConE against a slow NumPy reference written from the definitions.
+
+The reference-mode oracle replays the official algorithm step by step (SupCon per level,
+then re-sort the batch by its unique label prefixes and keep first occurrences); the
+paper-mode oracle evaluates the published equations pair by pair.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from himl.losses import get_loss, hicone, himulcon, himulcone, supcon
+from himl.losses.registry import default_hparams
+
+LOSSES = {"himulcon": himulcon, "hicone": hicone, "himulcone": himulcone}
+CLAMP = {"himulcon": False, "hicone": True, "himulcone": True}
+PENALTY = {"exp": math.exp, "pow2": lambda v: 2.0**v, "none": lambda v: 1.0}
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+def _normalise(x):
+    x = np.asarray(x, np.float64)
+    if x.ndim == 2:
+        x = x[:, None, :]
+    norm = np.sqrt((x**2).sum(-1, keepdims=True))
+    return x / np.maximum(norm, 1e-12)
+
+
+def _penalty(loss, level_penalty):
+    return "none" if loss == "hicone" else level_penalty
+
+
+def oracle_reference(x, y, loss, t=0.07, level_penalty="exp", bt=0.07):
+    """Official HMLC semantics, with explicit re-sorting of the batch after each level."""
+    feats, labels = _normalise(x), np.asarray(y)
+    views, num_levels = feats.shape[1], labels.shape[1]
+    lam = PENALTY[_penalty(loss, level_penalty)]
+    total, lower_max = 0.0, -math.inf
+    for level in range(1, num_levels):
+        plen = num_levels - level
+        anchors = [(s, a) for s in range(len(labels)) for a in range(views)]
+        per_anchor = []
+        for s, a in anchors:
+            others = [(s2, b) for s2, b in anchors if (s2, b) != (s, a)]
+            sims = {o: feats[s, a] @ feats[o[0], o[1]] / t for o in others}
+            log_denom = math.log(sum(math.exp(v) for v in sims.values()))
+            pos = [o for o in others if tuple(labels[o[0], :plen]) == tuple(labels[s, :plen])]
+            if pos:
+                mean_log_prob = sum(sims[o] - log_denom for o in pos) / len(pos)
+                per_anchor.append(-(t / bt) * mean_log_prob)
+        layer = sum(per_anchor) / len(per_anchor) if per_anchor else 0.0
+        if CLAMP[loss]:
+            layer = max(layer, lower_max)
+            lower_max = max(lower_max, layer)
+        total += lam(1.0 / level) * layer
+        keys = [tuple(row[:plen]) for row in labels]
+        first = [keys.index(k) for k in sorted(set(keys))]  # sorted unique, first occurrence
+        labels, feats = labels[first], feats[first]
+    return total / num_levels
+
+
+def oracle_paper(x, y, loss, t=0.07, level_penalty="exp"):
+    """Eq. 4-7 with per-pair clamping by the largest finer-level pair loss."""
+    feats, labels = _normalise(x), np.asarray(y)
+    n, views = feats.shape[:2]
+    num_levels = labels.shape[1]
+    lam = PENALTY[_penalty(loss, level_penalty)]
+    anchors = [(s, a) for s in range(n) for a in range(views)]
+
+    def pair_loss(i, j):
+        denom = sum(math.exp(feats[i] @ feats[k] / t) for k in anchors if k != i)
+        return -(feats[i] @ feats[j] / t - math.log(denom))
+
+    def positives(i, level):
+        plen = num_levels - level
+        same = [k for k in anchors if tuple(labels[k[0], :plen]) == tuple(labels[i[0], :plen])]
+        return [k for k in same if k != i]
+
+    total = 0.0
+    for level in range(1, num_levels):
+        per_anchor = []
+        for i in anchors:
+            pos = positives(i, level)
+            if not pos:
+                continue
+            finer = [pair_loss(i, q) for lv in range(1, level) for q in positives(i, lv)]
+            floor = max(finer) if (finer and CLAMP[loss]) else -math.inf
+            costs = [max(pair_loss(i, p), floor) for p in pos]
+            per_anchor.append(lam(1.0 / level) * sum(costs) / len(pos))
+        total += sum(per_anchor) / len(per_anchor) if per_anchor else 0.0
+    return total / num_levels
+
+
+def oracle(x, y, loss, mode, **kw):
+    if mode == "paper":
+        kw.pop("bt", None)
+        return oracle_paper(x, y, loss, **kw)
+    return oracle_reference(x, y, loss, **kw)
+
+
+# --------------------------------------------------------------------------- helpers
+
+ALL = [(loss, mode) for loss in LOSSES for mode in ("reference", "paper")]
+
+
+@functools.partial(jax.jit, static_argnames="level_penalty")
+def all_losses(x, y, temperature=0.07, level_penalty="exp", base_temperature=0.07):
+    """The six (loss, mode) values in the order of ALL; one compile per shape and penalty."""
+    kw = {"temperature": temperature, "base_temperature": base_temperature}
+    penalty = {"level_penalty": level_penalty}
+    return jnp.stack(
+        [LOSSES[n](x, y, mode=m, **kw, **({} if n == "hicone" else penalty)) for n, m in ALL]
+    )
+
+
+all_jacobians = jax.jit(jax.jacrev(all_losses))
+
+
+def all_oracles(x, y, **kw):
+    return np.array([oracle(x, y, loss, mode, **kw) for loss, mode in ALL])
+
+
+def random_batch(rng, n=8, views=2, dim=4, num_coarse=2, num_fine=2, tie_free=False):
+    """Labels [coarse, fine, instance] forming a tree; a fine label has one parent."""
+    coarse = rng.integers(0, num_coarse, n)
+    fine = coarse * 10 + rng.integers(0, num_fine, n)
+    instance = rng.permutation(n) if tie_free else rng.integers(0, 3, n)
+    if tie_free:  # make rows without their last column distinct: put the id one level up
+        labels = np.stack([coarse, fine, fine * 100 + instance, instance], 1)
+    else:
+        labels = np.stack([coarse, fine, instance], 1)
+    x = rng.normal(size=(n, views, dim)).astype(np.float32)
+    return x, labels.astype(np.int32)
+
+
+def assert_close(got, want, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=rtol, atol=atol, err_msg=str(ALL))
+
+
+# --------------------------------------------------------------------------- oracle match
+
+
+def test_matches_oracle_on_random_batches():
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x, y = random_batch(rng)
+        assert_close(all_losses(x, y), all_oracles(x, y))
+
+
+@pytest.mark.parametrize("level_penalty", ["pow2", "none"])
+def test_penalties_and_temperature_match_oracle(level_penalty):
+    x, y = random_batch(np.random.default_rng(1))
+    got = all_losses(x, y, temperature=0.2, level_penalty=level_penalty)
+    assert_close(got, all_oracles(x, y, t=0.2, level_penalty=level_penalty))
+
+
+def test_base_temperature_scales_reference_only():
+    x, y = random_batch(np.random.default_rng(2))
+    got = np.asarray(all_losses(x, y, temperature=0.1, base_temperature=0.05))
+    assert_close(got, all_oracles(x, y, t=0.1, bt=0.05))
+    again = np.asarray(all_losses(x, y, temperature=0.1, base_temperature=1.0))
+    paper = [i for i, (_, mode) in enumerate(ALL) if mode == "paper"]
+    assert_close(again[paper], got[paper], rtol=1e-6)
+
+
+HAND = {
+    # Rows 0 and 1 tie on (coarse, fine): the representative is the one with the smaller
+    # batch index; rows 2 and 3 differ in fine, so row 3 (fine 4 < 5) represents coarse 1.
+    "ties": np.array([[0, 1, 9], [0, 1, 2], [1, 5, 0], [1, 4, 1], [0, 0, 3]]),
+    "one_class": np.array([[3, 7, 0], [3, 7, 1], [3, 7, 2], [3, 7, 3], [3, 7, 4]]),
+    "all_distinct": np.array([[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]]),
+    "duplicate_rows": np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [0, 1, 1], [0, 1, 1]]),
+    "negative_labels": np.array([[-1, -5, 0], [-1, -4, 1], [2, 7, 2], [-1, -5, 3], [2, 7, 4]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HAND))
+def test_matches_oracle_on_hand_built_cases(case):
+    y = HAND[case].astype(np.int32)
+    x = np.random.default_rng(3).normal(size=(5, 2, 4)).astype(np.float32)
+    assert_close(all_losses(x, y), all_oracles(x, y))
+
+
+def test_representative_is_lexicographically_smallest_then_first():
+    """Swapping the two tied rows changes which embedding survives, hence the value."""
+    y = HAND["ties"].astype(np.int32)
+    x = np.random.default_rng(4).normal(size=(5, 2, 4)).astype(np.float32)
+    swapped = x.copy()
+    swapped[[0, 1]] = x[[1, 0]]
+    a, b = np.asarray(all_losses(x, y)), np.asarray(all_losses(swapped, y))
+    ref = [i for i, (_, mode) in enumerate(ALL) if mode == "reference"]
+    assert np.all(np.abs(a[ref] - b[ref]) > 1e-4 * np.abs(a[ref]))
+    assert_close(b, all_oracles(swapped, y))
+
+
+def test_two_levels_reduce_to_supcon():
+    """With L = 2 only the coarse level exists: SupCon (t = 0.07) divided by 2."""
+    x, y = random_batch(np.random.default_rng(5))
+    want = jax.jit(functools.partial(supcon, temperature=0.07))(x, jnp.asarray(y[:, 0])) / 2
+    got = jax.jit(functools.partial(himulcon, level_penalty="none"))(x, y[:, [0, 2]])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_single_view_input_and_anchors_without_positives():
+    """[N, D] input is V = 1; singleton groups then have no positive and drop out."""
+    x, y = random_batch(np.random.default_rng(6), views=1)
+    y[0, :2] = [7, 70]  # a coarse class of its own
+    got = all_losses(x[:, 0], y)
+    assert_close(got, all_oracles(x, y))
+    assert_close(got, all_losses(x, y), rtol=1e-6)
+    assert np.all(np.isfinite(all_jacobians(x[:, 0], y)))
+    # All labels distinct and (almost) all vectors zero: no positive anywhere -> 0.
+    distinct = np.repeat(np.arange(8, dtype=np.int32)[:, None], 3, axis=1)
+    zeros = jnp.zeros((8, 4)).at[0, 0].set(1.0)
+    assert np.all(np.asarray(all_losses(zeros, distinct)) == 0.0)
+    assert np.all(np.isfinite(all_jacobians(zeros, distinct)))
+
+
+def test_hicone_clamp_is_active_somewhere():
+    """The oracle match is vacuous if the clamp never binds; make sure it does."""
+    rng = np.random.default_rng(7)
+    bound = np.zeros(2, bool)
+    for _ in range(4):
+        x, y = random_batch(rng)
+        plain = np.asarray(all_losses(x, y, level_penalty="none"))
+        # ALL order: himulcon ref/paper, hicone ref/paper, ...
+        bound |= plain[2:4] > plain[0:2] * (1 + 1e-4)
+    assert bound.all()
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+EDGE = {
+    "plain": lambda x: x,
+    "zero_vectors": lambda x: x.at[0].set(0.0).at[3, 1].set(0.0),
+    "duplicate_embeddings": lambda x: x.at[1].set(x[0]).at[2, 1].set(x[2, 0]),
+    "bf16": lambda x: x.astype(jnp.bfloat16),
+}
+
+
+@pytest.mark.parametrize("edge", sorted(EDGE))
+def test_finite_values_and_gradients(edge):
+    x = EDGE[edge](jax.random.normal(jax.random.PRNGKey(0), (5, 2, 4)))
+    for case in ("ties", "one_class", "all_distinct", "duplicate_rows"):
+        y = jnp.asarray(HAND[case], jnp.int32)
+        for temperature in (0.01, 0.07):
+            values = all_losses(x, y, temperature=temperature)
+            jac = all_jacobians(x, y, temperature=temperature)
+            assert values.dtype == jnp.float32 and np.all(np.isfinite(values)), case
+            assert np.all(np.isfinite(np.asarray(jac, np.float32))), case
+
+
+def test_single_label_column_gives_zero():
+    assert np.all(np.asarray(all_losses(jnp.ones((4, 2, 3)), jnp.arange(4)[:, None])) == 0.0)
+
+
+def test_gradients_match_finite_differences():
+    y = HAND["ties"].astype(np.int32)
+    x = np.random.default_rng(8).normal(size=(5, 2, 4)).astype(np.float32)
+    check_grads(lambda e: all_losses(e, y, temperature=0.5), (jnp.asarray(x),), order=1,
+                modes=["rev"], eps=1e-2, atol=5e-2, rtol=5e-2)  # fmt: skip
+
+
+def test_sharded_batch_gives_same_value():
+    devices = np.array(jax.devices())
+    mesh = jax.sharding.Mesh(devices, ("batch",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    x, y = random_batch(np.random.default_rng(9), n=8 * len(devices))
+    got = all_losses(jax.device_put(x, spec), jax.device_put(y, spec))
+    assert_close(got, all_losses(x, y), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_errors():
+    x, y = jnp.ones((4, 2, 3)), jnp.zeros((4, 3), jnp.int32)
+    with pytest.raises(ValueError, match="mode"):
+        himulcon(x, y, mode="official")
+    with pytest.raises(ValueError, match="level_penalty"):
+        himulcone(x, y, level_penalty="linear")
+    with pytest.raises(ValueError, match=r"\[B, L\]"):
+        hicone(x, jnp.zeros((4,), jnp.int32))
+    with pytest.raises(ValueError, match="labels"):
+        himulcon(x, jnp.zeros((5, 3), jnp.int32))
+    with pytest.raises(ValueError, match="integers"):
+        himulcon(x, jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match="embeddings"):
+        himulcon(jnp.ones((4, 2, 3, 1)), y)
+    with pytest.raises(ValueError, match="temperature"):
+        himulcon(x, y, temperature=0.0)
+
+
+def test_registry_defaults():
+    assert default_hparams("himulcone") == {
+        "temperature": 0.07,
+        "mode": "reference",
+        "level_penalty": "exp",
+        "base_temperature": 0.07,
+    }
+    assert "level_penalty" not in default_hparams("hicone")
+    assert get_loss("hicone") is hicone
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@st.composite
+def tree_batches(draw, tie_free):
+    seed = draw(st.integers(0, 2**31 - 1))
+    num_coarse = draw(st.integers(1, 3))
+    return random_batch(np.random.default_rng(seed), num_coarse=num_coarse, tie_free=tie_free)
+
+
+PROPERTY = settings(max_examples=20, deadline=None, derandomize=True)
+PAPER = [i for i, (_, mode) in enumerate(ALL) if mode == "paper"]
+
+
+@PROPERTY
+@given(tree_batches(tie_free=True), st.randoms(use_true_random=False))
+def test_batch_permutation_invariance(batch, random):
+    """Holds in both modes when no two rows tie outside the instance column."""
+    x, y = batch
+    perm = list(range(len(y)))
+    random.shuffle(perm)
+    assert_close(all_losses(x[perm], y[perm]), np.asarray(all_losses(x, y)), rtol=2e-5)
+
+
+@PROPERTY
+@given(tree_batches(tie_free=False), st.randoms(use_true_random=False))
+def test_paper_mode_permutation_invariance_with_ties(batch, random):
+    x, y = batch
+    perm = list(range(len(y)))
+    random.shuffle(perm)
+    got = np.asarray(all_losses(x[perm], y[perm]))[PAPER]
+    assert_close(got, np.asarray(all_losses(x, y))[PAPER], rtol=2e-5)
+
+
+@PROPERTY
+@given(tree_batches(tie_free=False), st.integers(-50, 50), st.integers(1, 5))
+def test_order_preserving_relabelling_invariance(batch, shift, stretch):
+    """An increasing map of each column keeps groups and the representative order."""
+    x, y = batch
+    relabelled = (y * stretch + shift).astype(np.int32)
+    assert_close(all_losses(x, relabelled), np.asarray(all_losses(x, y)), rtol=1e-6)
+
+
+@PROPERTY
+@given(tree_batches(tie_free=False))
+def test_paper_mode_any_relabelling_invariance(batch):
+    """Paper mode has no representatives: decreasing maps are fine too."""
+    x, y = batch
+    got = np.asarray(all_losses(x, -y))[PAPER]
+    assert_close(got, np.asarray(all_losses(x, y))[PAPER], rtol=1e-6)
+
+
+@PROPERTY
+@given(tree_batches(tie_free=False), st.floats(0.1, 10.0))
+def test_embedding_scale_invariance(batch, scale):
+    x, y = batch
+    got = all_losses(x * np.float32(scale), y)
+    assert_close(got, np.asarray(all_losses(x, y)), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,192 @@
+"""The training core: end to end, resume after a kill, 1 vs 8 devices, trace once."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from himl.data.sampling import MPerClassSampler, train_batch
+from himl.eval.run import evaluate_checkpoint
+from himl.train.checkpoint import Checkpointer, CheckpointError
+from himl.train.config_lib import ConfigError
+from himl.train.experiment import build_experiment
+from himl.train.loop import device_batch, make_mesh, make_step_fn, train_and_evaluate
+from himl.train.state import train_step
+
+
+def _restore(workdir, exp, step=None):
+    ckpt = Checkpointer(workdir / "checkpoints", every=1, keep=100)
+    state = ckpt.restore(exp.initial_state(), step)
+    ckpt.close()
+    return state
+
+
+def test_train_then_eval_end_to_end(tiny_config, tmp_path):
+    summary = train_and_evaluate(tiny_config, tmp_path, progress=False)
+    assert summary["step"] == tiny_config.train.steps
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["results"]["trained"]["unseen"]["class"]["recall@1"] == pytest.approx(
+        summary["results"]["trained"]["unseen"]["class"]["recall@1"]
+    )
+    for key in ("untrained", "trained"):
+        level = written["results"][key]["unseen"]["class"]
+        assert 0.0 < level["recall@1"] <= 1.0 and 0.0 <= level["nmi"] <= 1.0
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert np.isfinite(json.loads(lines[0])["loss"])
+    # The eval command restores the final checkpoint and reproduces the numbers.
+    evaluated = evaluate_checkpoint(tmp_path, plots=False, progress=False)
+    assert evaluated["checkpoint_step"] == tiny_config.train.steps
+    assert evaluated["results"]["unseen"]["class"]["recall@1"] == pytest.approx(
+        summary["results"]["trained"]["unseen"]["class"]["recall@1"]
+    )
+
+
+def _batches(exp, steps):
+    split = exp.dataset.split("train")
+    sampler = MPerClassSampler(
+        split.labels[:, exp.dataset.class_level],
+        batch_size=exp.config.data.batch_size,
+        samples_per_class=exp.config.data.samples_per_class,
+        seed=0,
+    )
+    return [train_batch(split, sampler, s, num_views=2) for s in range(steps)]
+
+
+def _run_steps(exp, batches, mesh):
+    step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
+    state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
+    losses = []
+    for batch in batches:
+        state, metrics = step_fn(state, device_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_eight_devices_match_one(tiny_config):
+    assert jax.device_count() == 8, "conftest forces 8 CPU devices"
+    exp = build_experiment(tiny_config)
+    batches = _batches(exp, 3)
+    state8, losses8 = _run_steps(exp, batches, make_mesh())
+    state1, losses1 = _run_steps(exp, batches, make_mesh(jax.devices()[:1]))
+    assert len(state8.params["model"]["conv0"]["kernel"].sharding.device_set) == 8
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    chex.assert_trees_all_close(state8.params, state1.params, rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_is_traced_once(tiny_config):
+    exp = build_experiment(tiny_config)
+    mesh = make_mesh()
+
+    @chex.assert_max_traces(n=1)
+    def step(state, batch):
+        return train_step(state, batch, model=exp.model, objective=exp.objective, tx=exp.tx)
+
+    jitted = jax.jit(step, donate_argnums=0)
+    state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
+    for batch in _batches(exp, 3):
+        state, _ = jitted(state, device_batch(batch, mesh))
+    assert int(state.step) == 3
+
+
+def _train_cmd(workdir, steps):
+    return [
+        sys.executable,
+        "-m",
+        "himl.train",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.train.steps={steps}",
+        "--config.train.checkpoint_every=10",
+        "--config.eval.splits=()",
+        "--noprogress",
+    ]
+
+
+def _wait_for_checkpoint(proc, directory, past_step, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if directory.is_dir() and any(
+            p.name.isdigit() and int(p.name) > past_step for p in directory.iterdir()
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint past step {past_step} (rc={proc.poll()})")
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
+    steps = 200
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = functools.partial(subprocess.Popen, cwd=repo, stderr=subprocess.PIPE, text=True)
+    ckpts = tmp_path / "interrupted" / "checkpoints"
+
+    # Ctrl-C: the run saves where it stopped and exits 130.
+    proc = run(_train_cmd(tmp_path / "interrupted", steps))
+    _wait_for_checkpoint(proc, ckpts, 0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, proc.stderr.read()
+    first_stop = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert first_stop < steps
+
+    # kill -9: nothing can be saved; the run resumes from its last periodic checkpoint.
+    proc = run(_train_cmd(tmp_path / "interrupted", steps))
+    _wait_for_checkpoint(proc, ckpts, first_stop + 10)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) < steps
+
+    done = subprocess.run(
+        _train_cmd(tmp_path / "interrupted", steps),
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stdout
+
+    tiny_config.train.steps = steps
+    tiny_config.train.checkpoint_every = 10
+    tiny_config.eval.splits = ()
+    train_and_evaluate(tiny_config, tmp_path / "straight", progress=False)
+    exp = build_experiment(tiny_config)
+    resumed = _restore(tmp_path / "interrupted", exp)
+    straight = _restore(tmp_path / "straight", exp)
+    assert int(resumed.step) == int(straight.step) == steps
+    chex.assert_trees_all_equal(resumed.params, straight.params)
+    chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
+
+
+def test_resume_refuses_a_different_model(tiny_config, tmp_path):
+    tiny_config.train.steps = 4
+    tiny_config.eval.splits = ()
+    train_and_evaluate(tiny_config, tmp_path, progress=False)
+    tiny_config.model.embedding_dim = 8
+    with pytest.raises(ConfigError, match="config.model"):
+        train_and_evaluate(tiny_config, tmp_path, progress=False)
+
+
+def test_corrupted_checkpoint_is_reported_and_left_alone(tiny_config, tmp_path):
+    tiny_config.train.steps = 4
+    tiny_config.eval.splits = ()
+    train_and_evaluate(tiny_config, tmp_path, progress=False)
+    files = sorted(p for p in (tmp_path / "checkpoints").rglob("*") if p.is_file())
+    victims = [p for p in files if p.stat().st_size > 100]
+    for p in victims:
+        p.write_bytes(b"\0garbage" * 8)
+    before = {p: p.read_bytes() for p in files}
+    tiny_config.train.steps = 8
+    with pytest.raises(CheckpointError, match="left untouched"):
+        train_and_evaluate(tiny_config, tmp_path, progress=False)
+    assert {p: p.read_bytes() for p in files} == before
