@@ -22,11 +22,24 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.batch_size = 64  # samples per step (global, over all devices)
     config.data.samples_per_class = 16
     config.data.num_views = 2  # augmented views per sample (instance-level positives)
+    config.data.sampler = "m_per_class"  # or "hierarchical" (a partner at every level)
+    config.data.augmentation = "pad_crop"  # in-memory default; "dml" for image datasets
+    config.data.train_split = "train"  # "train_no_val" to select models on "val"
+    # Image datasets (himl.data.real): decoded lazily, read through grain.
+    config.data.data_dir = ""  # non-empty: prepare array_record (TFDS builder) here once
+    config.data.image_size = 224  # side of the square crops fed to the model
+    config.data.eval_crop = 0.875  # evaluation: resize to image_size / eval_crop, centre crop
+    config.data.crop_scale = (0.16, 1.0)  # random resized crop: area fraction range
+    config.data.crop_ratio = (0.75, 1.3333)  # random resized crop: aspect ratio range
+    config.data.color_jitter = 0.3  # brightness/contrast/saturation factor range 1 +- this
+    config.data.val_fraction = 0.2  # last fraction of train classes carved out as "val"
+    config.data.num_workers = 0  # grain worker processes decoding + augmenting batches
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
     config.model.widths = (16, 32, 64)
     config.model.embedding_dim = 64
+    config.model.head = "linear"  # "linear" (L2-normalised) or "hist" (GAP+GMP, LayerNorm)
 
     config.loss = loss_config("himulcone")
 
@@ -38,7 +51,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 50
     config.optimizer.decay_every = 0  # "step" schedule: halve the rate every this many steps
     config.optimizer.decay_factor = 0.5
-    config.optimizer.loss_lr_multiplier = 1.0  # learning rate of loss parameters (proxies)
+    # Per-group learning rates: learning_rate x multiplier, groups by parameter path joined
+    # with "_" (longest match wins): "model", "model_embedding", "loss", "loss_means"...
+    config.optimizer.lr_multipliers = ml_collections.ConfigDict({"model": 1.0, "loss": 1.0})
+    config.optimizer.freeze_steps = 0  # frozen_groups get no update for this many steps
+    config.optimizer.frozen_groups = ()
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -80,8 +81,15 @@ def _data(seed, b=10, d=6, c=4):
     return x, y
 
 
+@functools.cache
+def _compiled(fn, hp):
+    return jax.jit(lambda x, y: fn(x, y, **dict(hp)))
+
+
 def _jitted(fn, y, **hp):
-    return jax.jit(lambda x: fn(x, jnp.asarray(y), **hp))
+    """`x -> fn(x, y, **hp)` under jit; labels are traced, so one compile per shape."""
+    f = _compiled(fn, tuple(sorted(hp.items())))
+    return lambda x: f(x, jnp.asarray(y))
 
 
 @pytest.mark.parametrize("name,fn,ref", CASES, ids=IDS)

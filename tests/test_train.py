@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himl.data.sampling import MPerClassSampler, train_batch
+from himl.data.sampling import make_batcher
 from himl.eval.run import evaluate_checkpoint
 from himl.train.checkpoint import Checkpointer, CheckpointError
 from himl.train.config_lib import ConfigError
@@ -53,14 +53,8 @@ def test_train_then_eval_end_to_end(tiny_config, tmp_path):
 
 
 def _batches(exp, steps):
-    split = exp.dataset.split("train")
-    sampler = MPerClassSampler(
-        split.labels[:, exp.dataset.class_level],
-        batch_size=exp.config.data.batch_size,
-        samples_per_class=exp.config.data.samples_per_class,
-        seed=0,
-    )
-    return [train_batch(split, sampler, s, num_views=2) for s in range(steps)]
+    batcher = make_batcher(exp.config.data, exp.dataset, exp.config.seed)
+    return [batcher(s) for s in range(steps)]
 
 
 def _run_steps(exp, batches, mesh):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -14,15 +15,17 @@ class Split:
     """One named split.
 
     Attributes:
-      images: `[N, H, W, C]` uint8.
+      images: `[N, H, W, C]` uint8: an in-memory array, or any lazy array-like with
+        `.shape`, `__len__` and `__getitem__(int | slice | index array)` returning uint8
+        `[n, H, W, C]` (e.g. `himl.data.images.LazyImages`, decoded on demand).
       labels: `[N, L]` int64, column 0 coarsest (the rows form a tree).
     """
 
-    images: np.ndarray
+    images: Any
     labels: np.ndarray
 
     def __post_init__(self):
-        if self.images.ndim != 4:
+        if len(self.images.shape) != 4:
             raise ValueError(f"images must be [N, H, W, C], got shape {self.images.shape}")
         if self.labels.ndim != 2 or self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(

@@ -11,4 +11,9 @@ def load_dataset(data_config) -> Dataset:
         return load_embedded()
     if data_config.name == "fashion_mnist":
         return load_fashion_mnist(data_config.manual_dir)
-    raise ValueError(f"unknown dataset {data_config.name!r}; valid: embedded, fashion_mnist")
+    from himl.data.real import READERS, load_real
+
+    if data_config.name in READERS:
+        return load_real(data_config)
+    valid = ", ".join(("embedded", "fashion_mnist", *READERS))
+    raise ValueError(f"unknown dataset {data_config.name!r}; valid: {valid}")

@@ -68,3 +68,77 @@ def train_batch(split, sampler: MPerClassSampler, step: int, *, num_views: int) 
         "images": augment(split.images[idx], rng, num_views=num_views),
         "labels": split.labels[idx].astype(np.int32),
     }
+
+
+SAMPLERS = ("m_per_class", "hierarchical")
+AUGMENTATIONS = ("pad_crop", "dml")
+
+
+def make_sampler(data_config, dataset, labels, seed: int):
+    """The sampler `config.data.sampler` names, over a split's `[N, L]` labels."""
+    if data_config.sampler == "m_per_class":
+        return MPerClassSampler(
+            labels[:, dataset.class_level],
+            batch_size=data_config.batch_size,
+            samples_per_class=data_config.samples_per_class,
+            seed=seed,
+        )
+    if data_config.sampler == "hierarchical":
+        from himl.data.hierarchical_sampler import HierarchicalSampler
+
+        levels = labels[:, : dataset.class_level + 1]
+        return HierarchicalSampler(levels, batch_size=data_config.batch_size, seed=seed)
+    raise ValueError(f"unknown sampler {data_config.sampler!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def _local(batch: dict, process_index: int, process_count: int) -> dict:
+    return {k: np.split(v, process_count)[process_index] for k, v in batch.items()}
+
+
+def make_batcher(data_config, dataset, seed: int, *, process_index=None, process_count=None):
+    """`batcher(step) -> batch dict` for training on `dataset`'s `config.data.train_split`.
+
+    The batch of a step depends only on (seed, step), so a resumed run sees exactly the
+    batches the interrupted one would have seen. Each process gets its slice of the global
+    batch (`[B / jax.process_count(), ...]`; the whole batch on one host). In-memory data
+    with `augmentation="pad_crop"` (the embedded default) is batched here; lazily decoded
+    data (`LazyImages`) goes through the grain pipeline of `himl.data.pipeline` with the
+    DML augmentations (`augmentation="dml"`).
+    """
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    split = dataset.split(data_config.train_split)
+    sampler = make_sampler(data_config, dataset, split.labels, seed)
+    if data_config.augmentation not in AUGMENTATIONS:
+        raise ValueError(
+            f"unknown augmentation {data_config.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}"
+        )
+    if data_config.augmentation == "pad_crop":
+        if not isinstance(split.images, np.ndarray):
+            raise ValueError("augmentation='pad_crop' needs in-memory images; use 'dml'")
+        if process_count == 1:
+            return lambda step: train_batch(split, sampler, step, num_views=data_config.num_views)
+        return lambda step: _local(
+            train_batch(split, sampler, step, num_views=data_config.num_views),
+            process_index,
+            process_count,
+        )
+    from himl.data.pipeline import BatchAt, GrainBatcher
+
+    if isinstance(split.images, np.ndarray):
+        raise ValueError("augmentation='dml' needs a lazily decoded dataset; use 'pad_crop'")
+    batch_at = BatchAt(
+        split,
+        sampler,
+        seed=seed,
+        num_views=data_config.num_views,
+        image_size=data_config.image_size,
+        scale=data_config.crop_scale,
+        ratio=data_config.crop_ratio,
+        jitter=data_config.color_jitter,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    return GrainBatcher(batch_at, num_workers=data_config.num_workers)

@@ -4,6 +4,7 @@ Pick one by name with `get_loss(name)`; `LOSSES` lists them all.
 """
 
 from himl.losses.hierarchical import hicone, himulcon, himulcone
+from himl.losses.hist import hist_loss, init_hist
 from himl.losses.pair import contrastive, multi_similarity, triplet_margin
 from himl.losses.proxy import (
     init_normalized_softmax,
@@ -26,6 +27,8 @@ __all__ = [
     "hicone",
     "himulcon",
     "himulcone",
+    "hist_loss",
+    "init_hist",
     "init_normalized_softmax",
     "init_proxy_anchor",
     "init_proxy_nca",

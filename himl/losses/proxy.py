@@ -57,7 +57,8 @@ def _check_proxies(x: jax.Array, y: jax.Array, proxies, loss_name: str) -> jax.A
         raise ValueError(f"{loss_name}: proxies must be floating point, got {proxies.dtype}")
     if proxies.shape[0] == 0:
         raise ValueError(f"{loss_name}: proxies must hold at least one class")
-    if not isinstance(y, jax.core.Tracer) and y.size:
+    concrete = not isinstance(y, jax.core.Tracer) and getattr(y, "is_fully_addressable", True)
+    if concrete and y.size:
         lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
         if lo < 0 or hi >= proxies.shape[0]:
             raise ValueError(

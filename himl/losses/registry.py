@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from himl.losses.hierarchical import hicone, himulcon, himulcone
+from himl.losses.hist import hist_loss, init_hist
 from himl.losses.pair import contrastive, multi_similarity, triplet_margin
 from himl.losses.proxy import (
     init_normalized_softmax,
@@ -59,6 +60,8 @@ LOSSES: dict[str, LossInfo] = {
     "normalized_softmax": LossInfo(normalized_softmax, "flat", init_normalized_softmax),
     "npairs": LossInfo(npairs, "flat"),
     "lifted_structure": LossInfo(lifted_structure, "flat"),
+    # HIST also has HGNN batch statistics: the train objective is built in himl.train.objective.
+    "hist": LossInfo(hist_loss, "flat", init_hist),
 }
 
 

@@ -26,7 +26,7 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
 
     Args:
       embeddings: `[B, D]` or `[B, V, D]` (flattened sample-major: the views of sample 0
-        come first, so its first two views form class pair when V >= 2).
+        come first, so with V >= 2 its first two views form its class's pair).
       labels: `[B]` integer class labels (any values).
 
     Returns:

@@ -9,5 +9,9 @@ from himl.models.cnn import SmallCNN
 
 def build_model(model_config) -> nn.Module:
     if model_config.name == "small_cnn":
-        return SmallCNN(widths=tuple(model_config.widths), embedding_dim=model_config.embedding_dim)
+        return SmallCNN(
+            widths=tuple(model_config.widths),
+            embedding_dim=model_config.embedding_dim,
+            head=model_config.get("head", "linear"),
+        )
     raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn")

@@ -13,9 +13,10 @@ from ml_collections import config_dict
 
 from himl.losses import LOSSES, default_hparams
 
-DATASETS = ("embedded", "fashion_mnist")
+DATASETS = ("embedded", "fashion_mnist", "cub", "cars", "sop", "inshop", "imagenet", "omniglot")
 MODELS = ("small_cnn",)
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
+MODEL_HEADS = ("linear", "hist")
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -56,6 +57,8 @@ def validate_config(config, num_devices: int = 1) -> None:
     _choose(config.model.name, MODELS, "config.model.name")
     _choose(config.optimizer.name, OPTIMIZERS, "config.optimizer.name")
     _choose(config.optimizer.schedule, SCHEDULES, "config.optimizer.schedule")
+    _choose(config.model.get("head", "linear"), MODEL_HEADS, "config.model.head")
+    _validate_lr_groups(config.optimizer)
     batch, per_class = config.data.batch_size, config.data.samples_per_class
     if batch <= 0 or per_class <= 0 or batch % per_class:
         raise ConfigError(
@@ -75,3 +78,31 @@ def validate_config(config, num_devices: int = 1) -> None:
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "
             "data.name=fashion_mnist (e.g. --config.data.manual_dir=../shared/data/fashion-mnist)"
         )
+    if config.data.name not in ("embedded", "fashion_mnist") and not config.data.manual_dir:
+        raise ConfigError(
+            f"config.data.manual_dir must point at the downloaded {config.data.name} files "
+            f"(--config.data.manual_dir=PATH); nothing is downloaded"
+        )
+
+
+def _validate_lr_groups(opt) -> None:
+    if "loss_lr_multiplier" in opt:
+        raise ConfigError(
+            "config.optimizer.loss_lr_multiplier was replaced by "
+            "config.optimizer.lr_multipliers.loss (see himl/train/optim.py)"
+        )
+    multipliers = opt.get("lr_multipliers", None)
+    groups = {"model", "loss"} | set(multipliers.keys() if multipliers is not None else ())
+    for key, value in multipliers.items() if multipliers is not None else ():
+        if not isinstance(value, int | float) or value < 0:
+            raise ConfigError(
+                f"config.optimizer.lr_multipliers.{key} must be a number >= 0, got {value!r}"
+            )
+    if opt.get("freeze_steps", 0) < 0:
+        raise ConfigError(f"config.optimizer.freeze_steps must be >= 0, got {opt.freeze_steps}")
+    for group in opt.get("frozen_groups", ()) or ():
+        if group not in groups:
+            raise ConfigError(
+                f"config.optimizer.frozen_groups names {group!r}, not a group of "
+                f"config.optimizer.lr_multipliers ({', '.join(sorted(groups))})"
+            )

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from himl.data.sampling import MPerClassSampler, train_batch
+from himl.data.sampling import make_batcher
 from himl.eval.evaluator import evaluate
 from himl.eval.report import results_table
 from himl.train.checkpoint import Checkpointer
@@ -63,13 +62,16 @@ def make_step_fn(model, objective, tx, mesh: Mesh):
 
 
 def device_batch(batch: dict, mesh: Mesh) -> dict:
-    """The global batch as arrays sharded over the mesh; each process supplies its slice."""
+    """The global batch as arrays sharded over the mesh, from this process's slice.
+
+    `batch` is what `make_batcher` returns: this process's `[B / process_count, ...]`
+    slice of the global batch (the whole batch on one host).
+    """
     sharding = NamedSharding(mesh, P("data"))
-    n, i = jax.process_count(), jax.process_index()
+    n = jax.process_count()
 
     def put(x):
-        local = np.split(x, n)[i]
-        return jax.make_array_from_process_local_data(sharding, local, x.shape)
+        return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * n, *x.shape[1:]))
 
     return jax.tree.map(put, batch)
 
@@ -116,7 +118,6 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     check_resume_config(config, workdir)
     exp = build_experiment(config)
     dataset, model = exp.dataset, exp.model
-    train_split = dataset.split("train")
     mesh = make_mesh()
     state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
 
@@ -138,12 +139,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         state = ckpt.restore(state)
         tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
 
-    sampler = MPerClassSampler(
-        train_split.labels[:, dataset.class_level],
-        batch_size=config.data.batch_size,
-        samples_per_class=config.data.samples_per_class,
-        seed=config.seed,
-    )
+    batcher = make_batcher(config.data, dataset, config.seed)
     step_fn = make_step_fn(model, exp.objective, exp.tx, mesh)
     writer = MetricsWriter(workdir)
     first, total = int(state.step), config.train.steps
@@ -152,7 +148,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     tic, step = time.time(), first
     try:
         for step in range(first, total):
-            batch = train_batch(train_split, sampler, step, num_views=config.data.num_views)
+            batch = batcher(step)
             state, metrics = step_fn(state, device_batch(batch, mesh))
             bar.update(1)
             if (step + 1) % config.train.log_every == 0 or step + 1 == total:

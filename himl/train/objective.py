@@ -17,6 +17,7 @@ import numpy as np
 
 from himl.data.dataset import Dataset
 from himl.losses import loss_info
+from himl.losses.hist import hist_loss_and_aux, init_hist_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,8 @@ def build_objective(loss_config, dataset: Dataset) -> Objective:
     table = class_index_table(dataset)
     num_classes = int(table.max()) + 1
     class_level = dataset.class_level
+    if name == "hist":
+        return _hist_objective(hparams, table, num_classes, class_level)
 
     def init(rng, embedding_dim):
         params = {}
@@ -61,3 +64,34 @@ def build_objective(loss_config, dataset: Dataset) -> Objective:
         return info.fn(embeddings, y, **variables["params"], **hparams), variables["batch_stats"]
 
     return Objective(name=name, init=init, apply=apply)
+
+
+def _hist_objective(hparams: dict, table: np.ndarray, num_classes: int, class_level: int):
+    """HIST: class distributions and an HGNN (with batch statistics) over the C training
+    classes. `apply(train=True)` runs the HGNN's batch norm in train mode and returns its
+    updated running statistics; `train=False` uses them and returns them unchanged."""
+
+    def init(rng, embedding_dim):
+        return init_hist_variables(
+            rng,
+            num_classes=num_classes,
+            embedding_dim=embedding_dim,
+            hgnn_hidden=hparams["hgnn_hidden"],
+        )
+
+    def apply(variables, embeddings, labels, *, train=True):
+        params, stats = variables["params"], variables["batch_stats"]
+        y = jnp.asarray(table)[labels[:, class_level]]
+        loss, aux = hist_loss_and_aux(
+            embeddings,
+            y,
+            params["means"],
+            params["log_vars"],
+            params["hgnn"],
+            stats["hgnn"],
+            train=train,
+            **hparams,
+        )
+        return loss, {"hgnn": aux["batch_stats"]}
+
+    return Objective(name="hist", init=init, apply=apply)

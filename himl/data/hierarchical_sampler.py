@@ -1,0 +1,93 @@
+"""The hierarchical batch sampler of seed 000 (Zhang et al., CVPR 2022, Sec. 3.4), any depth.
+
+Every anchor comes with one partner per level of the label tree: for K levels (column 0
+coarsest) the group is
+
+    anchor, same label at level K-1 (same class),
+    same label at level k but another at level k+1, for k = K-2 ... 0,
+    another label at level 0,
+
+so `K + 2` samples; groups fill the batch (the last one truncated to the batch size).
+With two levels (coarse, fine): anchor, same fine, same coarse but other fine, other
+coarse. Indices are a pure function of (seed, step). No index repeats within a batch
+unless the data cannot supply a partner (a class of one image, a coarse label with one fine
+label, too few samples): then the closest available partner or a repeat is used and a
+warning says so once.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+class HierarchicalSampler:
+    """Batches `[batch_size]` of anchor groups covering every level of `labels [N, K]`."""
+
+    def __init__(self, labels, *, batch_size: int, seed: int):
+        self.labels = np.asarray(labels, np.int64)
+        if self.labels.ndim != 2:
+            raise ValueError(f"labels must be [N, K], got {self.labels.shape}")
+        self.num_levels = self.labels.shape[1]
+        self.group_size = self.num_levels + 2
+        self.batch_size, self.seed = batch_size, seed
+        # members[k][label] -> indices with that label at level k
+        self.members = []
+        for k in range(self.num_levels):
+            order = np.argsort(self.labels[:, k], kind="stable")
+            values, starts = np.unique(self.labels[order, k], return_index=True)
+            groups = np.split(order, starts[1:])
+            self.members.append(dict(zip(values.tolist(), groups, strict=True)))
+        self.everyone = np.arange(len(self.labels))
+        self.warned = False
+
+    def _pick(self, rng, candidates, ok, used):
+        """A random unused candidate `c` with `ok(c)`; None when there is none."""
+        for _ in range(8):  # cheap rejection first
+            c = int(candidates[rng.integers(len(candidates))])
+            if c not in used and ok(c):
+                return c
+        valid = [int(c) for c in candidates if int(c) not in used and ok(int(c))]
+        return int(valid[rng.integers(len(valid))]) if valid else None
+
+    def _group(self, rng, anchor: int, used: set) -> list[int]:
+        row = self.labels[anchor]
+        everyone = self.everyone
+        wants = [(self.members[-1][row[-1]], lambda c: True)]  # same class
+        for k in range(self.num_levels - 2, -1, -1):
+            wants.append(
+                (self.members[k][row[k]], lambda c, k=k: self.labels[c, k + 1] != row[k + 1])
+            )
+        wants.append((everyone, lambda c: self.labels[c, 0] != row[0]))
+        group = [anchor]
+        used.add(anchor)
+        for candidates, ok in wants:
+            pick = self._pick(rng, candidates, ok, used)
+            if pick is None:  # fall back: any unused sample, else a repeat
+                pick = self._pick(rng, everyone, lambda c: True, used)
+                self._warn("a level had no partner for an anchor")
+            if pick is None:
+                pick = int(rng.integers(len(self.labels)))
+                self._warn("the data has fewer samples than a batch; indices repeat")
+            group.append(pick)
+            used.add(pick)
+        return group
+
+    def _warn(self, why: str):
+        if not self.warned:
+            warnings.warn(f"HierarchicalSampler: {why} (the data is too small)", stacklevel=3)
+            self.warned = True
+
+    def indices(self, step: int) -> np.ndarray:
+        """Dataset indices `[batch_size]` of training step `step` (same step, same batch)."""
+        rng = np.random.default_rng([self.seed, step])
+        used: set[int] = set()
+        batch: list[int] = []
+        while len(batch) < self.batch_size:
+            anchor = self._pick(rng, self.everyone, lambda c: True, used)
+            if anchor is None:
+                anchor = int(rng.integers(len(self.labels)))
+                self._warn("the data has fewer samples than a batch; indices repeat")
+            batch += self._group(rng, anchor, used)
+        return np.array(batch[: self.batch_size], np.int64)

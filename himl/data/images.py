@@ -1,0 +1,183 @@
+"""Image bytes -> uint8 arrays: sources, decoding, DML augmentations, lazy image arrays.
+
+A *source* is a grain `RandomAccessDataSource` of encoded images: `len(source)` and
+`source[i] -> bytes`, plus `source.name(i)` (the file, for error messages). Sources here
+read plain files, members of zip archives, or an array_record split prepared by the
+tensorflow-datasets builders (`himl.data.tfds_builders`). Decoding is Pillow; the
+augmentations are NumPy/Pillow on the host:
+
+- evaluation: resize the shorter side to `size / crop_fraction`, centre crop `size`;
+- training: random resized crop (Szegedy et al. 2015; torchvision's algorithm, area
+  `scale`, aspect `ratio`), horizontal flip, colour jitter (brightness, contrast,
+  saturation), the standard DML recipe (e.g. Roth et al. 2020, "Revisiting training
+  strategies and generalization performance in deep metric learning").
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class CorruptImageError(ValueError):
+    """An image file that Pillow cannot decode; the message names the file."""
+
+
+def decode(data: bytes, name: str, channels: int) -> Image.Image:
+    """A Pillow image in mode RGB (`channels=3`) or L (`channels=1`)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as e:  # Pillow raises several types for bad data
+        raise CorruptImageError(f"cannot decode image {name}: {e}") from e
+    mode = "RGB" if channels == 3 else "L"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """`[H, W, C]` uint8 of a Pillow image (C = 1 for mode L)."""
+    array = np.asarray(image, np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def eval_transform(image: Image.Image, size: int, crop_fraction: float) -> np.ndarray:
+    """Resize (shorter side `size / crop_fraction`) + centre crop: `[size, size, C]` uint8."""
+    w, h = image.size
+    short = size / crop_fraction
+    scale = short / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (new_w - size) / 2, (new_h - size) / 2
+    # One resample: crop box expressed in source coordinates.
+    box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+    return to_array(image.resize((size, size), Image.BILINEAR, box=box))
+
+
+def random_crop_box(rng, width: int, height: int, scale, ratio) -> tuple[float, ...]:
+    """A random (left, top, right, bottom) box: area fraction in `scale`, aspect in `ratio`."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.integers(0, width - w + 1)
+            top = rng.integers(0, height - h + 1)
+            return (left, top, left + w, top + h)
+    # Fallback (as torchvision): the largest centred box with a clamped aspect.
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return (left, top, left + w, top + h)
+
+
+def color_jitter(x: np.ndarray, rng, strength: float) -> np.ndarray:
+    """Brightness, contrast, saturation jitter by factors in [1 - s, 1 + s]; float [0, 1]."""
+    if strength <= 0:
+        return x
+    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
+    x = x * b
+    x = (x - x.mean()) * c + x.mean()
+    if x.shape[-1] == 3:
+        gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+        x = (x - gray[..., None]) * s + gray[..., None]
+    return np.clip(x, 0.0, 1.0)
+
+
+def train_transform(image: Image.Image, rng, *, size, scale, ratio, jitter) -> np.ndarray:
+    """Random resized crop + flip + colour jitter: `[size, size, C]` float32 in [0, 1]."""
+    box = random_crop_box(rng, *image.size, scale, ratio)
+    x = to_array(image.resize((size, size), Image.BILINEAR, box=box)).astype(np.float32) / 255
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    return color_jitter(x, rng, jitter).astype(np.float32)
+
+
+class FileSource:
+    """Encoded images read from files under `root` (grain RandomAccessDataSource)."""
+
+    def __init__(self, root, files):
+        self.root, self.files = Path(root), tuple(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, i: int) -> str:
+        return str(self.root / self.files[i])
+
+    def __getitem__(self, i: int) -> bytes:
+        try:
+            return (self.root / self.files[i]).read_bytes()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"image file {self.name(i)} is missing") from e
+
+
+class ZipSource:
+    """Encoded images that are members of zip archives: files are `"<zip>::<member>"`."""
+
+    def __init__(self, root, files):
+        self.root, self.files = Path(root), tuple(files)
+        self._zips = {}  # opened lazily, per process (not pickled)
+
+    def __getstate__(self):
+        return {"root": self.root, "files": self.files, "_zips": {}}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, i: int) -> str:
+        return str(self.root / self.files[i])
+
+    def __getitem__(self, i: int) -> bytes:
+        archive, member = self.files[i].split("::", 1)
+        if archive not in self._zips:
+            self._zips[archive] = zipfile.ZipFile(self.root / archive)
+        return self._zips[archive].read(member)
+
+
+class LazyImages:
+    """`[N, size, size, C]` uint8 images decoded on demand (evaluation transform).
+
+    Indexing with an int, a slice or an index array decodes only those images, so a
+    split of a million images costs nothing until `embed_split` reads it in batches.
+    """
+
+    def __init__(self, source, indices, *, size: int, channels: int, crop_fraction: float):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+        self.size, self.channels, self.crop_fraction = size, channels, crop_fraction
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.indices), self.size, self.size, self.channels)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int) -> Image.Image:
+        """The decoded image at position `i` of this split."""
+        j = int(self.indices[i])
+        return decode(self.source[j], self.source.name(j), self.channels)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        positions = np.arange(len(self))[key]
+        out = np.empty((len(positions), self.size, self.size, self.channels), np.uint8)
+        for k, i in enumerate(positions):
+            out[k] = eval_transform(self.load(i), self.size, self.crop_fraction)
+        return out

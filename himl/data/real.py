@@ -1,0 +1,74 @@
+"""User-downloaded datasets as `Dataset`s with lazily decoded images.
+
+`load_real(config.data)`: parse the official annotation files in `config.data.manual_dir`
+(`Records`), pick where the encoded images come from, and wrap every split's images in a
+`LazyImages` (`[N, image_size, image_size, C]` uint8, decoded on demand with the
+evaluation transform). With `config.data.data_dir` set, the images are first written once
+as array_record by the tensorflow-datasets builder and read from there
+(`himl.data.tfds_builders`); with it empty they are read straight from the user's files.
+Either way the source is a grain random-access source, so `himl.data.pipeline` feeds
+training from it with worker processes.
+"""
+
+from __future__ import annotations
+
+from himl.data.dataset import Dataset, Split
+from himl.data.images import LazyImages
+from himl.data.readers_fgvc import read_cars, read_cub, read_sop
+from himl.data.readers_hier import read_imagenet, read_inshop, read_omniglot
+from himl.data.records import Records
+
+READERS = {
+    "cub": read_cub,
+    "cars": read_cars,
+    "sop": read_sop,
+    "inshop": read_inshop,
+    "imagenet": read_imagenet,
+    "omniglot": read_omniglot,
+}
+CHANNELS = {"omniglot": 1}  # every other dataset is RGB
+
+
+def read_records(data_config) -> Records:
+    """The parsed annotations of `config.data.name` (no image decoded)."""
+    reader = READERS[data_config.name]
+    return reader(data_config.manual_dir, val_fraction=data_config.val_fraction)
+
+
+def image_source(records: Records, data_dir: str):
+    """A grain random-access source of encoded images: array_record if `data_dir` is set."""
+    from himl.data import tfds_builders  # imports tensorflow_datasets (no TensorFlow)
+
+    if not data_dir:
+        return tfds_builders.raw_source(records)
+    tfds_builders.prepare(records, data_dir)
+    return tfds_builders.TfdsSource(records, data_dir)
+
+
+def to_dataset(records: Records, source, *, image_size: int, crop_fraction: float) -> Dataset:
+    """A `Dataset` whose splits' images are `LazyImages` over `source`."""
+    channels = CHANNELS.get(records.name, 3)
+    splits = {
+        name: Split(
+            images=LazyImages(
+                source, idx, size=image_size, channels=channels, crop_fraction=crop_fraction
+            ),
+            labels=records.labels[idx],
+        )
+        for name, idx in records.splits.items()
+    }
+    return Dataset(
+        name=records.name,
+        level_names=records.level_names,
+        class_level=records.class_level,
+        class_names=records.class_names,
+        splits=splits,
+    )
+
+
+def load_real(data_config) -> Dataset:
+    records = read_records(data_config)
+    source = image_source(records, data_config.data_dir)
+    return to_dataset(
+        records, source, image_size=data_config.image_size, crop_fraction=data_config.eval_crop
+    )

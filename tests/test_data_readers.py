@@ -1,0 +1,206 @@
+"""Dataset readers on tiny fixtures written in the official layouts (no real data needed)."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from himl.data.images import CorruptImageError
+from himl.data.readers_fgvc import cars_make, read_cars, read_cub, read_sop
+from himl.data.readers_hier import SUPERCLASSES, read_imagenet, read_inshop
+from himl.data.real import image_source, to_dataset
+from himl.data.records import MissingDataError
+
+
+def _jpg(path, seed=0, size=(24, 18), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path)
+
+
+def write_cub(root):
+    root = root / "CUB_200_2011"
+    classes = [1, 2, 3, 101, 102]
+    images, labels, split = [], [], []
+    i = 0
+    for c in classes:
+        for k in range(3):
+            i += 1
+            name = f"{c:03d}.Bird_{c}/Bird_{c}_{k}.jpg"
+            _jpg(root / "images" / name, seed=i, mode="L" if i == 2 else "RGB")
+            images.append(f"{i} {name}")
+            labels.append(f"{i} {c}")
+            split.append(f"{i} {k % 2}")
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    names = [f"{c} {c:03d}.Bird_{c}" for c in range(1, 201)]
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_cub_counts_splits_labels(tmp_path):
+    records = read_cub(write_cub(tmp_path), val_fraction=0.34)
+    assert len(records.files) == 15 and records.level_names == ("class", "image")
+    train, test = records.splits["train"], records.splits["test"]
+    assert set(records.labels[train, 0]) == {0, 1, 2}
+    assert set(records.labels[test, 0]) == {100, 101}
+    assert set(records.labels[records.splits["val"], 0]) == {2}  # last train class
+    assert set(records.labels[records.splits["train_no_val"], 0]) == {0, 1}
+    assert records.class_names[0] == "Bird 1"
+    assert records.files[0].startswith("images/001.")
+
+
+def test_cub_missing_file_is_named(tmp_path):
+    root = write_cub(tmp_path)
+    (root / "image_class_labels.txt").unlink()
+    with pytest.raises(MissingDataError, match="image_class_labels.txt.*vision.caltech"):
+        read_cub(root)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_cub(tmp_path / "nowhere")
+
+
+def _cars_names():
+    names = [f"Make{i} Model{i} 2012" for i in range(196)]
+    names[0], names[1] = "Aston Martin V8 Vantage Coupe 2012", "Aston Martin Virage 2012"
+    names[100] = "BMW M3 Coupe 2012"
+    return names
+
+
+def _struct(**fields):
+    n = len(next(iter(fields.values())))
+    out = np.empty(n, dtype=[(k, object) for k in fields])
+    for k, v in fields.items():
+        for i in range(n):
+            out[k][i] = v[i]
+    return out
+
+
+def test_cars_combined_and_devkit_layouts(tmp_path):
+    classes = [1, 1, 2, 99, 101, 101]
+    combined = tmp_path / "combined"
+    files = [f"car_ims/{i:06d}.jpg" for i in range(1, 7)]
+    for i, f in enumerate(files):
+        _jpg(combined / f, seed=i)
+    annotations = _struct(relative_im_path=files, **{"class": classes, "test": [0, 1] * 3})
+    scipy.io.savemat(
+        combined / "cars_annos.mat",
+        {"annotations": annotations, "class_names": np.array(_cars_names(), dtype=object)},
+    )
+    devkit = tmp_path / "devkit"
+    devkit.mkdir()
+    scipy.io.savemat(devkit / "cars_meta.mat", {"class_names": np.array(_cars_names(), object)})
+    scipy.io.savemat(
+        devkit / "cars_train_annos.mat",
+        {"annotations": _struct(fname=["a.jpg", "b.jpg"], **{"class": [1, 99]})},
+    )
+    scipy.io.savemat(
+        devkit / "cars_test_annos_withlabels.mat",
+        {"annotations": _struct(fname=["c.jpg"], **{"class": [2]})},
+    )
+    for records, n in ((read_cars(combined), 6), (read_cars(devkit), 3)):
+        assert len(records.files) == n and records.level_names == ("make", "model", "image")
+        assert records.labels[records.splits["train"], 1].max() < 98
+        assert records.labels[records.splits["test"], 1].min() >= 98
+    records = read_cars(combined)
+    # classes 1 and 2 are both Aston Martin: same make label
+    by_model = {m: k for k, m, _ in records.labels}
+    assert by_model[0] == by_model[1] != by_model[100]
+    assert read_cars(devkit).files == ("cars_train/a.jpg", "cars_test/c.jpg", "cars_train/b.jpg")
+    assert cars_make("AM General Hummer SUV 2000") == "AM General"
+    with pytest.raises(MissingDataError, match="cars_meta.mat"):
+        read_cars(combined / "car_ims")
+
+
+def test_sop(tmp_path):
+    rows = {
+        "train": [(1, 1, 1, "bicycle_final/1_0.JPG"), (2, 1, 1, "bicycle_final/1_1.JPG"),
+                  (3, 2, 2, "chair_final/2_0.JPG")],
+        "test": [(4, 3, 1, "bicycle_final/3_0.JPG"), (5, 3, 1, "bicycle_final/3_1.JPG")],
+    }  # fmt: skip
+    for part, lines in rows.items():
+        text = "image_id class_id super_class_id path\n"
+        text += "".join(" ".join(map(str, r)) + "\n" for r in lines)
+        (tmp_path / f"Ebay_{part}.txt").write_text(text)
+    records = read_sop(tmp_path, val_fraction=0.5)
+    assert records.level_names == ("super_class", "class", "image")
+    np.testing.assert_array_equal(records.labels[records.splits["test"]], [[0, 2, 4], [0, 2, 5]])
+    assert set(records.labels[records.splits["val"], 1]) == {1}
+    assert records.class_names[1] == "chair 2"
+    (tmp_path / "Ebay_test.txt").unlink()
+    with pytest.raises(MissingDataError, match="Ebay_test.txt"):
+        read_sop(tmp_path)
+
+
+def write_inshop(root):
+    rows = [
+        ("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train"),
+        ("img/WOMEN/Dresses/id_00000001/01_2_side.jpg", "id_00000001", "train"),
+        ("img/MEN/Denim/id_00000002/01_1_front.jpg", "id_00000002", "train"),
+        ("img/WOMEN/Dresses/id_00000003/01_1_front.jpg", "id_00000003", "query"),
+        ("img/WOMEN/Dresses/id_00000003/01_2_side.jpg", "id_00000003", "gallery"),
+        ("img/MEN/Denim/id_00000004/01_1_front.jpg", "id_00000004", "gallery"),
+    ]
+    for i, (f, _, _) in enumerate(rows):
+        _jpg(root / f, seed=i)
+    (root / "Eval").mkdir()
+    text = f"{len(rows)}\nimage_name item_id evaluation_status\n"
+    text += "".join(" ".join(r) + "\n" for r in rows)
+    (root / "Eval" / "list_eval_partition.txt").write_text(text)
+    return root
+
+
+def test_inshop(tmp_path):
+    records = read_inshop(write_inshop(tmp_path), val_fraction=0.0)
+    assert records.level_names == ("category", "item", "image")
+    q, g = records.splits["query"], records.splits["gallery"]
+    assert len(q) == 1 and len(g) == 2 and len(records.splits["test"]) == 3
+    assert records.labels[q[0], 1] == records.labels[g[0], 1]  # same item across lists
+    assert len(set(records.labels[records.splits["train"], 0])) == 2  # WOMEN/Dresses, MEN/Denim
+    (tmp_path / "Eval" / "list_eval_partition.txt").unlink()
+    with pytest.raises(MissingDataError, match="list_eval_partition.txt"):
+        read_inshop(tmp_path)
+
+
+def test_imagenet_with_wordnet_superclasses(tmp_path):
+    mapping = json.loads(SUPERCLASSES.read_text())
+    assert len(mapping) == 1000
+    wnids = sorted(mapping)
+    for w in wnids:
+        (tmp_path / "train" / w).mkdir(parents=True)
+        (tmp_path / "val" / w).mkdir(parents=True)
+    for k, w in enumerate(wnids[:12]):
+        _jpg(tmp_path / "train" / w / f"{w}_1.JPEG", seed=k)
+        _jpg(tmp_path / "val" / w / f"ILSVRC2012_val_{k:08d}.JPEG", seed=k)
+    records = read_imagenet(tmp_path)
+    assert len(records.files) == 24 and records.level_names == ("superclass", "class", "image")
+    sizes = [len(records.splits[s]) for s in ("train", "unseen_train", "seen_test", "unseen")]
+    assert sizes[0] + sizes[1] == 12 and sizes[2] + sizes[3] == 12
+    seen = set(records.labels[records.splits["train"], 1])
+    assert not seen & set(records.labels[records.splits["unseen"], 1])
+    with pytest.raises(MissingDataError, match="train"):
+        read_imagenet(tmp_path / "val")
+
+
+def _config(**kw):
+    return ml_collections.ConfigDict(
+        {"image_size": 16, "eval_crop": 0.875, "data_dir": "", "val_fraction": 0.2, **kw}
+    )
+
+
+def test_lazy_dataset_from_files_and_corrupt_image(tmp_path):
+    records = read_cub(write_cub(tmp_path))
+    ds = to_dataset(records, image_source(records, ""), image_size=16, crop_fraction=0.875)
+    train = ds.split("train")
+    assert train.images.shape == (9, 16, 16, 3) and len(train) == 9
+    batch = train.images[2:5]
+    assert batch.shape == (3, 16, 16, 3) and batch.dtype == np.uint8
+    assert train.images[np.array([0, 8])].shape == (2, 16, 16, 3)
+    bad = records.root / records.files[0]
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(CorruptImageError, match=str(bad.name)):
+        train.images[0:1]

@@ -1,0 +1,264 @@
+"""HIST against a plain-loop NumPy reference of the official semantics, gradients, edge cases."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from himl.losses import get_loss, init_hist
+from himl.losses.hist import (
+    hist_distances,
+    hist_loss,
+    hist_loss_and_aux,
+    hypergraph_incidence,
+    hypergraph_laplacian,
+    init_hist_variables,
+)
+from himl.models.hgnn import HGNN
+from himl.train.config_lib import loss_config
+
+C, D, HIDDEN = 5, 6, 4
+
+
+# ---------------------------------------------------------------- NumPy reference (loops)
+def ref_distances(x, means, log_vars):
+    n = x.shape[0]
+    xh = [x[i] / max(math.sqrt(sum(v * v for v in x[i])), 1e-12) for i in range(n)]
+    muh = [means[c] / max(math.sqrt(sum(v * v for v in means[c])), 1e-12) for c in range(C)]
+    d2 = np.zeros((n, C))
+    for i in range(n):
+        for c in range(C):
+            for k in range(x.shape[1]):
+                s2 = math.exp(min(max(log_vars[c, k], 0.0), 6.0))
+                d2[i, c] += (xh[i][k] - muh[c][k]) ** 2 / s2
+    return d2
+
+
+def ref_incidence(d2, y, alpha):
+    """Official layout: only the columns of the classes present in the batch (sorted)."""
+    present = sorted(set(int(v) for v in y))
+    h = np.zeros((len(y), len(present)))
+    for i in range(len(y)):
+        for j, c in enumerate(present):
+            h[i, j] = 1.0 if y[i] == c else math.exp(-alpha * d2[i, c])
+    return h, present
+
+
+def ref_laplacian(h):
+    n, e = h.shape
+    dv = [sum(h[i, k] for k in range(e)) for i in range(n)]
+    de = [sum(h[i, k] for i in range(n)) for k in range(e)]
+    g = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            for k in range(e):
+                g[i, j] += h[i, k] * h[j, k] / de[k] / math.sqrt(dv[i] * dv[j])
+    return g
+
+
+def ref_hgnn(x, g, p):
+    """Two layers with batch norm in train mode (biased variance, eps 1e-5), by hand."""
+    t1, t2, bn = p["theta1"], p["theta2"], p["bn1"]
+    n = x.shape[0]
+    a = np.array([[sum(x[i, k] * t1["kernel"][k, f] for k in range(x.shape[1])) + t1["bias"][f]
+                   for f in range(HIDDEN)] for i in range(n)])  # fmt: skip
+    a = np.array([[sum(g[i, j] * a[j, f] for j in range(n)) for f in range(HIDDEN)]
+                  for i in range(n)])  # fmt: skip
+    mean = [sum(a[i, f] for i in range(n)) / n for f in range(HIDDEN)]
+    var = [sum((a[i, f] - mean[f]) ** 2 for i in range(n)) / n for f in range(HIDDEN)]
+    z = np.zeros_like(a)
+    for i in range(n):
+        for f in range(HIDDEN):
+            v = (a[i, f] - mean[f]) / math.sqrt(var[f] + 1e-5) * bn["scale"][f] + bn["bias"][f]
+            z[i, f] = v if v > 0 else 0.1 * v
+    o = np.array([[sum(z[i, f] * t2["kernel"][f, c] for f in range(HIDDEN)) + t2["bias"][c]
+                   for c in range(C)] for i in range(n)])  # fmt: skip
+    out = np.array([[sum(g[i, j] * o[j, c] for j in range(n)) for c in range(C)]
+                    for i in range(n)])  # fmt: skip
+    unbiased = [v * n / (n - 1) for v in var]
+    return out, mean, unbiased
+
+
+def ref_ce(logits, y):
+    total = 0.0
+    for i in range(len(y)):
+        lse = math.log(sum(math.exp(v) for v in logits[i]))
+        total += lse - logits[i][y[i]]
+    return total / len(y)
+
+
+def ref_hist(x, y, params, tau, alpha, lambda_s):
+    d2 = ref_distances(x, params["means"], params["log_vars"])
+    l_d = ref_ce(-tau * d2, y)
+    h, _ = ref_incidence(d2, y, alpha)
+    g = ref_laplacian(h)
+    logits, mean, var = ref_hgnn(x, g, params["hgnn"])
+    return l_d + lambda_s * ref_ce(logits, y), l_d, mean, var
+
+
+# ---------------------------------------------------------------- fixtures
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    p = jax.tree.map(np.asarray, init_hist(jax.random.key(seed), num_classes=C, embedding_dim=D,
+                                           hgnn_hidden=HIDDEN))  # fmt: skip
+    # log-variances spanning relu6's three regimes, away from its kinks at 0 and 6
+    p["log_vars"] = rng.choice([-0.7, 0.4, 1.3, 2.5, 7.0], size=(C, D)).astype(np.float32)
+    p["hgnn"]["bn1"]["scale"] = rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32)
+    p["hgnn"]["bn1"]["bias"] = rng.normal(0, 0.3, HIDDEN).astype(np.float32)
+    return p
+
+
+def _batch(labels, seed=1):
+    x = np.random.default_rng(seed).normal(size=(len(labels), D)).astype(np.float32)
+    return x, np.asarray(labels, np.int32)
+
+
+LABELS = [0, 0, 2, 2, 2, 3, 4, 4]  # class 1 absent
+
+
+def test_distances_match_reference():
+    p = _params()
+    x, _ = _batch(LABELS)
+    got = hist_distances(jnp.asarray(x), p["means"], p["log_vars"])
+    np.testing.assert_allclose(got, ref_distances(x, p["means"], p["log_vars"]), atol=1e-5)
+
+
+def test_incidence_and_laplacian_match_reference():
+    p = _params()
+    x, y = _batch(LABELS)
+    d2 = ref_distances(x, p["means"], p["log_vars"])
+    h = np.asarray(hypergraph_incidence(jnp.asarray(d2, jnp.float32), jnp.asarray(y), alpha=1.1))
+    want, present = ref_incidence(d2, y, 1.1)
+    np.testing.assert_allclose(h[:, present], want, rtol=1e-5)
+    absent = [c for c in range(C) if c not in present]
+    assert absent == [1] and np.all(h[:, absent] == 0)
+    g = hypergraph_laplacian(jnp.asarray(h))
+    np.testing.assert_allclose(g, ref_laplacian(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau,alpha,lambda_s", [(32.0, 0.9, 1.0), (16.0, 2.0, 0.5)])
+def test_loss_matches_reference(tau, alpha, lambda_s):
+    p = _params()
+    x, y = _batch(LABELS)
+    want, want_d, mean, var = ref_hist(x, y, p, tau, alpha, lambda_s)
+    bs = {"bn1": {"mean": jnp.zeros(HIDDEN), "var": jnp.ones(HIDDEN)}}
+    loss, aux = hist_loss_and_aux(
+        x, y, **p, hgnn_batch_stats=bs, tau=tau, alpha=alpha, lambda_s=lambda_s,
+        hgnn_hidden=HIDDEN,
+    )  # fmt: skip
+    assert float(loss) == pytest.approx(want, rel=1e-4)
+    assert float(aux["distribution"]) == pytest.approx(want_d, rel=1e-4)
+    # running statistics: momentum 0.1, unbiased variance (torch BatchNorm1d)
+    np.testing.assert_allclose(aux["batch_stats"]["bn1"]["mean"], 0.1 * np.array(mean), rtol=1e-4)
+    np.testing.assert_allclose(
+        aux["batch_stats"]["bn1"]["var"], 0.9 + 0.1 * np.array(var), rtol=1e-4
+    )
+    # the registry entry and the scalar function agree
+    fn = get_loss("hist")
+    assert fn is hist_loss
+    kw = dict(tau=tau, alpha=alpha, lambda_s=lambda_s, hgnn_hidden=HIDDEN)
+    assert float(fn(x, y, **p, **kw)) == pytest.approx(want, rel=1e-4)
+
+
+def test_views_are_samples():
+    p = _params()
+    x, y = _batch([0, 0, 2, 2, 3, 3, 4, 4])
+    views = jnp.asarray(x).reshape(4, 2, D)
+    want, *_ = ref_hist(x, y, p, 32.0, 0.9, 1.0)
+    got = hist_loss(views, jnp.asarray(y[::2]), **p, hgnn_hidden=HIDDEN)
+    assert np.allclose(y[::2].repeat(2), y)
+    assert float(got) == pytest.approx(want, rel=1e-4)
+
+
+def test_eval_mode_uses_running_statistics():
+    p = _params()
+    x, y = _batch(LABELS)
+    bs = {"bn1": {"mean": jnp.full(HIDDEN, 0.2), "var": jnp.full(HIDDEN, 2.0)}}
+    _, aux = hist_loss_and_aux(x, y, **p, hgnn_batch_stats=bs, hgnn_hidden=HIDDEN, train=False)
+    assert aux["batch_stats"] is bs
+    a, _ = hist_loss_and_aux(x, y, **p, hgnn_batch_stats=bs, hgnn_hidden=HIDDEN, train=False)
+    b, _ = hist_loss_and_aux(x, y, **p, hgnn_batch_stats=bs, hgnn_hidden=HIDDEN, train=True)
+    assert float(a) != pytest.approx(float(b))
+
+
+def test_gradients_float64():
+    p = _params()
+    x, y = _batch(LABELS)
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p)
+
+        @jax.jit
+        def f(x, means, log_vars, hgnn):
+            return hist_loss(x, jnp.asarray(y), means, log_vars, hgnn, hgnn_hidden=HIDDEN)
+
+        args = (jnp.asarray(x, jnp.float64), p64["means"], p64["log_vars"], p64["hgnn"])
+        check_grads(f, args, order=1, modes=("rev",), atol=1e-4, rtol=1e-4, eps=1e-5)
+
+
+def test_incidence_is_not_detached():
+    """The CE term reaches the distributions through H (and G), as in the official code."""
+    p = _params()
+    x, y = _batch(LABELS)
+
+    @jax.jit
+    def ce_only(means):
+        _, aux = hist_loss_and_aux(x, y, means, p["log_vars"], p["hgnn"], hgnn_hidden=HIDDEN)
+        return aux["ce"]
+
+    assert float(jnp.abs(jax.jit(jax.grad(ce_only))(jnp.asarray(p["means"]))).max()) > 0
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [0, 1, 2, 3, 4],  # every sample its own class (and every class present)
+        [3, 3, 3, 3, 3, 3],  # one class fills the batch: a single hyperedge
+        [0, 0, 1, 2, 2, 4],  # classes 1 and 4 appear once
+        [2, 2],  # two samples (batch norm over two rows)
+    ],
+)
+def test_edge_batches_are_finite(labels):
+    p = _params()
+    x, y = _batch(labels)
+    loss, grads = jax.jit(
+        jax.value_and_grad(lambda x, p: hist_loss(x, y, **p, hgnn_hidden=HIDDEN), argnums=(0, 1))
+    )(jnp.asarray(x), p)
+    assert np.isfinite(float(loss))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_jit_same_shapes_any_classes():
+    p = _params()
+    f = jax.jit(lambda x, y, p: hist_loss(x, y, **p, hgnn_hidden=HIDDEN))
+    for labels in ([0, 0, 1, 1], [4, 4, 4, 4], [0, 1, 2, 3]):
+        x, y = _batch(labels)
+        assert np.isfinite(float(f(x, y, p)))
+    assert f._cache_size() == 1
+
+
+def test_init_official_distributions():
+    v = init_hist_variables(jax.random.key(0), num_classes=400, embedding_dim=64, hgnn_hidden=32)
+    for name in ("means", "log_vars"):
+        arr = np.asarray(v["params"][name])
+        assert arr.shape == (400, 64)
+        assert np.std(arr) == pytest.approx(math.sqrt(2 / 400), rel=0.05)  # fan_out = C
+    bound = 1 / math.sqrt(64)  # torch.nn.Linear: U(+-1/sqrt(fan_in))
+    assert np.abs(v["params"]["hgnn"]["theta1"]["kernel"]).max() <= bound
+    assert np.abs(v["params"]["hgnn"]["theta1"]["bias"]).max() <= bound
+    assert v["params"]["hgnn"]["theta2"]["kernel"].shape == (32, 400)
+    np.testing.assert_array_equal(v["batch_stats"]["hgnn"]["bn1"]["var"], np.ones(32))
+    assert HGNN(num_classes=3).hidden == 512  # official --hgnn-hidden default
+
+
+def test_config_and_errors():
+    cfg = loss_config("hist")
+    assert dict(cfg.hist) == {"tau": 32.0, "alpha": 0.9, "lambda_s": 1.0, "hgnn_hidden": 512}
+    p = _params()
+    x, y = _batch(LABELS)
+    with pytest.raises(ValueError, match="hgnn_hidden"):
+        hist_loss(x, y, **p, hgnn_hidden=HIDDEN + 1)
+    with pytest.raises(ValueError, match="means and log_vars"):
+        hist_loss(x[:, :3], y, **p, hgnn_hidden=HIDDEN)
