@@ -6,7 +6,7 @@
 Trains `configs/default.py` once per (loss, seed) with only `config.loss.name` and
 `config.seed` changed (plus any `--set key=value` overrides), then prints mean +- std over
 seeds of Recall@1, MAP@R and NMI at the class level, with the untrained embedding as the
-first row. Each run takes about 1-2 minutes on 2 CPU cores.
+first row. Each run takes about a minute on 2 idle CPU cores.
 """
 
 from __future__ import annotations

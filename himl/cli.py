@@ -7,9 +7,12 @@ line and exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 from absl import flags
+
+from himl.errors import UserError
 
 
 def _one_line(err: BaseException) -> str:
@@ -38,7 +41,11 @@ def flags_parser(program: str):
 
     def parse(argv):
         try:
-            return flags.FLAGS(argv)
+            rest = flags.FLAGS(argv)
+            config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+            if config is not None:
+                config.keys()  # a config file that failed to load raises only when touched
+            return rest
         except flags.Error as err:
             message = _one_line(err)
         except (AttributeError, KeyError, TypeError, ValueError, OSError) as err:
@@ -53,14 +60,14 @@ def flags_parser(program: str):
 @contextlib.contextmanager
 def exit_on_user_error(program: str):
     """Prints `program: error: message` and exits 2 on a user error; 130 on Ctrl-C."""
-    from himl.hierarchy import HierarchyError
-    from himl.train.checkpoint import CheckpointError
-    from himl.train.config_lib import ConfigError
-
     try:
         yield
-    except (ConfigError, CheckpointError, HierarchyError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         print(f"{program}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Nothing was written; skip interpreter teardown, where orbax's background asyncio
+        # threads of a failed restore print tracebacks that would bury the one-line error.
+        os._exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from himl.errors import UserError
 
-class HierarchyError(ValueError):
+
+class HierarchyError(UserError, ValueError):
     """Labels that do not form a tree (or are not a valid label matrix)."""
 
 

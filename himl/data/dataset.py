@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from himl.errors import UserError
 from himl.hierarchy import validate_tree
+
+
+class UnknownSplitError(UserError, KeyError):
+    """A split name the dataset does not have."""
+
+    def __str__(self):
+        return str(self.args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +74,7 @@ class Dataset:
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
-            raise ValueError(
+            raise UnknownSplitError(
                 f"dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}"
             )
         return self.splits[name]

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from himl.errors import UserError
 
-class CorruptImageError(ValueError):
+
+class CorruptImageError(UserError, ValueError):
     """An image file that Pillow cannot decode; the message names the file."""
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from himl.errors import UserError
 
-class MissingDataError(FileNotFoundError):
+
+class MissingDataError(UserError, FileNotFoundError):
     """A file or folder of a user-downloaded dataset is missing (names it and its source)."""
 
 
-class MalformedDataError(ValueError):
+class MalformedDataError(UserError, ValueError):
     """An annotation file exists but does not have the official layout."""
 
 

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from himl.data.dataset import Dataset, Split
 from himl.eval.hierarchical import hierarchical_metrics
+from himl.eval.knn import EvalInputError, as_embeddings
 from himl.train.state import embed
 
 
@@ -30,25 +31,40 @@ def embed_split(model, params, batch_stats, split: Split, *, batch_size: int, pr
     return np.concatenate(chunks)
 
 
-def evaluate(model, params, batch_stats, dataset: Dataset, eval_config, *, progress=True):
-    """`{split: metrics}` for every split in `eval_config.splits`.
+def evaluate_split(
+    model, params, batch_stats, dataset: Dataset, split_name: str, eval_config, *, progress=True
+) -> tuple[dict, np.ndarray]:
+    """Metrics per label level (coarsest to class level) of one split, and its embeddings.
 
-    Metrics are computed per label level from the coarsest to the class level
-    (`hierarchical_metrics`), e.g. `{"unseen": {"group": {"recall@1": ...}, "class": ...}}`.
+    Returns `(metrics, embeddings [N, D])`; metrics as `hierarchical_metrics` plus
+    "num_samples", e.g. `{"group": {"recall@1": ...}, "class": {...}, ...}`.
     """
-    results = {}
+    split = dataset.split(split_name)
+    if len(split) == 0:
+        raise EvalInputError(f"split {split_name!r} of {dataset.name!r} is empty")
+    emb = embed_split(
+        model, params, batch_stats, split, batch_size=eval_config.batch_size, progress=progress
+    )
+    # NaN rows mean a diverged model: say so here rather than deep inside the metrics.
+    as_embeddings(emb, name=f"embeddings of split {split_name!r}")
     levels = dataset.eval_level_names
-    for split_name in eval_config.splits:
-        split = dataset.split(split_name)
-        emb = embed_split(
-            model, params, batch_stats, split, batch_size=eval_config.batch_size, progress=progress
-        )
-        results[split_name] = hierarchical_metrics(
-            emb,
-            split.labels[:, : len(levels)],
-            ks=tuple(eval_config.ks),
-            level_names=levels,
-            metric=eval_config.metric,
-        )
-        results[split_name]["num_samples"] = len(split)
-    return results
+    metrics = hierarchical_metrics(
+        emb,
+        split.labels[:, : len(levels)],
+        ks=tuple(eval_config.ks),
+        level_names=levels,
+        metric=eval_config.metric,
+        block_size=eval_config.block_size,
+    )
+    metrics["num_samples"] = len(split)
+    return metrics, emb
+
+
+def evaluate(model, params, batch_stats, dataset: Dataset, eval_config, *, progress=True):
+    """`{split: metrics}` for every split in `eval_config.splits` (see `evaluate_split`)."""
+    return {
+        name: evaluate_split(
+            model, params, batch_stats, dataset, name, eval_config, progress=progress
+        )[0]
+        for name in eval_config.splits
+    }

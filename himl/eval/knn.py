@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himl.distances import l2_normalize
+from himl.errors import UserError
 
 METRICS = ("cosine", "euclidean")
 GROUP = 16  # widest column group of the two-stage block top-k
@@ -37,11 +38,16 @@ GROUP = 16  # widest column group of the two-stage block top-k
 SYMMETRIC_MAX_ENTRIES = 1 << 26
 
 
+class EvalInputError(UserError, ValueError):
+    """Embeddings that cannot be evaluated (empty, NaN or inf rows): a user-facing error."""
+
+
 def as_embeddings(x, *, name: str = "embeddings") -> jax.Array:
     """Checks `x` is a finite, non-empty `[N, D]` float array; returns it as float32 JAX array.
 
     Raises:
-      ValueError: naming the problem (wrong rank, empty split, count of NaN / inf rows).
+      ValueError: wrong rank or dimension 0 (a programming error).
+      EvalInputError: empty split, or the count of NaN / inf rows (a data/model problem).
     """
     if x is None:
         raise ValueError(f"{name} is None")
@@ -49,16 +55,16 @@ def as_embeddings(x, *, name: str = "embeddings") -> jax.Array:
     if len(shape) != 2:
         raise ValueError(f"{name} must have shape [N, D], got {tuple(shape)}")
     if shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows): nothing to evaluate")
+        raise EvalInputError(f"{name} is empty (0 rows): nothing to evaluate")
     if shape[1] == 0:
         raise ValueError(f"{name} has dimension 0")
     x = jnp.asarray(x, dtype=jnp.float32)
     nan_rows = int(jnp.sum(jnp.any(jnp.isnan(x), axis=1)))
     if nan_rows:
-        raise ValueError(f"{name} has {nan_rows} of {shape[0]} rows containing NaN")
+        raise EvalInputError(f"{name} has {nan_rows} of {shape[0]} rows containing NaN")
     inf_rows = int(jnp.sum(jnp.any(jnp.isinf(x), axis=1)))
     if inf_rows:
-        raise ValueError(f"{name} has {inf_rows} of {shape[0]} rows containing inf")
+        raise EvalInputError(f"{name} has {inf_rows} of {shape[0]} rows containing inf")
     return x
 
 

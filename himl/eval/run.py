@@ -9,8 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from himl.eval.evaluator import embed_split
-from himl.eval.hierarchical import hierarchical_metrics
+from himl.eval.evaluator import evaluate_split
 from himl.eval.knn import knn
 from himl.eval.plots import plot_embedding_2d, plot_recall_at_k, plot_retrieval_grid
 from himl.eval.probe import linear_probe, stratified_split
@@ -36,8 +35,9 @@ def restore_params(exp, workdir: Path, step: int | None):
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)
     available = sorted(ckpt.manager.all_steps())
     if step is not None and step not in available:
+        ckpt.manager.close()
         raise CheckpointError(f"no checkpoint for step {step} in {directory}; have {available}")
-    state = ckpt.restore(exp.initial_state(), step)
+    state = ckpt.restore(exp.initial_state(), step)  # closes the manager itself on failure
     ckpt.manager.close()
     return state.params["model"], state.batch_stats["model"], int(state.step)
 
@@ -72,15 +72,11 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in splits or eval_cfg.splits:
+        metrics, emb = evaluate_split(
+            exp.model, params, batch_stats, dataset, name, eval_cfg, progress=progress
+        )
         split = dataset.split(name)
-        emb = embed_split(
-            exp.model, params, batch_stats, split, batch_size=eval_cfg.batch_size, progress=progress
-        )
         labels = split.labels[:, : len(levels)]
-        metrics = hierarchical_metrics(
-            emb, labels, ks=tuple(eval_cfg.ks), level_names=levels, metric=eval_cfg.metric
-        )
-        metrics["num_samples"] = len(split)
         metrics["linear_probe"] = probe_split(emb, labels[:, -1], config.seed)
         results[name] = metrics
         if plots:

@@ -158,7 +158,9 @@ def hist_loss_and_aux(
         )
     width = hgnn["theta1"]["kernel"].shape[-1]
     if width != hgnn_hidden:
-        raise ValueError(f"hist: hgnn_hidden={hgnn_hidden} but the HGNN parameters are {width} wide")
+        raise ValueError(
+            f"hist: hgnn_hidden={hgnn_hidden} but the HGNN parameters are {width} wide"
+        )
     y = y.astype(jnp.int32)
     d2 = hist_distances(x, means, log_vars)
     distribution = optax.softmax_cross_entropy_with_integer_labels(-tau * d2, y).mean()

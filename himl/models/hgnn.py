@@ -36,7 +36,7 @@ def _torch_linear_bias_init(fan_in: int):
 
 
 def torch_dense(features: int, fan_in: int, name: str) -> nn.Dense:
-    """`nn.Dense` initialised as `torch.nn.Linear` (kaiming_uniform a=sqrt(5) == U(+-1/sqrt(fan_in)))."""
+    """`nn.Dense` initialised as `torch.nn.Linear`: U(+-1/sqrt(fan_in)) weight and bias."""
     return nn.Dense(
         features,
         kernel_init=jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),

@@ -7,8 +7,10 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from himl.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint exists but cannot be restored into this run's state."""
 
 
@@ -33,6 +35,7 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax raises many types; all mean the same to the user
+            self.manager.close()  # stop its background threads before the error unwinds
             raise CheckpointError(
                 f"cannot restore checkpoint step {step} from {self.directory}: "
                 f"{type(err).__name__}: {str(err).splitlines()[0][:300]}. It is corrupt or was "

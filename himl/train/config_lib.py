@@ -11,6 +11,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from himl.errors import UserError
 from himl.losses import LOSSES, default_hparams
 
 DATASETS = ("embedded", "fashion_mnist", "cub", "cars", "sop", "inshop", "imagenet", "omniglot")
@@ -20,7 +21,7 @@ MODEL_HEADS = ("linear", "hist")
 SCHEDULES = ("constant", "cosine", "step")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that names something that does not exist or cannot work."""
 
 

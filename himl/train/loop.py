@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -25,16 +24,13 @@ from himl.eval.report import results_table
 from himl.train.checkpoint import Checkpointer
 from himl.train.config_lib import ConfigError, validate_config
 from himl.train.experiment import build_experiment
+from himl.train.interrupt import Interrupted, StopRequests
 from himl.train.metrics_writer import MetricsWriter
 from himl.train.state import train_step
 
 # Config sections that decide the shape of the checkpointed state or the data it saw: a
 # resumed run must agree with the run that wrote the checkpoints on all of them.
 RESUME_KEYS = ("seed", "data.name", "data.batch_size", "model", "loss.name", "optimizer.name")
-
-
-class Interrupted(Exception):
-    """Raised in the main thread on SIGTERM so that the loop saves before exiting."""
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -106,8 +102,42 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
-def _on_sigterm(signum, frame):
-    raise Interrupted(f"signal {signum}")
+def _train(exp, state, mesh, ckpt, writer, *, progress):
+    """Steps from `state.step` to `config.train.steps`, logging and checkpointing.
+
+    Ctrl-C or SIGTERM stops after the current step with a checkpoint and raises
+    `Interrupted`; the same command resumes from there.
+    """
+    config = exp.config
+    batcher = make_batcher(config.data, exp.dataset, config.seed)
+    step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
+    first, total = int(state.step), config.train.steps
+    bar = tqdm(total=total, initial=first, desc="training", disable=not progress, unit="step")
+    tic = time.time()
+    with StopRequests() as stop, writer:
+        for step in range(first, total):
+            state, metrics = step_fn(state, device_batch(batcher(step), mesh))
+            bar.update(1)
+            if (step + 1) % config.train.log_every == 0 or step + 1 == total:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics["steps_per_second"] = config.train.log_every / (time.time() - tic)
+                tic = time.time()
+                writer.write(step + 1, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            ckpt.save(step + 1, state)
+            if stop.requested:
+                break
+        bar.close()
+        ckpt.save(int(state.step), state, force=True)
+        ckpt.close()
+        getattr(batcher, "close", lambda: None)()
+    if stop.requested:
+        tqdm.write(
+            f"{stop.requested}: saved step {int(state.step)} in {ckpt.directory}; "
+            "run the same command again to resume"
+        )
+        raise Interrupted(stop.requested)
+    return state
 
 
 def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
@@ -139,40 +169,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         state = ckpt.restore(state)
         tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
 
-    batcher = make_batcher(config.data, dataset, config.seed)
-    step_fn = make_step_fn(model, exp.objective, exp.tx, mesh)
-    writer = MetricsWriter(workdir)
-    first, total = int(state.step), config.train.steps
-    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-    bar = tqdm(total=total, initial=first, desc="training", disable=not progress, unit="step")
-    tic, step = time.time(), first
-    try:
-        for step in range(first, total):
-            batch = batcher(step)
-            state, metrics = step_fn(state, device_batch(batch, mesh))
-            bar.update(1)
-            if (step + 1) % config.train.log_every == 0 or step + 1 == total:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics["steps_per_second"] = config.train.log_every / (time.time() - tic)
-                tic = time.time()
-                writer.write(step + 1, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            ckpt.save(step + 1, state)
-    except (KeyboardInterrupt, Interrupted):
-        bar.close()
-        ckpt.save(int(state.step), state, force=True)
-        ckpt.close()
-        writer.close()
-        tqdm.write(
-            f"interrupted: saved step {int(state.step)} in {ckpt.directory}; "
-            "run the same command again to resume"
-        )
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    bar.close()
-    ckpt.save(int(state.step), state, force=True)
-    ckpt.close()
+    state = _train(exp, state, mesh, ckpt, MetricsWriter(workdir), progress=progress)
 
     trained = evaluate(
         model,
@@ -182,17 +179,13 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         config.eval,
         progress=progress,
     )
-    for split, by_level in trained.items():
-        for level in dataset.eval_level_names:
-            writer.write(
-                int(state.step),
-                {
-                    f"eval/{split}/{level}/{k}": v
-                    for k, v in by_level[level].items()
-                    if isinstance(v, float)
-                },
-            )
-    writer.close()
+    with MetricsWriter(workdir) as writer:
+        for split, by_level in trained.items():
+            for level in dataset.eval_level_names:
+                scalars = {k: v for k, v in by_level[level].items() if isinstance(v, float)}
+                writer.write(
+                    int(state.step), {f"eval/{split}/{level}/{k}": v for k, v in scalars.items()}
+                )
     summary = {
         "step": int(state.step),
         "dataset": dataset.name,

@@ -33,6 +33,12 @@ class MetricsWriter:
         self._events.flush()
         self._jsonl.flush()
 
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         self._events.close()
         self._jsonl.close()

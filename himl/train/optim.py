@@ -130,7 +130,21 @@ def param_labels(params, groups) -> Any:
             "parameter of this model and loss (keys are parameter paths joined by '_', "
             "e.g. model_embedding, loss_means, loss_hgnn)"
         )
-    return labels
+    # A subtree whose leaves share one group gets one label (a prefix of the parameter tree,
+    # as multi_transform allows): the default groups give exactly the earlier optimiser state.
+    return {top: _collapse(sub, top) for top, sub in labels.items()}
+
+
+def _collapse(tree, empty_label: str):
+    if not isinstance(tree, dict):
+        return tree
+    children = {k: _collapse(v, empty_label) for k, v in tree.items()}
+    values = list(children.values())
+    if not values:
+        return empty_label
+    if all(isinstance(v, str) for v in values) and len(set(values)) == 1:
+        return values[0]
+    return children
 
 
 def build_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
@@ -142,7 +156,8 @@ def build_optimizer(opt_config, total_steps: int) -> optax.GradientTransformatio
     unknown = sorted(frozen - set(multipliers))
     if unknown:
         raise ValueError(
-            f"config.optimizer.frozen_groups {unknown} are not groups; groups: {sorted(multipliers)}"
+            f"config.optimizer.frozen_groups {unknown} are not groups; "
+            f"groups: {sorted(multipliers)}"
         )
     transforms = {}
     for group, scale in multipliers.items():

@@ -1,0 +1,35 @@
+"""Shared settings of the real-dataset configs (cub, cars, sop, inshop, imagenet, omniglot).
+
+Images are decoded lazily from the user's downloaded files (or, with `data_dir`, from
+array_record written once there by the tensorflow-datasets builder) and fed through grain
+with the DML augmentations. The model is still the default small CNN: override
+`config.model` for a stronger backbone.
+"""
+
+from himl.configs import default
+
+
+def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
+    """The default config on dataset `name`; `data` overrides `config.data` fields."""
+    config = default.get_config()
+    config.data.name = name
+    config.data.manual_dir = ""  # required: the folder of the downloaded files
+    config.data.augmentation = "dml"
+    config.data.sampler = sampler
+    config.data.image_size = 224
+    config.data.batch_size = 64
+    config.data.samples_per_class = 4
+    config.data.num_workers = 4
+    config.data.update(data)
+    config.train.steps = 5000
+    config.train.log_every = 100
+    config.train.checkpoint_every = 1000
+    config.optimizer.warmup_steps = 200
+    config.eval.splits = tuple(eval_splits)
+    config.eval.ks = tuple(ks)
+    config.eval.batch_size = 128
+    return config
+
+
+def get_config(arg: str = ""):
+    raise ValueError("configs/benchmark.py holds shared settings; use configs/<dataset>.py")

@@ -1,0 +1,10 @@
+"""The base class of every error a user can fix (a config, a file, a checkpoint, data).
+
+The commands print such errors as one line and exit 2; anything else is a bug and keeps
+its traceback. Each subclass also derives from the built-in type it refines (ValueError,
+FileNotFoundError, ...), so library callers can catch either.
+"""
+
+
+class UserError(Exception):
+    """Bad input, named clearly enough for the user to fix it."""

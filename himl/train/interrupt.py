@@ -1,0 +1,39 @@
+"""Graceful stops: Ctrl-C or SIGTERM ends a run at a step boundary, after a checkpoint.
+
+The jitted step donates the state's buffers, so the state cannot be saved from inside an
+interrupted step. The first signal therefore only asks the loop to stop after the current
+step; a second Ctrl-C stops at once (the run then resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the training loop after it saved a checkpoint on request."""
+
+
+class StopRequests:
+    """Context manager that turns SIGINT/SIGTERM into a `requested` flag (main thread only)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

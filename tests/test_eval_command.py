@@ -1,0 +1,87 @@
+"""`himl-eval` end to end on a tiny trained checkpoint, and its one-line errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from himl.eval import hierarchical_metrics
+from himl.eval.evaluator import embed_split
+from himl.eval.run import restore_params
+from himl.train.experiment import build_experiment
+from himl.train.loop import train_and_evaluate
+
+REPO = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    from himl.configs import tiny
+
+    config = tiny.get_config()
+    config.train.steps = 4
+    config.eval.splits = ()
+    workdir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(config, workdir, progress=False)
+    return workdir, config
+
+
+def _eval(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "himl.eval", "--noprogress", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_eval_binary_json_matches_library(trained_workdir, tmp_path):
+    workdir, config = trained_workdir
+    result = _eval(f"--workdir={workdir}", "--splits=unseen", f"--out={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["checkpoint_step"] == 4
+    assert written["config"]["model"]["embedding_dim"] == config.model.embedding_dim
+    for plot in ("unseen_recall_at_k.png", "unseen_embedding_2d.png", "unseen_retrievals.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+
+    # The same numbers straight from the library on the restored parameters.
+    exp = build_experiment(config)
+    params, batch_stats, _ = restore_params(exp, workdir, None)
+    split = exp.dataset.split("unseen")
+    emb = embed_split(exp.model, params, batch_stats, split, batch_size=128, progress=False)
+    expected = hierarchical_metrics(
+        emb, split.labels[:, :2], ks=tuple(config.eval.ks), level_names=("group", "class")
+    )
+    for level in ("group", "class"):
+        for key in ("recall@1", "recall@8", "map@r", "r_precision", "nmi"):
+            np.testing.assert_allclose(
+                written["results"]["unseen"][level][key], expected[level][key], rtol=1e-5
+            )
+    assert "linear probe on 'unseen'" in result.stdout
+
+
+def test_eval_rejects_a_checkpoint_of_another_model(trained_workdir):
+    workdir, _ = trained_workdir
+    result = _eval(
+        f"--workdir={workdir}",
+        "--config=configs/tiny.py",
+        "--config.model.embedding_dim=8",
+        "--noplots",
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "cannot restore checkpoint step 4" in result.stderr
+
+
+def test_eval_rejects_unknown_split_and_missing_step(trained_workdir):
+    workdir, _ = trained_workdir
+    result = _eval(f"--workdir={workdir}", "--splits=valdation", "--noplots")
+    assert result.returncode == 2 and "has no split 'valdation'" in result.stderr
+    result = _eval(f"--workdir={workdir}", "--step=3", "--noplots")
+    assert result.returncode == 2 and "no checkpoint for step 3" in result.stderr
