@@ -65,6 +65,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.splits = ("unseen", "seen_test")
+    config.eval.query_gallery = ()  # (query split, gallery split): In-Shop style retrieval
     config.eval.ks = (1, 2, 4, 8)
     config.eval.metric = "cosine"
     config.eval.batch_size = 500

@@ -10,6 +10,8 @@ from himl.configs.benchmark import get_benchmark_config
 
 
 def get_config(arg: str = ""):
-    return get_benchmark_config(
-        "inshop", sampler=arg or "hierarchical", eval_splits=("test",), ks=(1, 10, 20, 30)
+    config = get_benchmark_config(
+        "inshop", sampler=arg or "hierarchical", eval_splits=(), ks=(1, 10, 20, 30)
     )
+    config.eval.query_gallery = ("query", "gallery")  # the In-Shop protocol
+    return config

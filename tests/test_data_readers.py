@@ -204,3 +204,29 @@ def test_lazy_dataset_from_files_and_corrupt_image(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(CorruptImageError, match=str(bad.name)):
         train.images[0:1]
+
+
+@pytest.mark.slow
+def test_inshop_config_trains_and_evaluates_query_to_gallery(tmp_path):
+    from himl.configs import inshop
+    from himl.train.loop import train_and_evaluate
+
+    config = inshop.get_config()
+    config.data.manual_dir = str(write_inshop(tmp_path / "data"))
+    config.data.update(
+        dict(
+            image_size=16,
+            batch_size=8,
+            samples_per_class=4,
+            sampler="m_per_class",
+            num_workers=0,
+            val_fraction=0.0,
+        )
+    )
+    config.model.widths, config.model.embedding_dim = (4,), 8
+    config.train.steps, config.eval.batch_size, config.eval.ks = 2, 4, (1, 2)
+    summary = train_and_evaluate(config, tmp_path / "run", progress=False)
+    result = summary["results"]["trained"]["query->gallery"]
+    assert result["num_samples"] == 1 and result["item"]["num_queries"] == 1
+    # One query whose item has one gallery image among two: recall@2 must find it.
+    assert result["item"]["recall@2"] == 1.0

@@ -85,3 +85,10 @@ def test_eval_rejects_unknown_split_and_missing_step(trained_workdir):
     assert result.returncode == 2 and "has no split 'valdation'" in result.stderr
     result = _eval(f"--workdir={workdir}", "--step=3", "--noplots")
     assert result.returncode == 2 and "no checkpoint for step 3" in result.stderr
+
+
+def test_checkpoint_path_names_workdir_and_step(tmp_path):
+    from himl.eval.run import split_checkpoint_path
+
+    assert split_checkpoint_path(tmp_path / "checkpoints" / "40", None) == (tmp_path, 40)
+    assert split_checkpoint_path(tmp_path, 7) == (tmp_path, 7)

@@ -11,6 +11,8 @@ from tqdm.auto import tqdm
 from himl.data.dataset import Dataset, Split
 from himl.eval.hierarchical import hierarchical_metrics
 from himl.eval.knn import EvalInputError, as_embeddings
+from himl.eval.retrieval import query_gallery_retrieval_metrics
+from himl.hierarchy import prefix_ids
 from himl.train.state import embed
 
 
@@ -60,11 +62,60 @@ def evaluate_split(
     return metrics, emb
 
 
+def evaluate_query_gallery(
+    model, params, batch_stats, dataset: Dataset, eval_config, *, progress=True
+) -> dict:
+    """Query -> gallery retrieval per label level (the In-Shop protocol).
+
+    `eval_config.query_gallery = (query split, gallery split)`; returns
+    `{level: query_gallery_retrieval_metrics(...)}` plus "num_samples" (queries).
+    """
+    query_name, gallery_name = eval_config.query_gallery
+    splits = [dataset.split(query_name), dataset.split(gallery_name)]
+    emb = []
+    for name, split in zip((query_name, gallery_name), splits, strict=True):
+        if len(split) == 0:
+            raise EvalInputError(f"split {name!r} of {dataset.name!r} is empty")
+        emb.append(
+            embed_split(
+                model,
+                params,
+                batch_stats,
+                split,
+                batch_size=eval_config.batch_size,
+                progress=progress,
+            )
+        )
+        as_embeddings(emb[-1], name=f"embeddings of split {name!r}")
+    labels = np.concatenate([s.labels for s in splits])
+    num_queries = len(splits[0])
+    results = {"num_samples": num_queries}
+    for depth, level in enumerate(dataset.eval_level_names, start=1):
+        ids = prefix_ids(labels, depth)  # one id space for query and gallery
+        results[level] = query_gallery_retrieval_metrics(
+            emb[0],
+            ids[:num_queries],
+            emb[1],
+            ids[num_queries:],
+            ks=tuple(eval_config.ks),
+            metric=eval_config.metric,
+            block_size=eval_config.block_size,
+        )
+    return results
+
+
 def evaluate(model, params, batch_stats, dataset: Dataset, eval_config, *, progress=True):
-    """`{split: metrics}` for every split in `eval_config.splits` (see `evaluate_split`)."""
-    return {
+    """`{split: metrics}` for every split in `eval_config.splits` (see `evaluate_split`),
+    plus `{"query->gallery": ...}` when `eval_config.query_gallery` names two splits."""
+    results = {
         name: evaluate_split(
             model, params, batch_stats, dataset, name, eval_config, progress=progress
         )[0]
         for name in eval_config.splits
     }
+    if eval_config.query_gallery:
+        query, gallery = eval_config.query_gallery
+        results[f"{query}->{gallery}"] = evaluate_query_gallery(
+            model, params, batch_stats, dataset, eval_config, progress=progress
+        )
+    return results

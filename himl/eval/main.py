@@ -2,6 +2,7 @@
 
     himl-eval --workdir=runs/default                       # latest checkpoint, run's config
     himl-eval --workdir=runs/default --step=400 --splits=unseen
+    himl-eval --workdir=runs/default/checkpoints/400          # the same checkpoint
     himl-eval --workdir=W --config=configs/default.py --config.eval.ks=1,10,100
 
 Writes `<workdir>/eval/metrics.json` (every number, the config and the checkpoint step),
@@ -17,7 +18,12 @@ from ml_collections import config_flags
 
 from himl.cli import exit_on_user_error, flags_parser, with_default_config
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "himl-train work directory.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "himl-train work directory, or one of its checkpoints (<workdir>/checkpoints/<step>).",
+    required=True,
+)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional config file (default: the run's saved config.json)."
 )

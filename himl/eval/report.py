@@ -10,6 +10,10 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
 
 
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def results_table(results_by_model: dict, level_names, ks) -> str:
     """One table per split: rows (model, level), columns Recall@K, MAP@R, NMI, AMI (in %).
 
@@ -24,8 +28,9 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
         for model_name, results in results_by_model.items():
             for level in level_names:
                 m = results[split][level]
-                cells = [m[f"recall@{k}"] for k in ks] + [m["map@r"], m["nmi"], m["ami"]]
-                rows.append([model_name, level] + [f"{100 * c:.2f}" for c in cells])
+                keys = [f"recall@{k}" for k in ks] + ["map@r", "nmi", "ami"]
+                # query->gallery results have no clustering scores: shown as "-".
+                rows.append([model_name, level] + [_percent(m.get(key)) for key in keys])
         n = first[split].get("num_samples", "?")
         blocks.append(f"split {split!r} ({n} images)\n{format_table(header, rows)}\n")
     return "\n".join(blocks)

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from himl.eval.evaluator import evaluate_split
+from himl.eval.evaluator import evaluate_query_gallery, evaluate_split
 from himl.eval.knn import knn
 from himl.eval.plots import plot_embedding_2d, plot_recall_at_k, plot_retrieval_grid
 from himl.eval.probe import linear_probe, stratified_split
@@ -25,6 +25,15 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {workdir} a himl-train work directory?")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def split_checkpoint_path(path: Path, step: int | None) -> tuple[Path, int | None]:
+    """`(workdir, step)` of a work directory or of a checkpoint `<workdir>/checkpoints/<step>`."""
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        if step is not None and step != int(path.name):
+            raise ConfigError(f"--step={step} contradicts the checkpoint path {path}")
+        return path.parent.parent, int(path.name)
+    return path, step
 
 
 def restore_params(exp, workdir: Path, step: int | None):
@@ -54,7 +63,8 @@ def evaluate_checkpoint(
     """Embeds the evaluation splits with a checkpoint and writes metrics.json and plots.
 
     Args:
-      workdir: a `himl-train` work directory (its config.json and checkpoints/).
+      workdir: a `himl-train` work directory (its config.json and checkpoints/), or one
+        of its checkpoints, `<workdir>/checkpoints/<step>`.
       config: overrides the run's saved config (must describe the same model).
       step: checkpoint step (default: latest). splits: split names (default: config.eval).
       out_dir: where results go (default: `<workdir>/eval`).
@@ -62,7 +72,7 @@ def evaluate_checkpoint(
     Returns:
       The dict written to `<out_dir>/metrics.json`.
     """
-    workdir = Path(workdir).expanduser()
+    workdir, step = split_checkpoint_path(Path(workdir).expanduser(), step)
     config = config if config is not None else load_run_config(workdir)
     exp = build_experiment(config)
     params, batch_stats, step = restore_params(exp, workdir, step)
@@ -81,6 +91,11 @@ def evaluate_checkpoint(
         results[name] = metrics
         if plots:
             _plot(out, name, split, emb, labels, metrics, levels, eval_cfg)
+    if eval_cfg.query_gallery and not splits:
+        query, gallery = eval_cfg.query_gallery
+        results[f"{query}->{gallery}"] = evaluate_query_gallery(
+            exp.model, params, batch_stats, dataset, eval_cfg, progress=progress
+        )
     summary = {
         "workdir": str(workdir),
         "checkpoint_step": step,
@@ -92,6 +107,8 @@ def evaluate_checkpoint(
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(results_table({f"step {step}": results}, levels, tuple(eval_cfg.ks)))
     for name, metrics in results.items():
+        if "linear_probe" not in metrics:
+            continue
         print(f"linear probe on {name!r}: accuracy {100 * metrics['linear_probe']['accuracy']:.2f}")
     print(f"wrote {out / 'metrics.json'}" + (" and plots" if plots else ""))
     return summary
