@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -25,23 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from himl.benchmarking import median_time
 from himl.losses.hist import hist_loss, init_hist
 from himl.models.hgnn import HGNN
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _median_time(fn, repeats: int, budget_s: float = 20.0) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    n = repeats if first * repeats <= budget_s else max(3, int(budget_s / max(first, 1e-9)))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
+def _median_time(fn, repeats: int) -> tuple[float, int]:
+    return median_time(fn, repeats, budget_s=20.0)[:2]
 
 
 def official_style_loss(x, y, cols, means, log_vars, hgnn, *, tau=32.0, alpha=0.9, hidden=512):

@@ -26,12 +26,11 @@ import json
 import os
 import platform
 import resource
-import statistics
-import time
 
 import jax
 import numpy as np
 
+from himl.benchmarking import median_time
 from himl.eval import knn, retrieval_metrics
 
 METHODS = ("himl", "himl_metrics", "sklearn", "numpy", "faiss")
@@ -90,15 +89,12 @@ def make_runners(x, labels, k, block_size, methods):
 
 
 def time_call(fn, repeats: int):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times) if times else first, out
+    """(first-call seconds, median seconds, result) of `fn()`."""
+    out = []
+    median, _, first = median_time(
+        lambda: out.append(jax.block_until_ready(fn())), repeats, budget_s=float("inf")
+    )
+    return first, median, out[0]
 
 
 def recall_at_1(idx, labels):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -26,24 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from himl.benchmarking import median_time
 from himl.losses import LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _median_time(fn, repeats: int, budget_s: float = 30.0) -> tuple[float, int]:
-    """Median seconds of `fn()` over `repeats` calls after one warm-up call; fewer calls
-    (at least 3) when a single call is so slow that `repeats` would exceed `budget_s`."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    n = repeats if first * repeats <= budget_s else max(3, int(budget_s / max(first, 1e-9)))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
+def _median_time(fn, repeats: int) -> tuple[float, int]:
+    return median_time(fn, repeats, budget_s=30.0)[:2]
 
 
 def _inputs(info, b: int, d: int, seed: int = 0):

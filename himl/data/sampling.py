@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from himl.errors import UserError
+
+
+class BatchConfigError(UserError, ValueError):
+    """Batch settings (`config.data`) that the data cannot satisfy."""
+
 
 class MPerClassSampler:
     """Batches of `batch_size // samples_per_class` classes x `samples_per_class` samples."""
@@ -16,7 +22,7 @@ class MPerClassSampler:
     def __init__(self, class_labels, *, batch_size: int, samples_per_class: int, seed: int):
         class_labels = np.asarray(class_labels)
         if batch_size % samples_per_class:
-            raise ValueError(
+            raise BatchConfigError(
                 f"batch_size {batch_size} is not a multiple of samples_per_class "
                 f"{samples_per_class}"
             )
@@ -24,7 +30,7 @@ class MPerClassSampler:
         self.members = [np.flatnonzero(inverse == c) for c in range(len(self.classes))]
         self.classes_per_batch = batch_size // samples_per_class
         if self.classes_per_batch > len(self.classes):
-            raise ValueError(
+            raise BatchConfigError(
                 f"a batch of {batch_size} with {samples_per_class} per class needs "
                 f"{self.classes_per_batch} classes, the data has {len(self.classes)}"
             )
@@ -88,7 +94,7 @@ def make_sampler(data_config, dataset, labels, seed: int):
 
         levels = labels[:, : dataset.class_level + 1]
         return HierarchicalSampler(levels, batch_size=data_config.batch_size, seed=seed)
-    raise ValueError(f"unknown sampler {data_config.sampler!r}; valid: {', '.join(SAMPLERS)}")
+    raise BatchConfigError(f"unknown sampler {data_config.sampler!r}; valid: {', '.join(SAMPLERS)}")
 
 
 def _local(batch: dict, process_index: int, process_count: int) -> dict:
@@ -112,12 +118,12 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
     split = dataset.split(data_config.train_split)
     sampler = make_sampler(data_config, dataset, split.labels, seed)
     if data_config.augmentation not in AUGMENTATIONS:
-        raise ValueError(
+        raise BatchConfigError(
             f"unknown augmentation {data_config.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}"
         )
     if data_config.augmentation == "pad_crop":
         if not isinstance(split.images, np.ndarray):
-            raise ValueError("augmentation='pad_crop' needs in-memory images; use 'dml'")
+            raise BatchConfigError("augmentation='pad_crop' needs in-memory images; use 'dml'")
         if process_count == 1:
             return lambda step: train_batch(split, sampler, step, num_views=data_config.num_views)
         return lambda step: _local(
@@ -128,7 +134,7 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
     from himl.data.pipeline import BatchAt, GrainBatcher
 
     if isinstance(split.images, np.ndarray):
-        raise ValueError("augmentation='dml' needs a lazily decoded dataset; use 'pad_crop'")
+        raise BatchConfigError("augmentation='dml' needs a lazily decoded dataset; use 'pad_crop'")
     batch_at = BatchAt(
         split,
         sampler,

@@ -102,14 +102,13 @@ def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
-def _train(exp, state, mesh, ckpt, writer, *, progress):
+def _train(exp, batcher, state, mesh, ckpt, writer, *, progress):
     """Steps from `state.step` to `config.train.steps`, logging and checkpointing.
 
     Ctrl-C or SIGTERM stops after the current step with a checkpoint and raises
     `Interrupted`; the same command resumes from there.
     """
     config = exp.config
-    batcher = make_batcher(config.data, exp.dataset, config.seed)
     step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
     first, total = int(state.step), config.train.steps
     bar = tqdm(total=total, initial=first, desc="training", disable=not progress, unit="step")
@@ -148,6 +147,8 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     check_resume_config(config, workdir)
     exp = build_experiment(config)
     dataset, model = exp.dataset, exp.model
+    # Before any expensive work: fails at once if the data cannot fill the batches.
+    batcher = make_batcher(config.data, dataset, config.seed)
     mesh = make_mesh()
     state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
 
@@ -169,7 +170,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         state = ckpt.restore(state)
         tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
 
-    state = _train(exp, state, mesh, ckpt, MetricsWriter(workdir), progress=progress)
+    state = _train(exp, batcher, state, mesh, ckpt, MetricsWriter(workdir), progress=progress)
 
     trained = evaluate(
         model,
