@@ -2,8 +2,9 @@
 
 Images are decoded lazily from the user's downloaded files (or, with `data_dir`, from
 array_record written once there by the tensorflow-datasets builder) and fed through grain
-with the DML augmentations. The model is still the default small CNN: override
-`config.model` for a stronger backbone.
+with the DML augmentations. The model is ResNet-50 with a 512-d embedding, trained from
+torchvision's initialisation: himl ships no pretrained weights (the papers start from
+ImageNet-pretrained ones).
 """
 
 from himl.configs import default
@@ -21,6 +22,8 @@ def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
     config.data.samples_per_class = 4
     config.data.num_workers = 4
     config.data.update(data)
+    config.model.name = "resnet50"
+    config.model.embedding_dim = 512
     config.train.steps = 5000
     config.train.log_every = 100
     config.train.checkpoint_every = 1000

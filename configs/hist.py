@@ -13,8 +13,9 @@ schedule in steps (`steps_per_epoch` of the official batch of 32, drop_last); on
 epoch that trains everything but the backbone, before the schedule starts; HGNN hidden 512;
 lambda_s 1; embedding 512 with the HIST head (GAP + GMP, linear, LayerNorm); one view per
 sample. The official sampler is uniform random (`--IPC 0`); the nearest M-per-class batch is
-one sample per class (`samples_per_class = 1`). The backbone stays the config's model: the
-official ResNet-50 (ImageNet-pretrained, frozen batch norm) is not part of himl.
+one sample per class (`samples_per_class = 1`). The backbone is himl's ResNet-50 with the
+HIST head, trained from torchvision's initialisation: the official one is ImageNet-pretrained
+with frozen batch norm, and himl ships no pretrained weights.
 """
 
 import ml_collections

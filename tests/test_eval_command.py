@@ -76,7 +76,10 @@ def test_eval_rejects_a_checkpoint_of_another_model(trained_workdir):
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert "cannot restore checkpoint step 4" in result.stderr
+    assert (
+        "has params/model/embedding/bias of shape/dtype ((16,), 'float32'), this config "
+        "makes ((8,), 'float32')" in result.stderr
+    )
 
 
 def test_eval_rejects_unknown_split_and_missing_step(trained_workdir):
@@ -92,3 +95,17 @@ def test_checkpoint_path_names_workdir_and_step(tmp_path):
 
     assert split_checkpoint_path(tmp_path / "checkpoints" / "40", None) == (tmp_path, 40)
     assert split_checkpoint_path(tmp_path, 7) == (tmp_path, 7)
+
+
+def test_older_run_config_gets_new_fields_from_the_defaults(tmp_path, capsys):
+    import json
+
+    from himl.configs import tiny
+    from himl.eval.run import load_run_config
+
+    saved = tiny.get_config().to_dict()
+    del saved["eval"]["query_gallery"]
+    (tmp_path / "config.json").write_text(json.dumps(saved, default=list))
+    config = load_run_config(tmp_path)
+    assert config.eval.query_gallery == () and config.model.widths == [8, 16]
+    assert "eval.query_gallery" in capsys.readouterr().err

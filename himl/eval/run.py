@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 
+from himl.configs import default
 from himl.eval.evaluator import evaluate_query_gallery, evaluate_split
 from himl.eval.knn import knn
 from himl.eval.plots import plot_embedding_2d, plot_recall_at_k, plot_retrieval_grid
@@ -20,11 +22,30 @@ from himl.train.experiment import build_experiment
 
 
 def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
-    """The config a training run saved in its workdir."""
+    """The config a training run saved in its workdir.
+
+    Fields added to himl after the run was made are taken from `configs/default.py`, and
+    named on stderr, so older work directories stay evaluable.
+    """
     path = workdir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {workdir} a himl-train work directory?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    saved = json.loads(path.read_text())
+    added = _fill_missing(saved, default.get_config().to_dict())
+    if added:
+        print(f"note: {path} predates fields {added}; using their defaults", file=sys.stderr)
+    return ml_collections.ConfigDict(saved)
+
+
+def _fill_missing(saved: dict, defaults: dict, prefix: str = "") -> list[str]:
+    added = []
+    for key, value in defaults.items():
+        if key not in saved:
+            saved[key] = value
+            added.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            added += _fill_missing(saved[key], value, f"{prefix}{key}.")
+    return added
 
 
 def split_checkpoint_path(path: Path, step: int | None) -> tuple[Path, int | None]:

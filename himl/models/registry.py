@@ -5,13 +5,17 @@ from __future__ import annotations
 import flax.linen as nn
 
 from himl.models.cnn import SmallCNN
+from himl.models.resnet import ResNet
 
 
 def build_model(model_config) -> nn.Module:
+    """ "small_cnn" (uses `model.widths`) or "resnet50"; both take `embedding_dim` and `head`."""
     if model_config.name == "small_cnn":
         return SmallCNN(
             widths=tuple(model_config.widths),
             embedding_dim=model_config.embedding_dim,
-            head=model_config.get("head", "linear"),
+            head=model_config.head,
         )
-    raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn")
+    if model_config.name == "resnet50":
+        return ResNet(embedding_dim=model_config.embedding_dim, head=model_config.head)
+    raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn, resnet50")

@@ -9,9 +9,28 @@ import orbax.checkpoint as ocp
 
 from himl.errors import UserError
 
+START_OVER = "use another --workdir, or move the checkpoints away to start over"
+
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint exists but cannot be restored into this run's state."""
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _leaf_specs(tree) -> dict[str, tuple]:
+    """`{"params/model/conv0/kernel": (shape, dtype)}` for a state or its saved metadata
+    (which stores dataclasses and named tuples as dicts, hence names, not key types)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+        for path, leaf in leaves
+    }
 
 
 class Checkpointer:
@@ -27,10 +46,46 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def check_compatible(self, template, step: int) -> None:
+        """Raises CheckpointError naming the first array whose path, shape or dtype differs
+        between checkpoint `step` and `template`, from the metadata alone (no restore)."""
+        path = self.directory / str(step) / "default"
+        try:
+            saved = _leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
+            problem = "" if saved else "no arrays in its metadata"
+        except Exception as err:
+            saved, problem = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        if problem:
+            raise CheckpointError(
+                f"cannot read checkpoint step {step} in {self.directory} ({problem}); it is "
+                f"corrupt and was left untouched - {START_OVER}"
+            )
+        expected = _leaf_specs(template)
+        missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected)
+        if missing or extra:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} holds a different state (this "
+                f"config expects {missing[:3]}, the checkpoint has {extra[:3]}): it was written "
+                f"by another model/loss/optimizer config and was left untouched - {START_OVER}"
+            )
+        for key, spec in expected.items():
+            if saved[key] != spec:
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} has {key} of shape/dtype "
+                    f"{saved[key]}, this config makes {spec}: it was written by another "
+                    f"model/loss config and was left untouched - {START_OVER}"
+                )
+
     def restore(self, template, step: int | None = None):
         """Restores `step` (default: the latest) into the structure and shardings of
-        `template`. The files are left untouched whatever happens."""
+        `template`, after checking shapes against the checkpoint's metadata. The files are
+        left untouched whatever happens."""
         step = self.latest_step() if step is None else step
+        try:
+            self.check_compatible(template, step)
+        except CheckpointError:
+            self.manager.close()
+            raise
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -38,9 +93,8 @@ class Checkpointer:
             self.manager.close()  # stop its background threads before the error unwinds
             raise CheckpointError(
                 f"cannot restore checkpoint step {step} from {self.directory}: "
-                f"{type(err).__name__}: {str(err).splitlines()[0][:300]}. It is corrupt or was "
-                "written by a different model/loss config; it was left untouched - use another "
-                "--workdir or move the checkpoints away to start over."
+                f"{type(err).__name__}: {str(err).splitlines()[0][:300]}. It is corrupt; it was "
+                f"left untouched - {START_OVER}"
             ) from err
 
     def save(self, step: int, state, *, force: bool = False) -> bool:

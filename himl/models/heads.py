@@ -1,0 +1,36 @@
+"""Embedding heads shared by the backbones: feature map `[B, H, W, F]` -> embedding `[B, D]`.
+
+Called inside a backbone's `@nn.compact` method, so the layers belong to the backbone and
+keep the parameter names "embedding" and "lnorm" whatever the backbone.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from himl.distances import l2_normalize
+
+HEADS = ("linear", "hist")
+
+
+def embedding_head(features: jax.Array, *, head: str, embedding_dim: int, normalize: bool):
+    """Heads:
+
+    - "linear": global average pooling, a linear layer, L2 norm (unless `normalize=False`);
+    - "hist": the head of the official HIST ResNet-50 (ljin0429/HIST `code/net/resnet.py`):
+      global average + global max pooling summed, a linear layer (Kaiming-normal fan_out
+      weight, zero bias), LayerNorm without scale or offset (eps 1e-5). Not L2-normalised:
+      the HIST loss normalises for its distances and feeds the raw output to its HGNN;
+      cosine retrieval normalises at evaluation, as the official `evaluate_cos` does.
+    """
+    if head == "hist":
+        x = jnp.mean(features, axis=(1, 2)) + jnp.max(features, axis=(1, 2))
+        kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+        x = nn.Dense(embedding_dim, kernel_init=kaiming_fan_out, name="embedding")(x)
+        return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name="lnorm")(x)
+    if head != "linear":
+        raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
+    x = nn.Dense(embedding_dim, name="embedding")(jnp.mean(features, axis=(1, 2)))
+    return l2_normalize(x) if normalize else x
