@@ -223,7 +223,7 @@ def test_inshop_config_trains_and_evaluates_query_to_gallery(tmp_path):
             val_fraction=0.0,
         )
     )
-    config.model.widths, config.model.embedding_dim = (4,), 8
+    config.model.name, config.model.widths, config.model.embedding_dim = "small_cnn", (4,), 8
     config.train.steps, config.eval.batch_size, config.eval.ks = 2, 4, (1, 2)
     summary = train_and_evaluate(config, tmp_path / "run", progress=False)
     result = summary["results"]["trained"]["query->gallery"]
