@@ -1,4 +1,4 @@
-"""One process of the multi-host test (run by tests/test_multihost.py, not by pytest).
+"""One process of the multi-host test, and the steps both sides of that test take.
 
 python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID OUT.json
 """
@@ -7,45 +7,50 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ["JAX_PLATFORMS"] = "cpu"
 
-import jax  # noqa: E402
+def take_steps(num_steps: int = 3):
+    """`(losses, conv0 kernel)` after the tiny config's first steps on a mesh over every
+    device of every process (replicated results: this process's copy)."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-port, num_processes, process_id, out = sys.argv[1:5]
-jax.distributed.initialize(
-    coordinator_address=f"127.0.0.1:{port}",
-    num_processes=int(num_processes),
-    process_id=int(process_id),
-)
+    from himl.configs import tiny
+    from himl.data.sampling import make_batcher
+    from himl.train.experiment import build_experiment
+    from himl.train.loop import device_batch, make_mesh, make_step_fn
 
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+    exp = build_experiment(tiny.get_config())
+    mesh = make_mesh()
+    step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
+    batcher = make_batcher(exp.config.data, exp.dataset, exp.config.seed)
+    state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
+    losses = []
+    for step in range(num_steps):
+        state, metrics = step_fn(state, device_batch(batcher(step), mesh))
+        losses.append(float(metrics["loss"].addressable_data(0)))
+    kernel = state.params["model"]["conv0"]["kernel"].addressable_data(0)
+    return losses, np.asarray(kernel).ravel()
 
-from himl.configs import tiny  # noqa: E402
-from himl.data.sampling import make_batcher  # noqa: E402
-from himl.train.experiment import build_experiment  # noqa: E402
-from himl.train.loop import device_batch, make_mesh, make_step_fn  # noqa: E402
 
-exp = build_experiment(tiny.get_config())
-mesh = make_mesh()
-step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
-batcher = make_batcher(exp.config.data, exp.dataset, exp.config.seed)
-state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
-losses = []
-for step in range(3):
-    state, metrics = step_fn(state, device_batch(batcher(step), mesh))
-    losses.append(float(metrics["loss"].addressable_data(0)))  # replicated: local copy
-kernel = state.params["model"]["conv0"]["kernel"].addressable_data(0)
-with open(out, "w") as f:
-    json.dump(
-        {
-            "devices": jax.device_count(),
-            "losses": losses,
-            "kernel": np.asarray(kernel).ravel().tolist(),
-        },
-        f,
+def main():
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    port, num_processes, process_id, out = sys.argv[1:5]
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=int(num_processes),
+        process_id=int(process_id),
     )
-jax.distributed.shutdown()
+    losses, kernel = take_steps()
+    with open(out, "w") as f:
+        json.dump({"devices": jax.device_count(), "losses": losses, "kernel": kernel.tolist()}, f)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

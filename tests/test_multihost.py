@@ -7,16 +7,9 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from himl.configs import tiny
-from himl.data.sampling import make_batcher
-from himl.train.experiment import build_experiment
-from himl.train.loop import device_batch, make_mesh, make_step_fn
+from multihost_worker import take_steps
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 
@@ -46,16 +39,7 @@ def test_two_processes_match_one(tmp_path):
     results = [json.loads(out.read_text()) for out in outs]
     assert all(r["devices"] == 8 for r in results)
 
-    exp = build_experiment(tiny.get_config())
-    mesh = make_mesh()
-    step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
-    batcher = make_batcher(exp.config.data, exp.dataset, exp.config.seed)
-    state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
-    losses = []
-    for step in range(3):
-        state, metrics = step_fn(state, device_batch(batcher(step), mesh))
-        losses.append(float(metrics["loss"]))
-    kernel = np.asarray(state.params["model"]["conv0"]["kernel"]).ravel()
+    losses, kernel = take_steps()  # one process, 8 devices
     for r in results:
         np.testing.assert_allclose(r["losses"], losses, rtol=1e-5)
         np.testing.assert_allclose(r["kernel"], kernel, rtol=1e-4, atol=1e-6)

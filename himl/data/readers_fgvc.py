@@ -24,6 +24,7 @@ from himl.data.records import (
     MalformedDataError,
     Records,
     carve_val,
+    dataset_root,
     encode,
     ordered,
     part_range,
@@ -72,18 +73,9 @@ def _split_train_test(
     )
 
 
-def _subfolder(root, marker: str, *names: str) -> Path:
-    """`root`, or the one of `root/names` that holds `marker` (users pass either folder)."""
-    root = Path(root).expanduser()
-    for candidate in (root, *(root / n for n in names)):
-        if (candidate / marker).exists():
-            return candidate
-    return root
-
-
 def read_cub(manual_dir, *, val_fraction: float = 0.2) -> Records:
     """CUB-200-2011: 11,788 images of 200 bird species; labels (class, image)."""
-    root = _subfolder(manual_dir, "images.txt", "CUB_200_2011")
+    root = dataset_root(manual_dir, "images.txt", "CUB_200_2011")
     images, labels, classes = require(
         root,
         "images.txt",
@@ -155,9 +147,9 @@ def _cars_annotations(root: Path):
 
 def read_cars(manual_dir, *, val_fraction: float = 0.2) -> Records:
     """Cars196: 16,185 images of 196 car models; labels (make, model, image)."""
-    root = _subfolder(manual_dir, "cars_annos.mat", "stanford_cars", "cars196")
+    root = dataset_root(manual_dir, "cars_annos.mat", "stanford_cars", "cars196")
     if not (root / "cars_annos.mat").exists():
-        root = _subfolder(manual_dir, "cars_meta.mat", "devkit", "stanford_cars")
+        root = dataset_root(manual_dir, "cars_meta.mat", "devkit", "stanford_cars")
     files, classes, names = _cars_annotations(root)
     if len(names) != 196 or classes.min() < 1 or classes.max() > 196:
         raise MalformedDataError(
@@ -182,7 +174,7 @@ def read_cars(manual_dir, *, val_fraction: float = 0.2) -> Records:
 
 def read_sop(manual_dir, *, val_fraction: float = 0.2) -> Records:
     """Stanford Online Products: 120,053 images of 22,634 products in 12 super-classes."""
-    root = _subfolder(manual_dir, "Ebay_train.txt", "Stanford_Online_Products")
+    root = dataset_root(manual_dir, "Ebay_train.txt", "Stanford_Online_Products")
     paths = require(root, "Ebay_train.txt", "Ebay_test.txt", dataset="SOP", where=SOP_WHERE)
     files, rows, is_test = [], [], []
     for k, path in enumerate(paths):

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from himl.data.readers_fgvc import _subfolder
 from himl.data.records import (
     MalformedDataError,
     MissingDataError,
     Records,
     carve_val,
+    dataset_root,
     encode,
     ordered,
     part_range,
@@ -156,7 +156,7 @@ def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
 def read_omniglot(manual_dir, *, val_fraction: float = 0.0) -> Records:
     """Omniglot small background sets: 4,840 images of 242 characters in 8 alphabets."""
     del val_fraction  # the seen/unseen protocol has no carve
-    root = _subfolder(manual_dir, "images_background_small1.zip", "omniglot")
+    root = dataset_root(manual_dir, "images_background_small1.zip", "omniglot")
     zips = ("images_background_small1.zip", "images_background_small2.zip")
     require(root, *zips, dataset="Omniglot", where=OMNIGLOT_WHERE)
     files, keys = [], {}

@@ -143,3 +143,12 @@ def ordered(files, labels, part_of, part_names, **kwargs) -> dict:
 def part_range(parts: dict, *names: str) -> np.ndarray:
     """Indices of the records in the named parts."""
     return np.concatenate([np.arange(*parts[n]) for n in names]).astype(np.int64)
+
+
+def dataset_root(root, marker: str, *names: str) -> Path:
+    """`root`, or the one of `root/names` that holds `marker` (users pass either folder)."""
+    root = Path(root).expanduser()
+    for candidate in (root, *(root / n for n in names)):
+        if (candidate / marker).exists():
+            return candidate
+    return root
