@@ -152,3 +152,31 @@ def dataset_root(root, marker: str, *names: str) -> Path:
         if (candidate / marker).exists():
             return candidate
     return root
+
+
+def require_images(root, files, *, dataset: str, show: int = 3) -> None:
+    """Raises `MissingDataError` unless every listed image file exists (one fast pass).
+
+    Run at load time, before any training work, so a missing image is reported with the
+    count of missing files and the first few paths - never when a worker first decodes it.
+    Names of the form `"<zip>::<member>"` are checked by their archive only.
+
+    Args:
+      root: folder the relative names are under (absolute names are used as they are).
+      files: `[N]` image file names.
+      dataset: what to call the data in the message.
+    """
+    root = Path(root).expanduser()
+    seen_archives: dict[str, bool] = {}
+    missing = []
+    for name in files:
+        path = name.split("::", 1)[0]
+        if path not in seen_archives:
+            seen_archives[path] = (root / path).is_file()  # also right for absolute paths
+        if not seen_archives[path]:
+            missing.append(str(root / path))
+    if missing:
+        first = ", ".join(missing[:show])
+        raise MissingDataError(
+            f"{dataset}: {len(missing)} of {len(files)} listed images are missing, e.g. {first}"
+        )
