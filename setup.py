@@ -28,6 +28,7 @@ RUNTIME = [
     "tensorflow-datasets>=4.9.10",
     "array-record>=0.8.6",
     "etils>=1.15.0",
+    "safetensors>=0.4",
 ]
 
 setup(

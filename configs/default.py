@@ -40,6 +40,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.widths = (16, 32, 64)
     config.model.embedding_dim = 64
     config.model.head = "linear"  # "linear" (L2-normalised) or "hist" (GAP+GMP, LayerNorm)
+    # resnet50 only: torchvision/timm ImageNet weights (.pth / .safetensors) for the backbone,
+    # and batch norm kept in inference mode (frozen statistics) while training, as HIST does.
+    config.model.pretrained = ""
+    config.model.freeze_bn = False
 
     config.loss = loss_config("himulcone")
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from himl.distances import l2_normalize
 
-HEADS = ("linear", "hist")
+HEADS = ("linear", "hist", "none")
 
 
 def embedding_head(features: jax.Array, *, head: str, embedding_dim: int, normalize: bool):
@@ -23,13 +23,19 @@ def embedding_head(features: jax.Array, *, head: str, embedding_dim: int, normal
       global average + global max pooling summed, a linear layer (Kaiming-normal fan_out
       weight, zero bias), LayerNorm without scale or offset (eps 1e-5). Not L2-normalised:
       the HIST loss normalises for its distances and feeds the raw output to its HGNN;
-      cosine retrieval normalises at evaluation, as the official `evaluate_cos` does.
+      cosine retrieval normalises at evaluation, as the official `evaluate_cos` does;
+    - "none": global average pooling only, `[B, F]` (2048-d for ResNet-50), L2 norm (unless
+      `normalize=False`): the backbone's own features, e.g. to evaluate ImageNet weights
+      before any training, or to compare them with torchvision's.
     """
     if head == "hist":
         x = jnp.mean(features, axis=(1, 2)) + jnp.max(features, axis=(1, 2))
         kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
         x = nn.Dense(embedding_dim, kernel_init=kaiming_fan_out, name="embedding")(x)
         return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name="lnorm")(x)
+    if head == "none":
+        x = jnp.mean(features, axis=(1, 2))
+        return l2_normalize(x) if normalize else x
     if head != "linear":
         raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
     x = nn.Dense(embedding_dim, name="embedding")(jnp.mean(features, axis=(1, 2)))

@@ -9,7 +9,8 @@ from himl.models.resnet import ResNet
 
 
 def build_model(model_config) -> nn.Module:
-    """ "small_cnn" (uses `model.widths`) or "resnet50"; both take `embedding_dim` and `head`."""
+    """ "small_cnn" (uses `model.widths`) or "resnet50" (uses `model.freeze_bn`); both take
+    `embedding_dim` and `head`. `model.pretrained` is loaded by `himl.train.experiment`."""
     if model_config.name == "small_cnn":
         return SmallCNN(
             widths=tuple(model_config.widths),
@@ -17,5 +18,9 @@ def build_model(model_config) -> nn.Module:
             head=model_config.head,
         )
     if model_config.name == "resnet50":
-        return ResNet(embedding_dim=model_config.embedding_dim, head=model_config.head)
+        return ResNet(
+            embedding_dim=model_config.embedding_dim,
+            head=model_config.head,
+            freeze_bn=model_config.get("freeze_bn", False),
+        )
     raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn, resnet50")

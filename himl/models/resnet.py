@@ -2,7 +2,15 @@
 the backbone of the HIST and hierarchical-contrastive papers, with himl's embedding heads.
 
 No pretrained weights ship with himl (nothing is downloaded); the backbone starts from
-torchvision's initialisation (Kaiming-normal fan_out convolutions, BatchNorm scale 1).
+torchvision's initialisation (Kaiming-normal fan_out convolutions, BatchNorm scale 1), or
+from a torchvision / timm weight file the user has (`config.model.pretrained`,
+`himl.models.pretrained`). RGB input is normalised with the ImageNet mean / std those
+weights were trained with.
+
+`freeze_bn=True` keeps every batch norm in inference mode during training too: it
+normalises with, and never updates, the running statistics (the pretrained ones), as the
+official HIST code does (ljin0429/HIST `code/train.py`: `m.eval()` on every BatchNorm2d
+each epoch). The BN scale and bias still train (HIST freezes them only in its warm-up).
 """
 
 from __future__ import annotations
@@ -26,13 +34,17 @@ class Bottleneck(nn.Module):
 
     filters: int
     strides: int = 1
+    freeze_bn: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
         # torch BatchNorm2d: momentum 0.1 (flax's 0.9), eps 1e-5.
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5
+            nn.BatchNorm,
+            use_running_average=not train or self.freeze_bn,
+            momentum=0.9,
+            epsilon=1e-5,
         )
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = conv(self.filters, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)))(y)
@@ -52,6 +64,7 @@ class ResNet(nn.Module):
     embedding_dim: int = 512
     head: str = "linear"
     normalize: bool = True
+    freeze_bn: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -68,16 +81,22 @@ class ResNet(nn.Module):
             kernel_init=conv_init,
             name="stem_conv",
         )(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(
-            x
-        )
+        x = nn.BatchNorm(
+            use_running_average=not train or self.freeze_bn,
+            momentum=0.9,
+            epsilon=1e-5,
+            name="stem_bn",
+        )(x)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(self.width * 2**stage, strides, name=f"stage{stage}_block{block}")(
-                    x, train
-                )
+                x = Bottleneck(
+                    self.width * 2**stage,
+                    strides,
+                    freeze_bn=self.freeze_bn,
+                    name=f"stage{stage}_block{block}",
+                )(x, train)
         return embedding_head(
             x, head=self.head, embedding_dim=self.embedding_dim, normalize=self.normalize
         )

@@ -60,6 +60,7 @@ def validate_config(config, num_devices: int = 1) -> None:
     _choose(config.optimizer.name, OPTIMIZERS, "config.optimizer.name")
     _choose(config.optimizer.schedule, SCHEDULES, "config.optimizer.schedule")
     _choose(config.model.head, MODEL_HEADS, "config.model.head")
+    _validate_backbone_options(config.model)
     _validate_lr_groups(config.optimizer)
     batch, per_class = config.data.batch_size, config.data.samples_per_class
     if batch <= 0 or per_class <= 0 or batch % per_class:
@@ -85,6 +86,15 @@ def validate_config(config, num_devices: int = 1) -> None:
             f"config.data.manual_dir must point at the downloaded {config.data.name} files "
             f"(--config.data.manual_dir=PATH); nothing is downloaded"
         )
+
+
+def _validate_backbone_options(model) -> None:
+    """`pretrained` (torchvision layout) and `freeze_bn` exist for resnet50 only."""
+    for key in ("pretrained", "freeze_bn"):
+        if model.get(key, None) and model.name != "resnet50":
+            raise ConfigError(
+                f"config.model.{key} needs config.model.name=resnet50, not {model.name!r}"
+            )
 
 
 def _validate_lr_groups(opt) -> None:

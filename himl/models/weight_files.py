@@ -1,0 +1,205 @@
+"""Reading published weight files into `{name: np.ndarray}` without PyTorch.
+
+- `.safetensors` (timm, Hugging Face and others): through `safetensors.numpy`.
+- `.pth` / `.pt` / `.bin` state dicts written by `torch.save`, in both of its formats:
+  the zip archive of torch >= 1.6 (`<name>/data.pkl` + raw storages `<name>/data/<key>`;
+  torchvision's resnet50-0676ba61.pth and resnet50-11ad3fa6.pth) and the older "legacy"
+  stream (magic number, pickle, then the raw storages; resnet50-19c8e357.pth).
+
+A `.pth` is a pickle, and unpickling runs whatever callables it names. `_TorchUnpickler`
+allows only the handful that a state dict needs (`OrderedDict`, torch's tensor rebuild
+functions and storage types), mapped to NumPy, so a file naming anything else is refused
+instead of executed. Anything this reader does not understand is converted once, with
+PyTorch, by `python -m himl.models.convert_weights IN OUT.safetensors`.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from himl.errors import UserError
+
+CONVERT_HINT = "python -m himl.models.convert_weights {path} {stem}.safetensors"
+
+# torch storage class name -> NumPy dtype of its elements.
+STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+LEGACY_PROTOCOL = 1001
+
+
+class WeightFileError(UserError, ValueError):
+    """A weight file that is missing, unreadable, or does not fit the model."""
+
+
+class WeightFileMissing(WeightFileError, FileNotFoundError):
+    pass
+
+
+def _unsupported(path: Path, why: str) -> WeightFileError:
+    hint = CONVERT_HINT.format(path=path, stem=path.with_suffix(""))
+    return WeightFileError(f"{path}: {why}; convert it once (needs PyTorch only for this): {hint}")
+
+
+class _Storage:
+    """A torch storage named by the pickle: dtype and key; data filled in by the reader."""
+
+    def __init__(self, key: str, dtype, numel: int):
+        self.key, self.dtype, self.numel = key, np.dtype(dtype), numel
+        self.data: np.ndarray | None = None
+
+
+class _Tensor:
+    """`torch._utils._rebuild_tensor(_v2)`'s arguments, materialised once the storage is read."""
+
+    def __init__(self, storage: _Storage, offset: int, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), stride
+
+    def to_numpy(self) -> np.ndarray:
+        data = self.storage.data
+        itemsize = data.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            data[self.offset :],
+            shape=self.size,
+            strides=tuple(s * itemsize for s in self.stride),
+            writeable=False,
+        )
+        return np.array(view)  # a contiguous copy
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    return _Tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *_ignored):
+    return data
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.dtype = STORAGE_DTYPES[name]
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+}
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Unpickles a state dict into `_Tensor`s, allowing nothing but the names above."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="latin1")  # latin1: pickles written by Python 2
+        self.path = path
+        self.storages: dict[str, _Storage] = {}
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        raise _unsupported(self.path, f"names {module}.{name}, which is not a plain state dict")
+
+    def persistent_load(self, pid):
+        # zip: ("storage", type, key, location, numel); legacy adds a view (None for weights).
+        if not (isinstance(pid, tuple) and pid[0] == "storage" and len(pid) in (5, 6)):
+            raise _unsupported(self.path, f"has an unknown storage reference {pid!r:.60}")
+        if len(pid) == 6 and pid[5] is not None:
+            raise _unsupported(self.path, "uses storage views")
+        _, storage_type, key, _location, numel = pid[:5]
+        key = str(key)
+        if key not in self.storages:
+            self.storages[key] = _Storage(key, storage_type.dtype, numel)
+        return self.storages[key]
+
+
+def _materialise(obj, path: Path) -> dict[str, np.ndarray]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # a training checkpoint that wraps the weights
+    if not isinstance(obj, dict):
+        raise _unsupported(path, f"holds a {type(obj).__name__}, not a state dict")
+    out = {}
+    for name, value in obj.items():
+        if isinstance(value, _Tensor):
+            out[str(name)] = value.to_numpy()
+    return out
+
+
+def _read_zip(path: Path) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+        if len(pickles) != 1:
+            raise _unsupported(path, "is a zip archive but not one written by torch.save")
+        prefix = pickles[0][: -len("data.pkl")]
+        names = set(archive.namelist())
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") != b"little":
+            raise _unsupported(path, "was written on a big-endian machine")
+        unpickler = _TorchUnpickler(io.BytesIO(archive.read(pickles[0])), path)
+        obj = unpickler.load()
+        for key, storage in unpickler.storages.items():
+            raw = archive.read(f"{prefix}data/{key}")
+            storage.data = np.frombuffer(raw, dtype=storage.dtype, count=storage.numel)
+    return _materialise(obj, path)
+
+
+def _read_legacy(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        try:
+            magic = pickle.load(f)
+        except Exception as e:
+            raise _unsupported(path, f"is not a weight file this reader knows ({e})") from None
+        if magic != LEGACY_MAGIC:
+            raise _unsupported(path, "is not a weight file this reader knows")
+        if pickle.load(f) != LEGACY_PROTOCOL:
+            raise _unsupported(path, "has an unknown legacy torch.save protocol")
+        sys_info = pickle.load(f)
+        if not sys_info.get("little_endian", True):
+            raise _unsupported(path, "was written on a big-endian machine")
+        unpickler = _TorchUnpickler(f, path)
+        obj = unpickler.load()
+        keys = pickle.load(f)  # the storages follow in this order, each as int64 numel + data
+        for key in keys:
+            storage = unpickler.storages[str(key)]
+            (numel,) = struct.unpack("<q", f.read(8))
+            raw = f.read(numel * storage.dtype.itemsize)
+            storage.data = np.frombuffer(raw, dtype=storage.dtype, count=numel)
+    return _materialise(obj, path)
+
+
+def read_weights(path) -> dict[str, np.ndarray]:
+    """`{tensor name: array}` of a `.safetensors` file or a torch-saved state dict."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightFileMissing(f"pretrained weights: no file {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # a truncated file, an unknown dtype...
+            raise WeightFileError(f"{path}: not a readable .safetensors file ({e})") from None
+    if zipfile.is_zipfile(path):
+        return _read_zip(path)
+    return _read_legacy(path)
