@@ -2,9 +2,19 @@
 
 Images are decoded lazily from the user's downloaded files (or, with `data_dir`, from
 array_record written once there by the tensorflow-datasets builder) and fed through grain
-with the DML augmentations. The model is ResNet-50 with a 512-d embedding, trained from
-torchvision's initialisation: himl ships no pretrained weights (the papers start from
-ImageNet-pretrained ones).
+with the DML augmentations. The model is ResNet-50 with a 512-d embedding.
+
+Pretrained backbone: every published number starts from ImageNet-pretrained ResNet-50
+weights, which himl does not download. Give the file you have as FILE (torchvision's
+resnet50-11ad3fa6.pth / resnet50-0676ba61.pth / resnet50-19c8e357.pth, or a timm or
+Hugging Face resnet50 .safetensors):
+
+    himl-train --config=configs/cub.py --config.data.manual_dir=DIR --config.model.pretrained=FILE
+
+Without `pretrained` these configs train from torchvision's random initialisation: the
+results are then NOT comparable to any published number. With it, the embedding head
+stays freshly initialised; `--config.model.freeze_bn=True` keeps the batch-norm statistics
+at the pretrained ones (as HIST's official code does).
 """
 
 from himl.configs import default
@@ -24,6 +34,7 @@ def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
     config.data.update(data)
     config.model.name = "resnet50"
     config.model.embedding_dim = 512
+    config.model.pretrained = ""  # ImageNet ResNet-50 file: needed to compare with papers
     config.train.steps = 5000
     config.train.log_every = 100
     config.train.checkpoint_every = 1000

@@ -3,6 +3,10 @@
     himl-train --config=configs/imagenet.py --config.data.manual_dir=path/to/ILSVRC2012
     himl-train --config=configs/imagenet.py --config.data.manual_dir=... --config.data.data_dir=DIR
 
+--config.model.pretrained takes ImageNet weights here too, but they were trained on every
+ImageNet-1k class, the "unseen" ones included: results with them do not measure
+generalisation to unseen classes. Without them the backbone trains from scratch.
+
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
 """
 

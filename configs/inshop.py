@@ -3,6 +3,11 @@
     himl-train --config=configs/inshop.py --config.data.manual_dir=path/to/inshop
     himl-train --config=configs/inshop.py --config.data.manual_dir=... --config.data.data_dir=DIR
 
+Targets the DeepFashion In-Shop retrieval results of HiMulConE (Zhang et al., "Use All
+The Labels", CVPR 2022), whose backbone is an ImageNet-pretrained ResNet-50: comparable
+only with --config.model.pretrained=IMAGENET_RESNET50 (see configs/benchmark.py); without
+it the backbone trains from scratch.
+
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
 """
 

@@ -35,7 +35,13 @@ def _state_dict(variables, seed=0) -> dict:
         shape = leaf.shape
         if len(shape) == 4:
             shape = (shape[3], shape[2], shape[0], shape[1])
-        out[name] = rng.uniform(0.5, 1.5, size=shape).astype(np.float32)
+        if len(shape) == 4:  # He-normal (fan_out), as torchvision initialises its convs
+            values = rng.normal(0.0, (2.0 / (shape[0] * shape[2] * shape[3])) ** 0.5, shape)
+        elif name.endswith(("bias", "running_mean")):
+            values = rng.normal(0.0, 0.1, shape)
+        else:  # BN scale and running variance: positive, around 1
+            values = rng.uniform(0.5, 1.5, shape)
+        out[name] = values.astype(np.float32)
         if name.endswith("running_var"):
             out[name.replace("running_var", "num_batches_tracked")] = np.array(5, np.int64)
     out["fc.weight"] = rng.normal(size=(1000, 64)).astype(np.float32)  # ignored
@@ -183,3 +189,62 @@ def test_frozen_batch_norm_trains_like_inference(freeze):
     else:
         assert not any(jax.tree.leaves(same_stats))
         assert np.abs(np.asarray(train_out) - np.asarray(eval_out)).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_pretrained_resnet50_end_to_end(tiny_config, tmp_path):
+    """A real ResNet-50 from a weight file through `train_and_evaluate`: the step-0 state
+    holds the file's backbone; with the head-only warm-up (HIST's) the backbone stays the
+    file's for `freeze_steps` while the head learns, then trains; with `freeze_bn` the
+    running statistics stay the file's throughout."""
+    from himl.train.checkpoint import Checkpointer
+    from himl.train.experiment import build_experiment
+    from himl.train.loop import train_and_evaluate
+
+    config = tiny_config
+    config.model.name = "resnet50"
+    config.model.embedding_dim = 16
+    config.model.freeze_bn = True
+    config.data.batch_size, config.data.samples_per_class = 16, 8
+    config.optimizer.warmup_steps = 0
+    config.optimizer.lr_multipliers = {"model": 1.0, "model_embedding": 1.0, "loss": 1.0}
+    config.optimizer.freeze_steps, config.optimizer.frozen_groups = 1, ("model",)
+    config.train.steps, config.train.checkpoint_every, config.train.keep_checkpoints = 2, 1, 3
+    config.eval.splits = ()  # ResNet-50 over 2 x 2,100 images costs minutes on 2 CPU cores
+    model = ResNet(embedding_dim=16)
+    shapes = jax.eval_shape(lambda: _variables(model, channels=1, side=28))  # 28 x 28 grey
+    path = tmp_path / "resnet50.safetensors"
+    weights = _state_dict(shapes, seed=3)
+    save_file(weights, str(path))
+    config.model.pretrained = str(path)
+
+    start = build_experiment(config).initial_state()
+    assert start.params["model"]["stem_conv"]["kernel"].shape == (7, 7, 1, 64)
+    np.testing.assert_array_equal(
+        start.params["model"]["stem_conv"]["kernel"][3, 1, 0, 5],
+        weights["conv1.weight"][5, 0, 3, 1],
+    )
+    model_vars = {"params": start.params["model"], "batch_stats": start.batch_stats["model"]}
+    reloaded = load_torchvision_resnet(model_vars, weights)  # a no-op iff start has the file's
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, reloaded, model_vars)))
+
+    summary = train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert summary["step"] == 2
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints", every=1, keep=10)
+    after = {step: ckpt.restore(start, step) for step in (1, 2)}
+    ckpt.close()
+
+    def leaf(state, *path):
+        tree = state.params["model"]
+        for key in path:
+            tree = tree[key]
+        return np.asarray(tree)
+
+    kernel = ("stage2_block1", "Conv_1", "kernel")
+    np.testing.assert_array_equal(leaf(after[1], *kernel), leaf(start, *kernel))  # warm-up
+    assert not np.array_equal(leaf(after[2], *kernel), leaf(start, *kernel))  # then trains
+    for state in after.values():
+        head = ("embedding", "kernel")
+        assert not np.array_equal(leaf(state, *head), leaf(start, *head))
+        same = jax.tree.map(np.array_equal, state.batch_stats["model"], start.batch_stats["model"])
+        assert all(jax.tree.leaves(same))  # frozen batch norm
