@@ -105,8 +105,13 @@ def test_missing_file_is_one_line(tmp_path):
             lambda w: w.__setitem__("layer2.2.conv1.weight", np.zeros((8, 32, 1, 1), np.float32)),
             r"tensor 'layer2.2.conv1.weight' \(8, 32, 1, 1\) has no place",
         ),
+        (
+            lambda w: w.__setitem__("conv1.weight", np.zeros((4, 1, 7, 7), np.float32)),
+            r"'conv1.weight' has shape \(4, 1, 7, 7\), himl's ResNet expects \(4, 3, 7, 7\) "
+            r"\(weights for 1-channel images, the data has 3\)",
+        ),
     ],
-    ids=["shape", "missing", "unexpected"],
+    ids=["shape", "missing", "unexpected", "channels"],
 )
 def test_mismatch_names_the_first_offending_tensor(small, tmp_path, edit, message):
     _, variables = small
