@@ -15,7 +15,17 @@ from himl.errors import UserError
 from himl.losses import LOSSES, default_hparams
 from himl.models.heads import HEADS
 
-DATASETS = ("embedded", "fashion_mnist", "cub", "cars", "sop", "inshop", "imagenet", "omniglot")
+DATASETS = (
+    "embedded",
+    "fashion_mnist",
+    "custom",
+    "cub",
+    "cars",
+    "sop",
+    "inshop",
+    "imagenet",
+    "omniglot",
+)
 MODELS = ("small_cnn", "resnet50")
 OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
 MODEL_HEADS = HEADS
@@ -80,7 +90,14 @@ def validate_config(config, num_devices: int = 1) -> None:
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "
             "data.name=fashion_mnist (e.g. --config.data.manual_dir=../shared/data/fashion-mnist)"
         )
-    if config.data.name not in ("embedded", "fashion_mnist") and not config.data.manual_dir:
+    if config.data.name == "custom" and "custom" not in config.data:
+        raise ConfigError(
+            "config.data.name=custom needs the config.data.custom section: use "
+            "--config=configs/custom.py --config.data.custom.source=PATH"
+        )
+    if config.data.name not in ("embedded", "fashion_mnist", "custom") and not (
+        config.data.manual_dir
+    ):
         raise ConfigError(
             f"config.data.manual_dir must point at the downloaded {config.data.name} files "
             f"(--config.data.manual_dir=PATH); nothing is downloaded"
