@@ -179,3 +179,13 @@ def plot_retrieval_grid(
                 spine.set_linewidth(3)
             ax.set_title(text, fontsize=7, color=colour)
     return _save(fig, path)
+
+
+def show(path):
+    """Displays a written PNG inline in a notebook (IPython), or prints its path elsewhere."""
+    try:
+        from IPython.display import Image, display
+    except ImportError:  # a plain Python session: nothing to draw on
+        print(path)
+        return
+    display(Image(filename=os.fspath(path)))
