@@ -17,6 +17,26 @@ class UnknownFieldError(UserError, TypeError):
     """A keyword of `himl.data.load` that is not a `config.data` field."""
 
 
+def default_data(name: str, **data_fields):
+    """`configs/default.py`'s data section with `name` and `data_fields` set (ConfigDict).
+
+    Raises:
+      UnknownFieldError: for a field that `config.data` does not have.
+    """
+    from himl.configs import default
+
+    data = default.get_config().data
+    unknown = sorted(set(data_fields) - set(data.keys()))
+    if unknown:
+        raise UnknownFieldError(
+            f"himl.data.load: config.data has no field {unknown[0]!r}; "
+            f"fields: {', '.join(sorted(data.keys()))}"
+        )
+    data.name = name
+    data.update(data_fields)
+    return data
+
+
 def load(name: str, **data_fields):
     """The `Dataset` that `config.data` with `name` and `data_fields` set names.
 
@@ -28,16 +48,6 @@ def load(name: str, **data_fields):
     Raises:
       UnknownFieldError: for a field that `config.data` does not have.
     """
-    from himl.configs import default
     from himl.data.registry import load_dataset
 
-    data = default.get_config().data
-    unknown = sorted(set(data_fields) - set(data.keys()))
-    if unknown:
-        raise UnknownFieldError(
-            f"himl.data.load: config.data has no field {unknown[0]!r}; "
-            f"fields: {', '.join(sorted(data.keys()))}"
-        )
-    data.name = name
-    data.update(data_fields)
-    return load_dataset(data)
+    return load_dataset(default_data(name, **data_fields))
