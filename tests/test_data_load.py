@@ -91,3 +91,28 @@ def test_tiny_omniglot_trains_in_seconds(tmp_path):
     assert result["num_samples"] == len(unseen) > 0
     assert np.isfinite(result["character"]["recall@1"])
     print(f"tiny omniglot: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_bad_image_in_a_grain_worker_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = write_cub(tmp_path / "data")
+    for k in range(3):  # every image of the second class: the first batch holds one
+        (root / f"images/002.Bird_2/Bird_2_{k}.jpg").write_bytes(b"not a jpeg")
+    command = [
+        sys.executable, "-m", "himl.train", "--config=configs/cub.py:tiny",
+        f"--config.data.manual_dir={root}", "--config.data.num_workers=2",
+        "--config.data.val_fraction=0.0", "--config.data.batch_size=6",
+        "--config.data.samples_per_class=2", f"--workdir={tmp_path / 'run'}", "--noprogress",
+    ]  # fmt: skip
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "XLA_FLAGS"}  # 1 device
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith(
+        f"himl-train: error: cannot decode image {root}/images/002.Bird_2/Bird_2_"
+    ) and errors[-1].endswith(".jpg: cannot identify image file"), done.stderr[-2000:]
+    assert not any("leaked" in line or "Traceback" in line for line in errors), errors

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def decode(data: bytes, name: str, channels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as e:  # Pillow raises several types for bad data
-        raise CorruptImageError(f"cannot decode image {name}: {e}") from e
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
+        raise CorruptImageError(f"cannot decode image {name}: {reason}") from None
     mode = "RGB" if channels == 3 else "L"
     return image if image.mode == mode else image.convert(mode)
 

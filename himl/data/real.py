@@ -13,6 +13,7 @@ training from it with worker processes.
 from __future__ import annotations
 
 import inspect
+import os
 
 from himl.data.dataset import Dataset, Split
 from himl.data.images import LazyImages
@@ -87,7 +88,25 @@ def to_dataset(records: Records, source, *, image_size: int, crop_fraction: floa
     )
 
 
+def quiet_worker_exit() -> None:
+    """Silences the multiprocessing resource tracker's "leaked semaphore / shared_memory
+    objects" warnings for this process's children.
+
+    When a grain worker hits a bad image, the user error reaches the command line, which
+    prints it as one line and exits at once (`himl.cli.exit_on_user_error`); the worker
+    pool's semaphores and shared memory are then released by the resource tracker, which
+    would warn about each kind, burying the one line. The tracker still cleans up; only the
+    warning is filtered. It reads `PYTHONWARNINGS` when it starts, i.e. with the workers.
+    """
+    rule = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if rule not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (current, rule)))
+
+
 def load_real(data_config) -> Dataset:
+    if data_config.get("num_workers", 0) > 0:
+        quiet_worker_exit()
     records = read_records(data_config)
     source = image_source(records, data_config.data_dir)
     return to_dataset(
