@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import zipfile
 
 import ml_collections
@@ -14,7 +15,7 @@ from himl.data.images import CorruptImageError
 from himl.data.readers_fgvc import cars_make, read_cars, read_cub, read_sop
 from himl.data.readers_hier import SUPERCLASSES, read_imagenet, read_inshop
 from himl.data.real import image_source, to_dataset
-from himl.data.records import MissingDataError
+from himl.data.records import MalformedDataError, MissingDataError
 
 
 def _jpg(path, seed=0, size=(24, 18), mode="RGB"):
@@ -278,20 +279,31 @@ def test_imagenet_with_wordnet_superclasses(tmp_path):
     mapping = json.loads(SUPERCLASSES.read_text())
     assert len(mapping) == 1000
     wnids = sorted(mapping)
-    for w in wnids:
-        (tmp_path / "train" / w).mkdir(parents=True)
-        (tmp_path / "val" / w).mkdir(parents=True)
-    for k, w in enumerate(wnids[:12]):
-        _jpg(tmp_path / "train" / w / f"{w}_1.JPEG", seed=k)
-        _jpg(tmp_path / "val" / w / f"ILSVRC2012_val_{k:08d}.JPEG", seed=k)
+    jpeg = _jpeg_bytes()
+    for k, w in enumerate(wnids):
+        for folder, name in (("train", f"{w}_1.JPEG"), ("val", f"ILSVRC2012_val_{k:08d}.JPEG")):
+            (tmp_path / folder / w).mkdir(parents=True)
+            (tmp_path / folder / w / name).write_bytes(jpeg)
     records = read_imagenet(tmp_path)
-    assert len(records.files) == 24 and records.level_names == ("superclass", "class", "image")
+    assert len(records.files) == 2000 and records.level_names == ("superclass", "class", "image")
     sizes = [len(records.splits[s]) for s in ("train", "unseen_train", "seen_test", "unseen")]
-    assert sizes[0] + sizes[1] == 12 and sizes[2] + sizes[3] == 12
+    assert sizes[0] + sizes[1] == 1000 and sizes[2] + sizes[3] == 1000
     seen = set(records.labels[records.splits["train"], 1])
     assert not seen & set(records.labels[records.splits["unseen"], 1])
     with pytest.raises(MissingDataError, match="train"):
         read_imagenet(tmp_path / "val")
+    # a class folder nested one level deeper, then a missing validation folder
+    w = wnids[5]
+    (tmp_path / "train" / w / w).mkdir()
+    (tmp_path / "train" / w / f"{w}_1.JPEG").rename(tmp_path / "train" / w / w / "x.JPEG")
+    with pytest.raises(MalformedDataError, match=f"train/{w} holds no .JPEG files"):
+        read_imagenet(tmp_path)
+    (tmp_path / "train" / w / w / "x.JPEG").rename(tmp_path / "train" / w / f"{w}_1.JPEG")
+    shutil.rmtree(tmp_path / "val" / wnids[7])
+    with pytest.raises(
+        MissingDataError, match=f"1 class folders missing in .*val, e.g. {wnids[7]}"
+    ):
+        read_imagenet(tmp_path)
 
 
 def _config(**kw):

@@ -1,19 +1,26 @@
 """Readers for the hierarchical datasets of seed 000 (Zhang et al., CVPR 2022), no download.
 
-- DeepFashion In-Shop (Liu et al. 2016): `list_eval_partition.txt` (train / query /
-  gallery); levels (category, item, image), the category ("WOMEN/Dresses") read from the
-  image path `img/<GENDER>/<Category>/id_xxx/...`. Splits: train, train_no_val, val,
-  query, gallery, test (= query + gallery, for the single-split evaluator).
+- DeepFashion In-Shop (Liu et al. 2016; the benchmark's README): `Eval/
+  list_eval_partition.txt` (train / query / gallery) and `Img/img.zip` (or extracted
+  `img/`). Label layout "official" (the seed paper's code): levels (category, item,
+  variation, image), category = garment category from the path `img/<GENDER>/
+  <Category>/id_xxx/<variation>_<image>_<view>.jpg`; layout "gender": (category, item,
+  image), category = `<GENDER>/<Category>`. Splits: train, train_no_val, val, query,
+  gallery, test (= query + gallery, for the single-split evaluator).
 - ImageNet-1k (ILSVRC 2012) with WordNet super-classes (`imagenet_superclasses.json`,
   built by `himl.data.make_imagenet_hierarchy`): `train/<wnid>/*.JPEG` and
   `val/<wnid>/*.JPEG` (or a flat `val/` read with tensorflow-datasets' validation
   labels); levels (superclass, class, image). Seen/unseen: in every super-class, every
   fifth class (in WordNet-id order) is unseen. Splits: train (seen classes, train
   images), seen_test (seen, val images), unseen (unseen, val images), unseen_train.
-- Omniglot (Lake et al. 2015), the published `images_background_small{1,2}.zip`; levels
-  (alphabet, character, image). The sets share Greek and Latin (same files: kept once).
-  Seen/unseen: the last quarter of each alphabet's characters is unseen. Splits: train
-  (seen characters, drawers 1-15), seen_test (seen, drawers 16-20), unseen.
+- Omniglot (Lake et al. 2015; github.com/brendenlake/omniglot): `images_background`
+  (or its subsets `images_background_small{1,2}`) and `images_evaluation`, zipped or
+  extracted; levels (alphabet, character, image). Protocols: "characters" (the last
+  quarter of each alphabet's characters unseen) or "alphabets" (the evaluation alphabets
+  unseen). Splits: train (seen, drawers 1-15), seen_test (seen, drawers 16-20), unseen.
+
+Every reader checks its files against the published layout and that every listed image
+exists before returning; ImageNet's files are listed from its folders, so they exist.
 """
 
 from __future__ import annotations
@@ -206,13 +213,24 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
 
 
 def _image_files(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_SUFFIXES))
+    """The image files directly in `folder`; none (e.g. nested a level deeper) is an error."""
+    files = sorted(e.name for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise MalformedDataError(
+            f"ImageNet: {folder} holds no .JPEG files (nested one level deeper or emptied?)"
+        )
+    return files
 
 
 def _imagenet_val(root: Path, wnids: list[str]) -> tuple[list[str], list[str]]:
     """(files, wnids) of the validation images, per-class folders or the flat layout."""
     val = root / "val"
     if (val / wnids[0]).is_dir():
+        missing = [w for w in wnids if not (val / w).is_dir()]
+        if missing:
+            raise MissingDataError(
+                f"ImageNet: {len(missing)} class folders missing in {val}, e.g. {missing[0]}"
+            )
         pairs = [(f"val/{w}/{f}", w) for w in wnids for f in _image_files(val / w)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
     import tensorflow_datasets as tfds  # ships the official validation ground truth
