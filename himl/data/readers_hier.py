@@ -89,7 +89,7 @@ INSHOP_LAYOUTS = {
     # The seed paper's code (salesforce/hierarchicalContrastiveLearning): [category,
     # product, variation, image], category = the garment category (17, gender dropped).
     "official": ("category", "item", "variation", "image"),
-    # himl's earlier layout: category = <GENDER>/<Category> (23), no variation level.
+    # himl's earlier layout: category = <GENDER>/<Category>, no variation level.
     "gender": ("category", "item", "image"),
 }
 
@@ -129,12 +129,13 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
       "official": levels (category, item, variation, image), the seed paper's code
         layout: category = garment category (third path component, 17), item = item id,
         variation = the file name's first number within the item, image = the image.
-      "gender": levels (category, item, image), category = `<GENDER>/<Category>` (23).
+      "gender": levels (category, item, image), category = `<GENDER>/<Category>`.
 
-    An item id whose images sit under two category folders (a few in the published list)
-    stays one item - the retrieval protocol matches by item id - and all its images take
-    the category holding most of them (ties: first by name); the seed paper's code drops
-    such items instead. Class level: item.
+    An item id whose images sit under two category folders stays one item - the
+    retrieval protocol matches by item id - and all its images take the category holding
+    most of them (ties: first by name); a warning gives the number of such items. (The
+    seed paper's code instead drops the ids of a "repeating product ids" list.)
+    Class level: item.
     """
     if layout not in INSHOP_LAYOUTS:
         raise UnknownOptionError(
@@ -185,9 +186,9 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
     items = [p[2] for p in parsed]
     category_of, shared_items = _majority(category_names, items)
     if shared_items:
-        logging.info(
+        logging.warning(
             "In-Shop: %d item ids appear under two categories; each keeps the "
-            "category of most of its images",
+            "category of most of its images (one item per id, as retrieval matches by id)",
             shared_items,
         )
     category, _ = encode([category_of[i] for i in items])
