@@ -261,13 +261,14 @@ def test_inshop_layouts(tmp_path, images, layout):
         read_inshop(root)
 
 
-def test_inshop_item_under_two_categories_keeps_its_id(tmp_path):
+def test_inshop_item_under_two_categories_keeps_its_id(tmp_path, caplog):
     rows = INSHOP_ROWS + [
         ("img/WOMEN/Skirts/id_00000003/02_1_front.jpg", "id_00000003", "gallery"),
         ("img/WOMEN/Skirts/id_00000003/03_1_front.jpg", "id_00000003", "gallery"),
         ("img/WOMEN/Skirts/id_00000003/04_1_front.jpg", "id_00000003", "query"),
     ]
     records = read_inshop(write_inshop(tmp_path, rows), val_fraction=0.0)
+    assert "In-Shop: 1 item ids appear under two categories" in caplog.text
     of_item = records.labels[records.splits["test"]]
     item3 = of_item[of_item[:, 1] == of_item[0, 1]]
     assert len(item3) == 5  # one item id: the query still matches its gallery images
