@@ -49,7 +49,7 @@ def apply_arg(config, arg: str):
 
 
 def tiny_variant(config):
-    """Seconds of training to check a download before a long run: the small CNN, 32-pixel
+    """A few training steps to check a download before a long run: the small CNN, 32-pixel
     images (or smaller if the config's are), 16-sample batches, 5 steps, no worker
     processes. The data are read and checked as in the full run (every listed image must
     exist); evaluation still embeds the whole evaluation split once."""
