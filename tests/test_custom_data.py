@@ -334,3 +334,12 @@ def test_himl_train_on_a_folder_tree_and_a_bad_manifest(tree, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("himl-train: error: ")
     assert "1 of 1 listed images are missing" in result.stderr
+
+
+def test_one_call_from_python(tree):
+    import himl.data
+
+    ds = himl.data.load("custom", source=str(tree), channels=1, image_size=28, val_fraction=0.0)
+    assert sorted(ds.splits) == ["test", "train"]
+    with pytest.raises(UserError, match="no field 'sauce'"):
+        himl.data.load("custom", sauce=str(tree))

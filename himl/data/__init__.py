@@ -2,6 +2,7 @@
 
     import himl.data
     ds = himl.data.load("cub", manual_dir="~/data/CUB_200_2011")
+    ds = himl.data.load("custom", source="photos/", levels=("department", "category"))
     ds.split("train").images[:8]  # [8, 224, 224, 3] uint8, decoded on demand
 
 The data config is `configs/default.py`'s data section with `name` and the given fields
@@ -26,6 +27,12 @@ def default_data(name: str, **data_fields):
     from himl.configs import default
 
     data = default.get_config().data
+    if name == "custom":  # its own section: `load("custom", source="photos/", levels=...)`
+        from himl.configs.custom import custom_data_config
+
+        data.custom = custom_data_config()
+        for key in set(data_fields) & set(data.custom.keys()):
+            data.custom[key] = data_fields.pop(key)
     unknown = sorted(set(data_fields) - set(data.keys()))
     if unknown:
         raise UnknownFieldError(
