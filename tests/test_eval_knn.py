@@ -200,3 +200,35 @@ def test_sharded_validation_errors():
         knn(bad, k=2, mesh=search_mesh())
     with pytest.raises(ValueError, match="k must be in 1..9"):
         knn(np.ones((10, 4), np.float32), k=10, mesh=search_mesh())
+
+
+def test_sharded_search_temp_memory_independent_of_gallery_size():
+    """Per-device scratch memory of the compiled sharded search is set by the block size:
+    a 4x larger gallery (more blocks per shard) needs no more temporary memory."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from himl.eval.knn import _sharded_search_fn, search_mesh
+
+    mesh = search_mesh()
+    axis = mesh.axis_names[0]
+
+    def temp_bytes(blocks_per_device, bg=64, bq=64, d=16):
+        rows = mesh.size * blocks_per_device * bg
+        fn = _sharded_search_fn(mesh, k=5, euclidean=False, exclude_self=True, num_gallery=rows)
+        rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
+        args = (
+            jax.ShapeDtypeStruct((bq, d), jnp.float32, sharding=rep),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+            jax.ShapeDtypeStruct(
+                (mesh.size * blocks_per_device, bg, d), jnp.float32, sharding=shard
+            ),
+            jax.ShapeDtypeStruct((mesh.size * blocks_per_device, bg), jnp.float32, sharding=shard),
+        )
+        stats = fn.lower(*args).compile().memory_analysis()
+        if stats is None:
+            pytest.skip("no memory analysis on this backend")
+        return stats.temp_size_in_bytes
+
+    small, large = temp_bytes(4), temp_bytes(16)
+    assert 0 < large <= small, (small, large)
