@@ -186,7 +186,9 @@ def bench_global_batch(args, platform_kind):
         while b <= args.max_batch:
             row = {"loss": name, "B": b, "D": args.global_dim}
             kw = _chunk_kwargs(name, b, args.chunk_size)
-            row.update(kw if kw else {"path": "dense (no chunk_size hyperparameter)"})
+            if not kw:
+                has_chunks = "chunk_size" in default_hparams(name)
+                row["path"] = "dense" + ("" if has_chunks else " (no chunk_size hyperparameter)")
             try:
                 x, y = _global_inputs(name, b, args.global_dim)
                 fn = get_loss(name)
