@@ -9,7 +9,8 @@ compile time (lower + compile) reported apart:
   pytorch-metric-learning forward + backward in the same process when `torch` and
   `pytorch_metric_learning` import (the PML-equivalent losses; skipped cleanly otherwise).
   Losses taking `chunk_size=` (see `default_hparams`) get `--chunk-size` when B exceeds it.
-- `global_batch`: SupCon and HiMulConE (D = `--global-dim`) at B = `--start-batch`,
+- `global_batch`: SupCon and HiMulConE (D = `--global-dim`, embeddings of
+  `--global-dtype`) at B = `--start-batch`,
   doubling up to `--max-batch` (1,048,576) or the first failure (out of memory) or a call
   slower than `--max-step-s`; with the time of the bf16 matrix products of the same shapes
   (`S_c = X_c X^T`, `S_c X`, `S_c^T X_c` over row blocks of `--chunk-size`: 6 B^2 D FLOPs,
@@ -170,13 +171,14 @@ def _matmul_reference(x, chunk):
     return jnp.sum(acc) + jnp.sum(sums)
 
 
-def _global_inputs(name, n, d):
+def _global_inputs(name, n, d, dtype):
     key = jax.random.key(0)
     y = jnp.arange(n, dtype=jnp.int32) // 4
     if LOSSES[name].labels == "hierarchical":  # n/2 samples x 2 views, 3 label columns
         cls = y[: n // 2]
-        return jax.random.normal(key, (n // 2, 2, d)), jnp.stack([cls // 8, cls // 2, cls], 1)
-    return jax.random.normal(key, (n, d)), y
+        x = jax.random.normal(key, (n // 2, 2, d), dtype)
+        return x, jnp.stack([cls // 8, cls // 2, cls], 1)
+    return jax.random.normal(key, (n, d), dtype), y
 
 
 def bench_global_batch(args, platform_kind):
@@ -184,13 +186,13 @@ def bench_global_batch(args, platform_kind):
     for name in ("supcon", "himulcone"):
         b = args.start_batch
         while b <= args.max_batch:
-            row = {"loss": name, "B": b, "D": args.global_dim}
+            row = {"loss": name, "B": b, "D": args.global_dim, "input_dtype": args.global_dtype}
             kw = _chunk_kwargs(name, b, args.chunk_size)
             if not kw:
                 has_chunks = "chunk_size" in default_hparams(name)
                 row["path"] = "dense" + ("" if has_chunks else " (no chunk_size hyperparameter)")
             try:
-                x, y = _global_inputs(name, b, args.global_dim)
+                x, y = _global_inputs(name, b, args.global_dim, jnp.dtype(args.global_dtype))
                 fn = get_loss(name)
                 step, row["compile_s"] = _compile(
                     jax.value_and_grad(lambda x, y, fn=fn, kw=kw: fn(x, y, **kw)), x, y
@@ -336,6 +338,12 @@ def main(argv=None):
     p.add_argument("--start-batch", type=int)
     p.add_argument("--max-batch", type=int, help="largest global batch tried")
     p.add_argument("--global-dim", type=int)
+    p.add_argument(
+        "--global-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="dtype of the embeddings fed to the global-batch losses (bf16: bf16 products)",
+    )
     p.add_argument("--chunk-size", type=int, help="rows per block of chunked losses")
     p.add_argument("--max-step-s", type=float, default=120.0, help="stop doubling B beyond")
     p.add_argument("--knn-n", type=int)
