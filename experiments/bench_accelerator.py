@@ -188,6 +188,7 @@ def bench_global_batch(args, platform_kind):
         while b <= args.max_batch:
             row = {"loss": name, "B": b, "D": args.global_dim, "input_dtype": args.global_dtype}
             kw = _chunk_kwargs(name, b, args.chunk_size)
+            row.update(kw)
             if not kw:
                 has_chunks = "chunk_size" in default_hparams(name)
                 row["path"] = "dense" + ("" if has_chunks else " (no chunk_size hyperparameter)")
