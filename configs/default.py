@@ -43,6 +43,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.widths = (16, 32, 64)
     config.model.embedding_dim = 64
     config.model.head = "linear"  # "linear" (L2-normalised) or "hist" (GAP+GMP, LayerNorm)
+    # Compute dtype: "bfloat16" = mixed precision (params, optimizer state, losses and
+    # evaluation embeddings stay float32).
+    config.model.dtype = "float32"
 
     config.loss = loss_config("himulcone")
 

@@ -27,6 +27,7 @@ DATASETS = (
     "omniglot",
 )
 MODELS = ("small_cnn", "resnet50")
+MODEL_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
 MODEL_HEADS = HEADS
 SCHEDULES = ("constant", "cosine", "step")
@@ -70,6 +71,7 @@ def validate_config(config, num_devices: int = 1) -> None:
     _choose(config.optimizer.name, OPTIMIZERS, "config.optimizer.name")
     _choose(config.optimizer.schedule, SCHEDULES, "config.optimizer.schedule")
     _choose(config.model.head, MODEL_HEADS, "config.model.head")
+    _choose(config.model.get("dtype", "float32"), MODEL_DTYPES, "config.model.dtype")
     _validate_lr_groups(config.optimizer)
     batch, per_class = config.data.batch_size, config.data.samples_per_class
     if batch <= 0 or per_class <= 0 or batch % per_class:
