@@ -8,12 +8,14 @@ configs/hist.py:cars). Comparable only with --config.model.pretrained=IMAGENET_R
 (see configs/benchmark.py); without it the backbone trains from scratch.
 
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
+"tiny" (`--config=configs/cars.py:tiny`): a seconds-long check of the files.
 """
 
-from himl.configs.benchmark import get_benchmark_config
+from himl.configs.benchmark import apply_arg, get_benchmark_config
 
 
 def get_config(arg: str = ""):
-    return get_benchmark_config(
-        "cars", sampler=arg or "m_per_class", eval_splits=("test",), ks=(1, 2, 4, 8, 16, 32)
+    config = get_benchmark_config(
+        "cars", sampler="m_per_class", eval_splits=("test",), ks=(1, 2, 4, 8, 16, 32)
     )
+    return apply_arg(config, arg)

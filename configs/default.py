@@ -34,6 +34,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.color_jitter = 0.3  # brightness/contrast/saturation factor range 1 +- this
     config.data.val_fraction = 0.2  # last fraction of train classes carved out as "val"
     config.data.num_workers = 0  # grain worker processes decoding + augmenting batches
+    # Reader choices (himl.data.real.READER_OPTIONS); empty = the dataset's default.
+    config.data.label_layout = ""  # inshop: "official" (seed code) | "gender"
+    config.data.split_protocol = ""  # omniglot: "characters" | "alphabets"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
@@ -44,6 +47,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # and batch norm kept in inference mode (frozen statistics) while training, as HIST does.
     config.model.pretrained = ""
     config.model.freeze_bn = False
+    # Compute dtype: "bfloat16" = mixed precision (params, optimizer state, losses and
+    # evaluation embeddings stay float32).
+    config.model.dtype = "float32"
 
     config.loss = loss_config("himulcone")
 

@@ -8,15 +8,17 @@ ImageNet-1k class, the "unseen" ones included: results with them do not measure
 generalisation to unseen classes. Without them the backbone trains from scratch.
 
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
+"tiny" (`--config=configs/imagenet.py:tiny`): a seconds-long check of the files.
 """
 
-from himl.configs.benchmark import get_benchmark_config
+from himl.configs.benchmark import apply_arg, get_benchmark_config
 
 
 def get_config(arg: str = ""):
-    return get_benchmark_config(
+    config = get_benchmark_config(
         "imagenet",
-        sampler=arg or "hierarchical",
+        sampler="hierarchical",
         eval_splits=("unseen", "seen_test"),
         ks=(1, 2, 4, 8, 16),
     )
+    return apply_arg(config, arg)

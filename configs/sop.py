@@ -8,16 +8,18 @@ configs/hist.py:sop). Comparable only with --config.model.pretrained=IMAGENET_RE
 (see configs/benchmark.py); without it the backbone trains from scratch.
 
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
+"tiny" (`--config=configs/sop.py:tiny`): a seconds-long check of the files.
 """
 
-from himl.configs.benchmark import get_benchmark_config
+from himl.configs.benchmark import apply_arg, get_benchmark_config
 
 
 def get_config(arg: str = ""):
-    return get_benchmark_config(
+    config = get_benchmark_config(
         "sop",
-        sampler=arg or "m_per_class",
+        sampler="m_per_class",
         eval_splits=("test",),
         ks=(1, 10, 100, 1000),
         samples_per_class=2,
     )
+    return apply_arg(config, arg)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -35,16 +36,18 @@ class Bottleneck(nn.Module):
     filters: int
     strides: int = 1
     freeze_bn: bool = False
+    dtype: Any = jnp.float32  # compute dtype; parameters and batch statistics stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         # torch BatchNorm2d: momentum 0.1 (flax's 0.9), eps 1e-5.
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train or self.freeze_bn,
             momentum=0.9,
             epsilon=1e-5,
+            dtype=self.dtype,
         )
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = conv(self.filters, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)))(y)
@@ -65,6 +68,7 @@ class ResNet(nn.Module):
     head: str = "linear"
     normalize: bool = True
     freeze_bn: bool = False
+    dtype: Any = jnp.float32  # compute dtype (bfloat16: mixed precision); params float32
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -79,12 +83,14 @@ class ResNet(nn.Module):
             padding=((3, 3), (3, 3)),
             use_bias=False,
             kernel_init=conv_init,
+            dtype=self.dtype,
             name="stem_conv",
         )(x)
         x = nn.BatchNorm(
             use_running_average=not train or self.freeze_bn,
             momentum=0.9,
             epsilon=1e-5,
+            dtype=self.dtype,
             name="stem_bn",
         )(x)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -95,8 +101,13 @@ class ResNet(nn.Module):
                     self.width * 2**stage,
                     strides,
                     freeze_bn=self.freeze_bn,
+                    dtype=self.dtype,
                     name=f"stage{stage}_block{block}",
                 )(x, train)
         return embedding_head(
-            x, head=self.head, embedding_dim=self.embedding_dim, normalize=self.normalize
+            x,
+            head=self.head,
+            embedding_dim=self.embedding_dim,
+            normalize=self.normalize,
+            dtype=self.dtype,
         )

@@ -15,8 +15,19 @@ from himl.errors import UserError
 from himl.losses import LOSSES, default_hparams
 from himl.models.heads import HEADS
 
-DATASETS = ("embedded", "fashion_mnist", "cub", "cars", "sop", "inshop", "imagenet", "omniglot")
+DATASETS = (
+    "embedded",
+    "fashion_mnist",
+    "custom",
+    "cub",
+    "cars",
+    "sop",
+    "inshop",
+    "imagenet",
+    "omniglot",
+)
 MODELS = ("small_cnn", "resnet50")
+MODEL_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
 MODEL_HEADS = HEADS
 SCHEDULES = ("constant", "cosine", "step")
@@ -61,6 +72,7 @@ def validate_config(config, num_devices: int = 1) -> None:
     _choose(config.optimizer.schedule, SCHEDULES, "config.optimizer.schedule")
     _choose(config.model.head, MODEL_HEADS, "config.model.head")
     _validate_backbone_options(config.model)
+    _choose(config.model.get("dtype", "float32"), MODEL_DTYPES, "config.model.dtype")
     _validate_lr_groups(config.optimizer)
     batch, per_class = config.data.batch_size, config.data.samples_per_class
     if batch <= 0 or per_class <= 0 or batch % per_class:
@@ -81,7 +93,14 @@ def validate_config(config, num_devices: int = 1) -> None:
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "
             "data.name=fashion_mnist (e.g. --config.data.manual_dir=../shared/data/fashion-mnist)"
         )
-    if config.data.name not in ("embedded", "fashion_mnist") and not config.data.manual_dir:
+    if config.data.name == "custom" and "custom" not in config.data:
+        raise ConfigError(
+            "config.data.name=custom needs the config.data.custom section: use "
+            "--config=configs/custom.py --config.data.custom.source=PATH"
+        )
+    if config.data.name not in ("embedded", "fashion_mnist", "custom") and not (
+        config.data.manual_dir
+    ):
         raise ConfigError(
             f"config.data.manual_dir must point at the downloaded {config.data.name} files "
             f"(--config.data.manual_dir=PATH); nothing is downloaded"
