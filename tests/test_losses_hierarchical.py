@@ -305,6 +305,7 @@ def test_errors():
 
 def test_registry_defaults():
     assert default_hparams("himulcone") == {
+        "chunk_size": None,
         "temperature": 0.07,
         "mode": "reference",
         "level_penalty": "exp",
