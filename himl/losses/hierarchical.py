@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from himl.distances import dot_similarity, l2_normalize
 from himl.losses.checks import check_embeddings_and_labels
+from himl.losses.class_lse import class_logsumexp, map_rows
 from himl.losses.supcon import MASKED_LOGIT
 
 MODES = ("reference", "paper")
@@ -87,88 +88,30 @@ def _level_groups(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.stack(groups), depth
 
 
-def _class_logsumexp(logits, valid, col_class, num_classes):
-    """Per-row log-sum-exp of `logits` over the columns of each class, one `exp` per entry.
+def _clamp_sums(x, groups, temperature, chunk_size):
+    """Paper-mode HiConE sums `[R, L-1]`: `sum_{p in P_l(i)} min(s_ip, min_{q in P_{l-1}(i)} s_iq)`.
 
-    Args:
-      logits: `[c, M]`; valid: `[c, M]` bool (entries that may count; self excluded);
-      col_class: `[M]` int in `0 .. num_classes-1`.
-
-    Returns:
-      `[c, num_classes]` float32, `MASKED_LOGIT` where a row has no valid entry of a class.
-      Every class gets its own shift (its row maximum), so a class far below the row's
-      maximum does not underflow, whatever the temperature.
+    `P_l(i)` are the rows sharing i's group at level l (i excluded); level 1 has no finer
+    level, so its sum is the plain `sum_p s_ip`. Row-blocked like the log-sum-exp, each
+    block rematerialised in the backward pass.
     """
-    in_class = [valid & (col_class == k)[None, :] for k in range(num_classes)]
-    maxima = [
-        jax.lax.stop_gradient(jnp.max(jnp.where(m, logits, MASKED_LOGIT), axis=1)) for m in in_class
-    ]
-    shift = maxima[0][:, None]
-    for k in range(1, num_classes):
-        shift = jnp.where((col_class == k)[None, :], maxima[k][:, None], shift)
-    # Mask before exp: a lone self column has shift MASKED_LOGIT, and exp(+1e30) = inf would
-    # turn the masked-out gradient into NaN.
-    exps = jnp.exp(jnp.where(valid, logits - shift, MASKED_LOGIT))
-    out = []
-    for k in range(num_classes):
-        total = jnp.sum(jnp.where(in_class[k], exps, 0.0), axis=1)
-        out.append(
-            jnp.where(
-                total > 0, maxima[k] + jnp.log(jnp.where(total > 0, total, 1.0)), MASKED_LOGIT
-            )
-        )
-    return jnp.stack(out, axis=1)
-
-
-def _row_stats(xi, rows, row_groups, x, col_class, num_classes, col_groups, temperature):
-    """What each anchor row needs from its row of the `[R, R]` logit matrix.
-
-    Args:
-      xi: `[c, D]` normalised anchor rows; rows: `[c]` their indices in `0 .. R-1` (padding
-        rows may have any index >= R); row_groups: `[c, L-1]` their group ids.
-      x: `[R, D]` all normalised rows; col_class: `[R]` class of each column for the
-        log-sum-exp (reference mode: depth - 1; paper mode: 0).
-      col_groups: `[L-1, R]` group ids of the columns, or None (no clamp sums needed).
-
-    Returns:
-      `(lse [c, num_classes], clamp_sums [c, L-1] or None)`. `clamp_sums[:, l-1]` is
-      `sum_{p in P_l(i)} min(s_ip, min_{q in P_{l-1}(i)} s_iq)` (paper-mode HiConE).
-    """
-    logits = dot_similarity(xi, x) / temperature
-    not_self = rows[:, None] != jnp.arange(x.shape[0])[None, :]
-    lse = _class_logsumexp(logits, not_self, col_class, num_classes)
-    if col_groups is None:
-        return lse, None
-    finer_min = jnp.full((xi.shape[0],), -MASKED_LOGIT, jnp.float32)
-    sums = []
-    for level in range(col_groups.shape[0]):
-        pos = not_self & (row_groups[:, level][:, None] == col_groups[level][None, :])
-        sums.append(jnp.sum(jnp.where(pos, jnp.minimum(logits, finer_min[:, None]), 0.0), axis=1))
-        finer_min = jnp.minimum(finer_min, jnp.min(jnp.where(pos, logits, -MASKED_LOGIT), axis=1))
-    return lse, jnp.stack(sums, axis=1)
-
-
-def _all_row_stats(x, col_class, num_classes, groups, clamp_groups, temperature, chunk_size):
-    """`_row_stats` for every row: dense, or `chunk_size` rows at a time, rematerialised."""
     r = x.shape[0]
-    rows = jnp.arange(r)
-    if chunk_size is None:
-        return _row_stats(x, rows, groups.T, x, col_class, num_classes, clamp_groups, temperature)
-    c = min(chunk_size, r)
-    blocks = -(-r // c)
-    pad = blocks * c - r
 
     @jax.checkpoint
-    def block(args):
-        xi, ri, gi = args
-        return _row_stats(xi, ri, gi, x, col_class, num_classes, clamp_groups, temperature)
+    def block(rows, xi, row_groups):
+        logits = dot_similarity(xi, x) / temperature
+        pos_base = rows[:, None] != jnp.arange(r)[None, :]
+        finer_min = jnp.full((xi.shape[0],), -MASKED_LOGIT, jnp.float32)
+        sums = []
+        for level in range(groups.shape[0]):
+            pos = pos_base & (row_groups[:, level][:, None] == groups[level][None, :])
+            clamped = jnp.minimum(logits, finer_min[:, None])
+            sums.append(jnp.sum(jnp.where(pos, clamped, 0.0), axis=1))
+            level_min = jnp.min(jnp.where(pos, logits, -MASKED_LOGIT), axis=1)
+            finer_min = jnp.minimum(finer_min, level_min)
+        return jnp.stack(sums, axis=1)
 
-    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(blocks, c, -1)
-    rb = jnp.arange(blocks * c).reshape(blocks, c)
-    gb = jnp.pad(groups.T, ((0, pad), (0, 0))).reshape(blocks, c, -1)
-    lse, sums = jax.lax.map(block, (xb, rb, gb))
-    lse = lse.reshape(blocks * c, -1)[:r]
-    return lse, (None if sums is None else sums.reshape(blocks * c, -1)[:r])
+    return map_rows(block, r, chunk_size, x, groups.T)
 
 
 def _positive_sums(x, groups, weight, temperature):
@@ -195,9 +138,8 @@ def _reference_loss(x, groups, depth, temperature, scale, penalty, clamp, chunk_
     per depth class comes from one pass over the logits, levels combine them.
     """
     num_levels = groups.shape[0] + 1
-    lse_by_depth, _ = _all_row_stats(
-        x, depth - 1, num_levels - 1, groups, None, temperature, chunk_size
-    )
+    z = x * jax.lax.rsqrt(jnp.asarray(temperature, jnp.float32))
+    lse_by_depth = class_logsumexp(z, depth - 1, num_levels - 1, chunk_size)
     total = jnp.zeros((), jnp.float32)
     running_max = None
     for level in range(1, num_levels):
@@ -228,11 +170,9 @@ def _paper_loss(x, groups, temperature, penalty, clamp, chunk_size):
     """
     num_levels = groups.shape[0] + 1
     r = x.shape[0]
-    lse, clamp_sums = _all_row_stats(
-        x, jnp.zeros((r,), jnp.int32), 1, groups, groups if clamp else None, temperature,
-        chunk_size,
-    )  # fmt: skip
-    lse = lse[:, 0]
+    z = x * jax.lax.rsqrt(jnp.asarray(temperature, jnp.float32))
+    lse = class_logsumexp(z, jnp.zeros((r,), jnp.int32), 1, chunk_size)[:, 0]
+    clamp_sums = _clamp_sums(x, groups, temperature, chunk_size) if clamp else None
     total = jnp.zeros((), jnp.float32)
     for level in range(1, num_levels):
         pos_dots, num_pos = _positive_sums(x, groups[level - 1], jnp.ones((r,)), temperature)

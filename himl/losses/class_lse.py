@@ -1,0 +1,128 @@
+"""Row-wise log-sum-exp of a Gram matrix per column class, with a hand-written backward pass.
+
+`class_logsumexp(z, col_class, C)[i, c] = log sum_{k != i, col_class[k] = c} exp(z_i . z_k)`,
+the denominators of contrastive losses (SupCon, Khosla et al. 2020; the per-level
+denominators of the hierarchical losses, Zhang et al. CVPR 2022) for all classes from one
+pass over `s = z z^T`. The backward pass uses the symmetry of `s`: the gradient is
+`(G + G^T) z` with `G_ik = a_{i,c(k)} p_ik`, and `G^T_ik = a_{k,c(i)} exp(s_ik - lse_{k,c(i)})`
+is again an elementwise function of row i of `s`, so every block of rows gets its full
+gradient from one product `W_I z`, with no transpose and no accumulation over blocks
+(the flash-attention trick). Autodiff instead needs `G^T z`, which XLA's CPU backend
+computes through a slow strided transpose.
+
+With `chunk_size=c` the `[R, R]` matrix is never stored: c rows at a time are computed,
+reduced and recomputed in the backward pass (memory O(R * (c + C + D))).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from himl.distances import dot_similarity
+
+# Stands in for -inf (as himl.losses.supcon.MASKED_LOGIT): exp() of it is 0 in float32.
+MASKED_LOGIT = -1e30
+
+
+def _pick(index, table, axis):
+    """`table[k]` broadcast where `index == k`: `[c, R]` from a per-class table, by selects.
+
+    axis=1: `index` `[R]` indexes columns, `table` `[c, C]` -> `out[i, k] = table[i, index[k]]`;
+    axis=0: `index` `[c]` indexes rows, `table` `[C, R]` -> `out[i, k] = table[index[i], k]`.
+    """
+    num = table.shape[axis]
+    if axis == 1:
+        out = table[:, :1]
+        for k in range(1, num):
+            out = jnp.where((index == k)[None, :], table[:, k : k + 1], out)
+    else:
+        out = table[:1, :]
+        for k in range(1, num):
+            out = jnp.where((index == k)[:, None], table[k : k + 1, :], out)
+    return out
+
+
+def _block_lse(zi, rows, z, col_class, num_classes):
+    """`[c, C]` class log-sum-exps of anchor rows `zi` (indices `rows`) against all of `z`."""
+    s = dot_similarity(zi, z)
+    r = z.shape[0]
+    valid = (rows[:, None] != jnp.arange(r)[None, :]) & (rows < r)[:, None]
+    in_class = [valid & (col_class == k)[None, :] for k in range(num_classes)]
+    # Each class its own shift, so a class far below the row maximum does not underflow.
+    maxima = jnp.stack([jnp.max(jnp.where(m, s, MASKED_LOGIT), axis=1) for m in in_class], axis=1)
+    exps = jnp.exp(jnp.where(valid, s - _pick(col_class, maxima, 1), MASKED_LOGIT))
+    totals = jnp.stack([jnp.sum(jnp.where(m, exps, 0.0), axis=1) for m in in_class], axis=1)
+    positive = totals > 0
+    return jnp.where(positive, maxima + jnp.log(jnp.where(positive, totals, 1.0)), MASKED_LOGIT)
+
+
+def _block_grad(zi, rows, z, col_class, lse_i, lse_t, a_i, a_t):
+    """Rows `rows` of `dL/dz = (G + G^T) z` given the cotangent `a` of the class lse."""
+    s = dot_similarity(zi, z)
+    r = z.shape[0]
+    valid = (rows[:, None] != jnp.arange(r)[None, :]) & (rows < r)[:, None]
+    row_class = col_class[jnp.minimum(rows, r - 1)]
+    # G_ik = a_{i,c(k)} exp(s_ik - lse_{i,c(k)}); G_ki the same with i and k swapped.
+    own = jnp.exp(jnp.where(valid, s - _pick(col_class, lse_i, 1), MASKED_LOGIT))
+    other = jnp.exp(jnp.where(valid, s - _pick(row_class, lse_t, 0), MASKED_LOGIT))
+    w = _pick(col_class, a_i, 1) * own + _pick(row_class, a_t, 0) * other
+    return jnp.dot(w, z, preferred_element_type=jnp.float32)
+
+
+def map_rows(fn, r, chunk_size, *row_args):
+    """`fn(rows, *row_args_block)` over all `r` rows at once, or `chunk_size` rows at a time.
+
+    Row arguments are `[r, ...]`; padding rows get indices >= r. Outputs `[r, ...]`.
+    """
+    if chunk_size is None or chunk_size >= r:
+        return fn(jnp.arange(r), *row_args)
+    blocks = -(-r // chunk_size)
+    pad = blocks * chunk_size - r
+    padded = [
+        jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)).reshape(blocks, chunk_size, *v.shape[1:])
+        for v in row_args
+    ]
+    rows = jnp.arange(blocks * chunk_size).reshape(blocks, chunk_size)
+    out = jax.lax.map(lambda args: fn(*args), (rows, *padded))
+    return jax.tree.map(lambda v: v.reshape(blocks * chunk_size, *v.shape[2:])[:r], out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def class_logsumexp(z, col_class, num_classes, chunk_size=None):
+    """Per-row, per-column-class log-sum-exp of `s = z z^T` with the diagonal left out.
+
+    Args:
+      z: `[R, D]` float32 (e.g. normalised embeddings divided by `sqrt(temperature)`).
+      col_class: `[R]` int32 in `0 .. num_classes-1`, the class of each column.
+      num_classes: static C.
+      chunk_size: None (all rows at once, `[R, R]` memory) or rows per block.
+
+    Returns:
+      `[R, C]` float32, `lse[i, c] = log sum_{k != i, col_class[k] = c} exp(s_ik)`, and
+      `MASKED_LOGIT` where row i has no such k. Differentiable in `z` (not `col_class`).
+    """
+    return _fwd(z, col_class, num_classes, chunk_size)[0]
+
+
+def _fwd(z, col_class, num_classes, chunk_size):
+    def block(rows, zi):
+        return _block_lse(zi, rows, z, col_class, num_classes)
+
+    lse = map_rows(block, z.shape[0], chunk_size, z)
+    return lse, (z, col_class, lse)
+
+
+def _bwd(num_classes, chunk_size, res, a):
+    z, col_class, lse = res
+    lse_t, a_t = lse.T, a.T
+
+    def block(rows, zi, lse_i, a_i):
+        return _block_grad(zi, rows, z, col_class, lse_i, lse_t, a_i, a_t)
+
+    return map_rows(block, z.shape[0], chunk_size, z, lse, a), None
+
+
+class_logsumexp.defvjp(_fwd, _bwd)
