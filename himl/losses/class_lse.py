@@ -45,25 +45,51 @@ def _pick(index, table, axis):
     return out
 
 
-def _block_lse(zi, rows, z, col_class, num_classes):
-    """`[c, C]` class log-sum-exps of anchor rows `zi` (indices `rows`) against all of `z`."""
-    s = dot_similarity(zi, z)
-    r = z.shape[0]
-    valid = (rows[:, None] != jnp.arange(r)[None, :]) & (rows < r)[:, None]
+def _valid(rows, r):
+    """`[c, r]` bool: column k counts for anchor row `rows[i]` (not itself, not padding)."""
+    return (rows[:, None] != jnp.arange(r)[None, :]) & (rows < r)[:, None]
+
+
+def _exact_lse(s, valid, col_class, num_classes):
+    """Class log-sum-exps with each class shifted by its own row maximum (never underflows)."""
     in_class = [valid & (col_class == k)[None, :] for k in range(num_classes)]
-    # Each class its own shift, so a class far below the row maximum does not underflow.
-    maxima = jnp.stack([jnp.max(jnp.where(m, s, MASKED_LOGIT), axis=1) for m in in_class], axis=1)
+    maxima = jnp.stack([jnp.max(jnp.where(m, s, MASKED_LOGIT), axis=1) for m in in_class], 1)
     exps = jnp.exp(jnp.where(valid, s - _pick(col_class, maxima, 1), MASKED_LOGIT))
     totals = jnp.stack([jnp.sum(jnp.where(m, exps, 0.0), axis=1) for m in in_class], axis=1)
     positive = totals > 0
     return jnp.where(positive, maxima + jnp.log(jnp.where(positive, totals, 1.0)), MASKED_LOGIT)
 
 
-def _block_grad(zi, rows, z, col_class, lse_i, lse_t, a_i, a_t):
+def _block_lse(s, rows, bound, col_onehot):
+    """`[c, C]` class log-sum-exps of the logit rows `s` `[c, R]` of anchors `rows`.
+
+    Fast path: one shift per row, `bound[i] >= max_k s_ik` (Cauchy-Schwarz), one `exp` per
+    entry, class sums as a product with the one-hot column classes. A class whose sum falls
+    below 1e-20 (only possible when logits span more than ~46, i.e. cosine logits with
+    temperature < 0.043) would lose precision, so the block is then redone exactly.
+    """
+    r, num_classes = col_onehot.shape
+    valid = _valid(rows, r)
+    exps = jnp.where(valid, jnp.exp(jnp.minimum(s - bound[:, None], 0.0)), 0.0)
+    totals = jnp.dot(exps, col_onehot, preferred_element_type=jnp.float32)
+    # Entries per class without a pass: all columns of the class minus the anchor itself.
+    own = col_onehot[jnp.minimum(rows, r - 1)] * (rows < r)[:, None]
+    counts = jnp.sum(col_onehot, axis=0)[None, :] - own
+    counts = jnp.where((rows < r)[:, None], counts, 0.0)
+    fast = jnp.where(
+        counts > 0, bound[:, None] + jnp.log(jnp.where(counts > 0, totals, 1.0)), MASKED_LOGIT
+    )
+    underflow = jnp.any((counts > 0) & (totals < 1e-20))
+    col_class = jnp.argmax(col_onehot, axis=1)
+    return jax.lax.cond(
+        underflow, lambda: _exact_lse(s, valid, col_class, num_classes), lambda: fast
+    )
+
+
+def _block_grad(s, rows, z, col_class, lse_i, lse_t, a_i, a_t):
     """Rows `rows` of `dL/dz = (G + G^T) z` given the cotangent `a` of the class lse."""
-    s = dot_similarity(zi, z)
     r = z.shape[0]
-    valid = (rows[:, None] != jnp.arange(r)[None, :]) & (rows < r)[:, None]
+    valid = _valid(rows, r)
     row_class = col_class[jnp.minimum(rows, r - 1)]
     # G_ik = a_{i,c(k)} exp(s_ik - lse_{i,c(k)}); G_ki the same with i and k swapped.
     own = jnp.exp(jnp.where(valid, s - _pick(col_class, lse_i, 1), MASKED_LOGIT))
@@ -107,21 +133,37 @@ def class_logsumexp(z, col_class, num_classes, chunk_size=None):
     return _fwd(z, col_class, num_classes, chunk_size)[0]
 
 
-def _fwd(z, col_class, num_classes, chunk_size):
-    def block(rows, zi):
-        return _block_lse(zi, rows, z, col_class, num_classes)
+def _dense(chunk_size, r):
+    return chunk_size is None or chunk_size >= r
 
-    lse = map_rows(block, z.shape[0], chunk_size, z)
-    return lse, (z, col_class, lse)
+
+def _fwd(z, col_class, num_classes, chunk_size):
+    r = z.shape[0]
+    norms = jnp.sqrt(jnp.sum(z * z, axis=1))
+    bound = norms * jnp.max(norms)
+    onehot = jax.nn.one_hot(col_class, num_classes, dtype=jnp.float32)
+    if _dense(chunk_size, r):  # keep the logits for the backward pass: one product fewer
+        s = dot_similarity(z, z)
+        lse = _block_lse(s, jnp.arange(r), bound, onehot)
+        return lse, (z, col_class, s, lse)
+
+    def block(rows, zi, bound_i):
+        return _block_lse(dot_similarity(zi, z), rows, bound_i, onehot)
+
+    lse = map_rows(block, r, chunk_size, z, bound)
+    return lse, (z, col_class, None, lse)
 
 
 def _bwd(num_classes, chunk_size, res, a):
-    z, col_class, lse = res
+    z, col_class, s, lse = res
     lse_t, a_t = lse.T, a.T
 
-    def block(rows, zi, lse_i, a_i):
-        return _block_grad(zi, rows, z, col_class, lse_i, lse_t, a_i, a_t)
+    def block(rows, zi, lse_i, a_i, s_i=None):
+        s_i = dot_similarity(zi, z) if s_i is None else s_i
+        return _block_grad(s_i, rows, z, col_class, lse_i, lse_t, a_i, a_t)
 
+    if s is not None:
+        return block(jnp.arange(z.shape[0]), z, lse, a, s), None
     return map_rows(block, z.shape[0], chunk_size, z, lse, a), None
 
 
