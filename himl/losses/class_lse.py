@@ -138,7 +138,7 @@ def _dense(chunk_size, r):
 
 
 def _fwd(z, col_class, num_classes, chunk_size):
-    r = z.shape[0]
+    r, col_class = z.shape[0], jnp.asarray(col_class, jnp.int32)
     norms = jnp.sqrt(jnp.sum(z * z, axis=1))
     bound = norms * jnp.max(norms)
     onehot = jax.nn.one_hot(col_class, num_classes, dtype=jnp.float32)
