@@ -22,6 +22,13 @@ Two modes:
 
 All shapes are static: the reduction is a keep-mask, never a gather, so the losses jit,
 differentiate, and give the same value for a batch sharded over devices.
+
+Cost: one sort of the label rows gives every level's groups and the level up to which the
+official reduction keeps each row. The only `[R, R]` work (R = N * V rows) is one pass over
+the logits: a log-sum-exp per *depth class* (rows kept up to level l), from which every
+level's denominator follows (`himl.losses.class_lse`, with a transpose-free backward pass);
+sums over positives are `x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped
+pass. `chunk_size=c` computes c rows at a time and recomputes them in the backward pass.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 
 from himl.distances import dot_similarity, l2_normalize
 from himl.losses.checks import check_embeddings_and_labels
-from himl.losses.class_lse import class_logsumexp, map_rows
+from himl.losses.class_lse import block_rows, class_logsumexp, map_rows
 from himl.losses.supcon import MASKED_LOGIT
 
 MODES = ("reference", "paper")
@@ -111,7 +118,7 @@ def _clamp_sums(x, groups, temperature, chunk_size):
             finer_min = jnp.minimum(finer_min, level_min)
         return jnp.stack(sums, axis=1)
 
-    return map_rows(block, r, chunk_size, x, groups.T)
+    return map_rows(block, r, block_rows(chunk_size, r), x, groups.T)
 
 
 def _positive_sums(x, groups, weight, temperature):
@@ -236,10 +243,10 @@ _ARGS_DOC = """
       base_temperature: reference mode scales every level by `t / base_temperature`, as
         the official SupConLoss does with its fixed 0.07; unused in paper mode, whose
         equations have no such factor.
-      chunk_size: None for the dense path (`[R, R]` logits, R = N * V); an int c
-        processes c anchor rows at a time under `jax.checkpoint` (recomputed in the
-        backward pass), so memory is O(R * (c + D)) instead of O(R^2), with the same value
-        and gradient.
+      chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
+        pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
+        value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
+        there), the dense `[R, R]` pass on accelerators.
 
     Returns:
       Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
