@@ -431,3 +431,13 @@ def test_chunked_memory_is_linear_in_batch():
         sizes[n] = mem.temp_size_in_bytes
     assert sizes[8192] < 8192 * 8192 * 4 / 8, sizes  # far below one [R, R] float32
     assert sizes[8192] < 6 * sizes[2048], sizes  # 4x the rows: ~4x the memory, not 16x
+
+
+def test_default_blocks_equal_one_dense_pass():
+    """R = 300 > 256: chunk_size=None runs 256-row blocks on the CPU; c >= R is one pass."""
+    x, y = random_batch(np.random.default_rng(13), n=150, views=2, dim=8, num_coarse=3)
+    for mode in ("reference", "paper"):
+        fns = [functools.partial(himulcone, mode=mode, chunk_size=c) for c in (None, 1000)]
+        (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(f))(x, y) for f in fns)
+        np.testing.assert_allclose(v0, v1, rtol=1e-6)
+        np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-7)
