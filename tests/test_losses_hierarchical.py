@@ -305,6 +305,7 @@ def test_errors():
 
 def test_registry_defaults():
     assert default_hparams("himulcone") == {
+        "chunk_size": None,
         "temperature": 0.07,
         "mode": "reference",
         "level_penalty": "exp",
@@ -372,3 +373,71 @@ def test_embedding_scale_invariance(batch, scale):
     x, y = batch
     got = all_losses(x * np.float32(scale), y)
     assert_close(got, np.asarray(all_losses(x, y)), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- memory-bounded path
+
+
+def _value_and_grads(x, y, chunk_size, **kw):
+    """Values and gradients of the six (loss, mode) pairs at one chunk size."""
+
+    def six(e):
+        return jnp.stack([LOSSES[n](e, y, mode=m, chunk_size=chunk_size, **kw) for n, m in ALL])
+
+    return jax.jit(six)(x), jax.jit(jax.jacrev(six))(x)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_chunked_equals_dense(chunk_size):
+    """Several chunk sizes, including ones that do not divide R = N * V = 24 and one > R."""
+    x, y = random_batch(np.random.default_rng(10), n=12, views=2, dim=5, tie_free=True)
+    dense_v, dense_g = _value_and_grads(x, y, None)
+    got_v, got_g = _value_and_grads(x, y, chunk_size)
+    assert_close(got_v, dense_v, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got_g), np.asarray(dense_g), rtol=1e-4, atol=1e-6)
+    assert_close(got_v, all_oracles(x, y))
+
+
+def test_chunked_single_view_and_small_temperature():
+    """V = 1 (anchors without positives) and t = 0.01, where the exact fallback runs."""
+    x, y = random_batch(np.random.default_rng(11), n=10, views=1)
+    y[0, :2] = [7, 70]
+    for t in (0.01, 0.07):
+        dense_v, dense_g = _value_and_grads(x[:, 0], y, None, temperature=t)
+        got_v, got_g = _value_and_grads(x[:, 0], y, 4, temperature=t)
+        assert_close(got_v, dense_v, rtol=1e-5)
+        assert_close(dense_v, all_oracles(x, y, t=t), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(got_g), np.asarray(dense_g), rtol=1e-4, atol=1e-6)
+        assert np.all(np.isfinite(np.asarray(got_g)))
+
+
+def test_chunk_size_must_be_positive_int():
+    x, y = jnp.ones((4, 2, 3)), jnp.zeros((4, 3), jnp.int32)
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            himulcone(x, y, chunk_size=bad)
+
+
+def test_chunked_memory_is_linear_in_batch():
+    """No [R, R] buffer in the compiled chunked step: its temporaries stay O(R * c)."""
+    d, c = 16, 64
+    sizes = {}
+    for n in (2048, 8192):
+        x, y = random_batch(np.random.default_rng(12), n=n, views=1, dim=d)
+        step = jax.jit(jax.grad(functools.partial(himulcone, chunk_size=c)))
+        mem = step.lower(jnp.asarray(x[:, 0]), jnp.asarray(y)).compile().memory_analysis()
+        if mem is None:
+            pytest.skip("backend has no memory analysis")
+        sizes[n] = mem.temp_size_in_bytes
+    assert sizes[8192] < 8192 * 8192 * 4 / 8, sizes  # far below one [R, R] float32
+    assert sizes[8192] < 6 * sizes[2048], sizes  # 4x the rows: ~4x the memory, not 16x
+
+
+def test_default_blocks_equal_one_dense_pass():
+    """R = 300 > 256: chunk_size=None runs 256-row blocks on the CPU; c >= R is one pass."""
+    x, y = random_batch(np.random.default_rng(13), n=150, views=2, dim=8, num_coarse=3)
+    for mode in ("reference", "paper"):
+        fns = [functools.partial(himulcone, mode=mode, chunk_size=c) for c in (None, 1000)]
+        (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(f))(x, y) for f in fns)
+        np.testing.assert_allclose(v0, v1, rtol=1e-6)
+        np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-7)

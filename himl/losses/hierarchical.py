@@ -22,6 +22,13 @@ Two modes:
 
 All shapes are static: the reduction is a keep-mask, never a gather, so the losses jit,
 differentiate, and give the same value for a batch sharded over devices.
+
+Cost: one sort of the label rows gives every level's groups and the level up to which the
+official reduction keeps each row. The only `[R, R]` work (R = N * V rows) is one pass over
+the logits: a log-sum-exp per *depth class* (rows kept up to level l), from which every
+level's denominator follows (`himl.losses.class_lse`, with a transpose-free backward pass);
+sums over positives are `x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped
+pass. `chunk_size=c` computes c rows at a time and recomputes them in the backward pass.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from himl.distances import cosine_similarity
+from himl.distances import dot_similarity, l2_normalize
 from himl.losses.checks import check_embeddings_and_labels
-from himl.losses.supcon import MASKED_LOGIT, masked_supcon
+from himl.losses.class_lse import block_rows, class_logsumexp, map_rows
+from himl.losses.supcon import MASKED_LOGIT
 
 MODES = ("reference", "paper")
 
@@ -51,95 +59,143 @@ DEFAULT_TEMPERATURE = 0.07
 DEFAULT_BASE_TEMPERATURE = 0.07
 
 
-def _label_relations(labels: jax.Array) -> tuple[list[jax.Array], jax.Array]:
-    """Pairwise prefix equality and the representative order of label rows.
+def _level_groups(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Group ids per level and the level up to which the official reduction keeps a row.
+
+    Sorts the rows once, lexicographically by `labels[:, :L-1]` with ties broken by the
+    batch index: this is the order in which the official code's `unique(..., sorted=True)`
+    picks representatives. O(N log N) time, O(N * L) memory: no `[N, N]` mask is built.
 
     Returns:
-      `(prefix_eq, before)`: `prefix_eq[k - 1]` is `[N, N]` bool, rows i and j agree on
-      columns `0 .. k-1` (k = 1 .. L-1); `before[i, j]` is True when row i comes first in
-      the lexicographic order of `labels[:, :L-1]`, ties broken by the batch index.
+      `(groups, depth)`: `groups` `[L-1, N]` int32, `groups[l-1, i]` the id (in `0 .. N-1`)
+      of the label prefix of length `L-l` of row i at level `l = 1 .. L-1`; `depth` `[N]`
+      int32 in `1 .. L-1`, the last level at which reference mode still has row i.
     """
     n, num_levels = labels.shape
-    equal = jnp.ones((n, n), dtype=bool)
-    before = jnp.zeros((n, n), dtype=bool)
-    prefix_eq = []
+    index = jnp.arange(n, dtype=jnp.int32)
+    # jnp.lexsort sorts by its last key first: column 0, then 1, ..., then the batch index.
+    order = jnp.lexsort((index, *(labels[:, c] for c in reversed(range(num_levels - 1)))))
+    ranked = labels[order]
+    changed = jnp.zeros((n,), dtype=bool).at[0].set(True)
+    starts = []  # starts[k-1]: a new prefix of length k begins at this sorted position
     for col in range(num_levels - 1):
-        a = labels[:, col]
-        before = before | (equal & (a[:, None] < a[None, :]))
-        equal = equal & (a[:, None] == a[None, :])
-        prefix_eq.append(equal)
-    index = jnp.arange(n)
-    before = before | (equal & (index[:, None] < index[None, :]))
-    return prefix_eq, before
+        changed = changed | jnp.concatenate(
+            [jnp.ones((1,), bool), ranked[1:, col] != ranked[:-1, col]]
+        )
+        starts.append(changed)
+    groups, depth = [], jnp.ones((n,), jnp.int32)
+    for level in range(1, num_levels):
+        first = starts[num_levels - level - 1]
+        groups.append(jnp.zeros((n,), jnp.int32).at[order].set(jnp.cumsum(first) - 1))
+        if level < num_levels - 1:
+            # The first row of a group (in the order above) is its representative at the
+            # next level; the representative of a coarse group also represents its finer
+            # group, so "first at level l" already implies "kept up to level l".
+            depth = depth + jnp.zeros((n,), jnp.int32).at[order].set(first.astype(jnp.int32))
+    return jnp.stack(groups), depth
 
 
-def _per_view(mask: jax.Array, views: int) -> jax.Array:
-    """Sample-level `[N, N]` mask -> view-level `[N*V, N*V]` (rows sample-major)."""
-    return jnp.repeat(jnp.repeat(mask, views, axis=0), views, axis=1)
+def _clamp_sums(x, groups, temperature, chunk_size):
+    """Paper-mode HiConE sums `[R, L-1]`: `sum_{p in P_l(i)} min(s_ip, min_{q in P_{l-1}(i)} s_iq)`.
+
+    `P_l(i)` are the rows sharing i's group at level l (i excluded); level 1 has no finer
+    level, so its sum is the plain `sum_p s_ip`. Row-blocked like the log-sum-exp, each
+    block rematerialised in the backward pass.
+    """
+    r = x.shape[0]
+
+    @jax.checkpoint
+    def block(rows, xi, row_groups):
+        logits = dot_similarity(xi, x) / temperature
+        pos_base = rows[:, None] != jnp.arange(r)[None, :]
+        finer_min = jnp.full((xi.shape[0],), -MASKED_LOGIT, jnp.float32)
+        sums = []
+        for level in range(groups.shape[0]):
+            pos = pos_base & (row_groups[:, level][:, None] == groups[level][None, :])
+            clamped = jnp.minimum(logits, finer_min[:, None])
+            sums.append(jnp.sum(jnp.where(pos, clamped, 0.0), axis=1))
+            level_min = jnp.min(jnp.where(pos, logits, -MASKED_LOGIT), axis=1)
+            finer_min = jnp.minimum(finer_min, level_min)
+        return jnp.stack(sums, axis=1)
+
+    return map_rows(block, r, block_rows(chunk_size, r), x, groups.T)
 
 
-def _reference_loss(logits, labels, views, scale, penalty, clamp):
-    """Official HMLC: per-level SupCon on a batch reduced to one sample per prefix."""
-    n, num_levels = labels.shape
-    prefix_eq, before = _label_relations(labels)
-    not_self = ~jnp.eye(n * views, dtype=bool)
-    keep = jnp.ones((n,), dtype=bool)
+def _positive_sums(x, groups, weight, temperature):
+    """Per row i: `sum_{p != i, same group} w_p s_ip` and the count of such p; O(R * D).
+
+    `s_ip = x_i . x_p / t`, taken as `x_i . (sum of the group) - w_i x_i . x_i`.
+    """
+    r = x.shape[0]
+    group_sum = jax.ops.segment_sum(x * weight[:, None], groups, num_segments=r)
+    group_count = jax.ops.segment_sum(weight, groups, num_segments=r)
+    self_dot = jnp.sum(x * x, axis=1)
+    dots = (jnp.sum(x * group_sum[groups], axis=1) - weight * self_dot) / temperature
+    return dots, group_count[groups] - weight
+
+
+def _mean_over(values, anchors):
+    return jnp.sum(jnp.where(anchors, values, 0.0)) / jnp.maximum(jnp.sum(anchors), 1)
+
+
+def _reference_loss(x, groups, depth, temperature, scale, penalty, clamp, chunk_size):
+    """Official HMLC: per-level SupCon on a batch reduced to one sample per prefix.
+
+    Level l's denominator runs over the rows kept at level l (`depth >= l`): the log-sum-exp
+    per depth class comes from one pass over the logits, levels combine them.
+    """
+    num_levels = groups.shape[0] + 1
+    z = x * jax.lax.rsqrt(jnp.asarray(temperature, jnp.float32))
+    lse_by_depth = class_logsumexp(z, depth - 1, num_levels - 1, chunk_size)
     total = jnp.zeros((), jnp.float32)
     running_max = None
     for level in range(1, num_levels):
-        same_prefix = prefix_eq[num_levels - level - 1]
-        keep_v = jnp.repeat(keep, views)
-        denom = not_self & keep_v[:, None] & keep_v[None, :]
-        losses, has_pos = masked_supcon(logits, _per_view(same_prefix, views) & denom, denom)
+        kept = depth >= level
+        log_denominator = jax.nn.logsumexp(lse_by_depth[:, level - 1 :], axis=1)
+        pos_dots, num_pos = _positive_sums(
+            x, groups[level - 1], kept.astype(jnp.float32), temperature
+        )
+        per_anchor = log_denominator - pos_dots / jnp.maximum(num_pos, 1.0)
         # Official SupConLoss averages over *all* anchors of the (reduced) batch. With
         # V >= 2 every anchor has a positive (its other views); with V = 1 the official
         # code gives NaN for an anchor without one, so such anchors are left out here.
-        # (Not `mean_over_nonzero`: a loss that underflows to exactly 0 still counts.)
-        anchors = keep_v & has_pos
-        level_loss = scale * jnp.sum(jnp.where(anchors, losses, 0.0))
-        level_loss = level_loss / jnp.maximum(jnp.sum(anchors), 1)
+        level_loss = scale * _mean_over(per_anchor, kept & (num_pos > 0))
         if clamp:  # HiConE: never below the loss of any finer level (already clamped).
             if running_max is not None:
                 level_loss = jnp.maximum(level_loss, running_max)
             running_max = level_loss
         total = total + penalty(level) * level_loss
-        # Official: `unique(layer_labels)` re-sorts the batch by prefix and keeps first
-        # occurrences, so the survivor of a group is its member that comes first in
-        # `before`. Representatives of a coarser group are always representatives of
-        # their finer group, so this equals reducing the already reduced batch.
-        keep = ~jnp.any(same_prefix & before.T, axis=1)
     return total / num_levels
 
 
-def _paper_loss(logits, labels, views, penalty, clamp):
-    """Published equations: no reduction, per-pair lambda weights and HiConE clamp."""
-    n, num_levels = labels.shape
-    prefix_eq, _ = _label_relations(labels)
-    not_self = ~jnp.eye(n * views, dtype=bool)
-    log_denominator = jax.nn.logsumexp(jnp.where(not_self, logits, MASKED_LOGIT), axis=1)
-    # L_pair(i, p) = -log(exp(s_ip) / sum_{a != i} exp(s_ia)), the same at every level.
-    pair = log_denominator[:, None] - logits
-    finer_max = jnp.full((n * views,), MASKED_LOGIT, jnp.float32)
+def _paper_loss(x, groups, temperature, penalty, clamp, chunk_size):
+    """Published equations: no reduction, per-pair lambda weights and HiConE clamp.
+
+    `L_pair(i, p) = -log(exp(s_ip) / sum_{a != i} exp(s_ia)) = lse_i - s_ip`, so the HiConE
+    clamp `max(L_pair(i, p), max_{q in P_{l-1}(i)} L_pair(i, q))` is
+    `lse_i - min(s_ip, min_q s_iq)`; without the clamp the positive sum is O(R * D).
+    """
+    num_levels = groups.shape[0] + 1
+    r = x.shape[0]
+    z = x * jax.lax.rsqrt(jnp.asarray(temperature, jnp.float32))
+    lse = class_logsumexp(z, jnp.zeros((r,), jnp.int32), 1, chunk_size)[:, 0]
+    clamp_sums = _clamp_sums(x, groups, temperature, chunk_size) if clamp else None
     total = jnp.zeros((), jnp.float32)
     for level in range(1, num_levels):
-        pos = _per_view(prefix_eq[num_levels - level - 1], views) & not_self
-        # HiConE (Eq. 6-7 with the erratum's l+1): clamp from below by the largest pair
-        # loss of i at any finer level (positives nest, so a running max suffices).
-        cost = jnp.maximum(pair, finer_max[:, None]) if clamp else pair
-        num_pos = jnp.sum(pos, axis=1)
-        per_anchor = jnp.sum(jnp.where(pos, cost, 0.0), axis=1) / jnp.maximum(num_pos, 1)
-        has_pos = num_pos > 0
-        level_loss = jnp.sum(jnp.where(has_pos, per_anchor, 0.0))
-        level_loss = level_loss / jnp.maximum(jnp.sum(has_pos), 1)
-        total = total + penalty(level) * level_loss
+        pos_dots, num_pos = _positive_sums(x, groups[level - 1], jnp.ones((r,)), temperature)
         if clamp:
-            finer_max = jnp.maximum(finer_max, jnp.max(jnp.where(pos, pair, MASKED_LOGIT), axis=1))
+            # Positives nest, so the running minimum over finer levels is the minimum
+            # over P_{l-1}(i); level 1 has no finer level and stays unclamped.
+            pos_dots = clamp_sums[:, level - 1]
+        per_anchor = lse - pos_dots / jnp.maximum(num_pos, 1.0)
+        total = total + penalty(level) * _mean_over(per_anchor, num_pos > 0)
     return total / num_levels
 
 
 def _hierarchical_loss(
-    embeddings, labels, name, *, temperature, mode, level_penalty, base_temperature, clamp
-):
+    embeddings, labels, name, *, temperature, mode, level_penalty, base_temperature, clamp,
+    chunk_size,
+):  # fmt: skip
     embeddings, labels = jnp.asarray(embeddings), jnp.asarray(labels)
     check_embeddings_and_labels(embeddings, labels, name, label_rank=2)
     if mode not in MODES:
@@ -153,17 +209,25 @@ def _hierarchical_loss(
     for what, value in (("temperature", temperature), ("base_temperature", base_temperature)):
         if isinstance(value, (int, float)) and value <= 0:
             raise ValueError(f"{name}: {what} must be positive, got {value}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"{name}: chunk_size must be a positive int or None, got {chunk_size!r}")
     if embeddings.ndim == 2:
         embeddings = embeddings[:, None, :]
     n, views, dim = embeddings.shape
+    if labels.shape[1] == 1:
+        return jnp.zeros((), jnp.float32)
     # float32 throughout (bf16 inputs included); rows are sample-major: r -> sample r // V.
-    x = embeddings.astype(jnp.float32).reshape(n * views, dim)
-    logits = cosine_similarity(x) / temperature
+    x = l2_normalize(embeddings.astype(jnp.float32).reshape(n * views, dim))
+    groups, depth = _level_groups(labels)
+    groups = jnp.repeat(groups, views, axis=1)
     penalty = LEVEL_PENALTIES[level_penalty]
     if mode == "reference":
         scale = temperature / base_temperature
-        return _reference_loss(logits, labels, views, scale, penalty, clamp)
-    return _paper_loss(logits, labels, views, penalty, clamp)
+        depth = jnp.repeat(depth, views)
+        return _reference_loss(x, groups, depth, temperature, scale, penalty, clamp, chunk_size)
+    return _paper_loss(x, groups, temperature, penalty, clamp, chunk_size)
 
 
 _ARGS_DOC = """
@@ -179,6 +243,10 @@ _ARGS_DOC = """
       base_temperature: reference mode scales every level by `t / base_temperature`, as
         the official SupConLoss does with its fixed 0.07; unused in paper mode, whose
         equations have no such factor.
+      chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
+        pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
+        value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
+        there), the dense `[R, R]` pass on accelerators.
 
     Returns:
       Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
@@ -212,6 +280,7 @@ def himulcon(
     mode: str = "reference",
     level_penalty: str = "exp",
     base_temperature: float = DEFAULT_BASE_TEMPERATURE,
+    chunk_size: int | None = None,
 ) -> jax.Array:
     """HiMulCon: per-level contrastive losses weighted by `lambda(l)`.
 
@@ -221,6 +290,7 @@ def himulcon(
     return _hierarchical_loss(
         embeddings, labels, "himulcon", temperature=temperature, mode=mode,
         level_penalty=level_penalty, base_temperature=base_temperature, clamp=False,
+        chunk_size=chunk_size,
     )  # fmt: skip
 
 
@@ -231,6 +301,7 @@ def hicone(
     temperature: float = DEFAULT_TEMPERATURE,
     mode: str = "reference",
     base_temperature: float = DEFAULT_BASE_TEMPERATURE,
+    chunk_size: int | None = None,
 ) -> jax.Array:
     """HiConE (Eq. 6): a coarser level never costs less than a finer one.
 
@@ -241,6 +312,7 @@ def hicone(
     return _hierarchical_loss(
         embeddings, labels, "hicone", temperature=temperature, mode=mode,
         level_penalty="none", base_temperature=base_temperature, clamp=True,
+        chunk_size=chunk_size,
     )  # fmt: skip
 
 
@@ -252,6 +324,7 @@ def himulcone(
     mode: str = "reference",
     level_penalty: str = "exp",
     base_temperature: float = DEFAULT_BASE_TEMPERATURE,
+    chunk_size: int | None = None,
 ) -> jax.Array:
     """HiMulConE (Eq. 7): the HiConE clamp first, then the HiMulCon weight `lambda(l)`.
 
@@ -260,6 +333,7 @@ def himulcone(
     return _hierarchical_loss(
         embeddings, labels, "himulcone", temperature=temperature, mode=mode,
         level_penalty=level_penalty, base_temperature=base_temperature, clamp=True,
+        chunk_size=chunk_size,
     )  # fmt: skip
 
 

@@ -1,0 +1,175 @@
+"""Scaling of the hierarchical losses: forward + backward time for N = 32 ... 4,096 samples.
+
+Inputs (as the official DeepFashion setup): N samples x V = 2 views, D = 128, four label
+columns `[category, product, variation, image id]` with 4 images per variation, 2
+variations per product, 4 products per category. For each N: `jit(value_and_grad)` of the
+himl loss, compile time apart, median of >= `--repeats` steady-state calls. The growth
+factor per doubling of N is printed (an O(N^2) loss should approach 4).
+
+With `--official PATH` (a checkout of salesforce/hierarchicalContrastiveLearning; needs
+torch) the official `HMLC` loss is timed in the same process on the same inputs, forward
++ backward, after checking that both give the same value (reference mode only).
+
+  python experiments/bench_hierarchical.py --official ~/src/hierarchicalContrastiveLearning \\
+      --torch-threads 2 --out experiments/results/bench_hierarchical_cpu.json
+  python experiments/bench_hierarchical.py --sizes 1024 4096 --chunk-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from himl.benchmarking import median_time
+from himl.losses import hicone, himulcon, himulcone
+
+LOSSES = {"himulcon": himulcon, "hicone": hicone, "himulcone": himulcone}
+# The official HMLC's `loss_type` for each loss (its training script uses torch.exp).
+OFFICIAL_TYPES = {"himulcon": "hmc", "hicone": "hce", "himulcone": "hmce"}
+DEFAULT_SIZES = [32, 64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def hierarchical_batch(n: int, dim: int, views: int = 2, seed: int = 0):
+    """`x [n, views, dim]` float32 and labels `[n, 4]` int32 (coarsest column first)."""
+    rng = np.random.default_rng(seed)
+    variation = rng.permutation(n) // 4
+    product = variation // 2
+    category = product // 4
+    labels = np.stack([category, product, variation, np.arange(n)], axis=1).astype(np.int32)
+    return rng.normal(size=(n, views, dim)).astype(np.float32), labels
+
+
+def load_official(path: str):
+    """The `HMLC` class from `losses/losses.py` of a checkout of the official code."""
+    file = Path(path).expanduser() / "losses" / "losses.py"
+    if not file.is_file():
+        raise SystemExit(f"--official: {file} not found (give the repository root)")
+    spec = importlib.util.spec_from_file_location("official_hmlc_losses", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.HMLC
+
+
+def time_official(hmlc_cls, loss, x, y, temperature, repeats, budget_s):
+    import torch
+    import torch.nn.functional as F
+
+    criterion = hmlc_cls(
+        temperature=temperature, layer_penalty=torch.exp, loss_type=OFFICIAL_TYPES[loss]
+    )
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.tensor(y, dtype=torch.long)
+
+    def step():
+        xt.grad = None
+        value = criterion(F.normalize(xt, dim=2), yt)
+        value.backward()
+        return float(value.detach())
+
+    value = step()
+    seconds, calls, _ = median_time(step, repeats, budget_s)
+    return value, seconds, calls
+
+
+def bench(args, size, official):
+    x, y = hierarchical_batch(size, args.dim, args.views)
+    fn = functools.partial(
+        LOSSES[args.loss],
+        temperature=args.temperature,
+        mode=args.mode,
+        chunk_size=args.chunk_size,
+    )
+    step = jax.jit(jax.value_and_grad(fn))
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    t0 = time.perf_counter()
+    compiled = step.lower(xj, yj).compile()
+    row = {"N": size, "rows": size * args.views, "compile_s": time.perf_counter() - t0}
+    value = float(jax.block_until_ready(compiled(xj, yj))[0])
+    seconds, calls, _ = median_time(
+        lambda: jax.block_until_ready(compiled(xj, yj)), args.repeats, args.budget_s
+    )
+    row.update(himl_ms=seconds * 1e3, himl_calls=calls, value=value)
+    if official is not None:
+        ref, ref_s, ref_calls = time_official(
+            official, args.loss, x, y, args.temperature, args.repeats, args.budget_s
+        )
+        row.update(official_value=ref, official_ms=ref_s * 1e3, official_calls=ref_calls)
+        row["rel_diff"] = abs(value - ref) / max(abs(ref), 1e-30)
+        row["speedup"] = ref_s / seconds
+    return row
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES, help="N (samples)")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--views", type=int, default=2)
+    p.add_argument("--loss", choices=sorted(LOSSES), default="himulcone")
+    p.add_argument("--mode", choices=["reference", "paper"], default="reference")
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--budget-s", type=float, default=30.0, help="timing budget per size")
+    p.add_argument("--official", default=None, help="path of an official-code checkout")
+    p.add_argument("--torch-threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    if args.official is not None and args.mode != "reference":
+        p.error("--official compares reference mode only")
+    official = None if args.official is None else load_official(args.official)
+    if official is not None and args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, {args.loss} {args.mode}")
+    print(f"{'N':>6s} {'compile s':>9s} {'himl ms':>9s} {'x prev':>6s} {'official ms':>11s}"
+          f" {'x prev':>6s} {'speedup':>7s} {'rel diff':>8s}")  # fmt: skip
+    rows = []
+    for size in args.sizes:
+        row = bench(args, size, official)
+        if rows and rows[-1]["N"] * 2 == size:
+            row["himl_growth"] = row["himl_ms"] / rows[-1]["himl_ms"]
+            if "official_ms" in row:
+                row["official_growth"] = row["official_ms"] / rows[-1]["official_ms"]
+        rows.append(row)
+        print(
+            f"{size:6d} {row['compile_s']:9.2f} {row['himl_ms']:9.2f}"
+            f" {_fmt(row.get('himl_growth'), '6.1f'):>6s}"
+            f" {_fmt(row.get('official_ms'), '11.1f'):>11s}"
+            f" {_fmt(row.get('official_growth'), '6.1f'):>6s}"
+            f" {_fmt(row.get('speedup'), '7.1f'):>7s} {_fmt(row.get('rel_diff'), '8.1e'):>8s}",
+            flush=True,
+        )
+    if args.out:
+        meta = {
+            "device": jax.devices()[0].device_kind,
+            "jax": jax.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_after": os.getloadavg(),
+            "args": {k: v for k, v in vars(args).items() if k != "out"},
+        }
+        if official is not None:
+            import torch
+
+            meta.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
