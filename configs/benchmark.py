@@ -9,6 +9,8 @@ ImageNet-pretrained ones).
 
 from himl.configs import default
 
+SAMPLER_ARGS = ("m_per_class", "hierarchical")  # the arg of every benchmark config
+
 
 def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
     """The default config on dataset `name`; `data` overrides `config.data` fields."""

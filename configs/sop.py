@@ -6,10 +6,12 @@
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
 """
 
-from himl.configs.benchmark import get_benchmark_config
+from himl.configs.benchmark import SAMPLER_ARGS, get_benchmark_config
+from himl.train.config_lib import config_arg
 
 
 def get_config(arg: str = ""):
+    arg = config_arg(arg, SAMPLER_ARGS, __file__)
     return get_benchmark_config(
         "sop",
         sampler=arg or "m_per_class",

@@ -21,13 +21,23 @@ def _one_line(err: BaseException) -> str:
     return text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
 
 
-def with_default_config(argv: list[str], default: str | None) -> list[str]:
+def with_default_config(argv: list[str], default: str | None, program: str = "himl") -> list[str]:
     """`argv` with its `--config=FILE` first (`default` when it names none), as
     ml_collections needs the file before any `--config.x=y` override.
 
     The config flag is defined without a default because ml_collections would load a
     default (and apply overrides) at import time, where errors cannot be reported nicely.
+    `--config FILE` (a space, not `=`) is a one-line error: ml_collections would take
+    FILE for a stray argument after loading the default config.
     """
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--config", "-config"):
+            value = argv[i + 1] if i + 1 < len(argv) else "FILE"
+            print(
+                f"{program}: error: write --config={value} (with '='), not '{arg} {value}'",
+                file=sys.stderr,
+            )
+            sys.exit(2)
     files = [a for a in argv[1:] if a.startswith("--config=")]
     rest = [a for a in argv[1:] if not a.startswith("--config=")]
     if not files and default is not None:

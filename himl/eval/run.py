@@ -65,10 +65,10 @@ def restore_params(exp, workdir: Path, step: int | None):
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)
     available = sorted(ckpt.manager.all_steps())
     if step is not None and step not in available:
-        ckpt.manager.close()
+        ckpt.close()
         raise CheckpointError(f"no checkpoint for step {step} in {directory}; have {available}")
     state = ckpt.restore(exp.initial_state(), step)  # closes the manager itself on failure
-    ckpt.manager.close()
+    ckpt.close()
     return state.params["model"], state.batch_stats["model"], int(state.step)
 
 

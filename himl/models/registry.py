@@ -7,6 +7,8 @@ import flax.linen as nn
 from himl.models.cnn import SmallCNN
 from himl.models.resnet import ResNet
 
+MODELS = ("small_cnn", "resnet50")
+
 
 def build_model(model_config) -> nn.Module:
     """ "small_cnn" (uses `model.widths`) or "resnet50"; both take `embedding_dim` and `head`."""
@@ -19,3 +21,28 @@ def build_model(model_config) -> nn.Module:
     if model_config.name == "resnet50":
         return ResNet(embedding_dim=model_config.embedding_dim, head=model_config.head)
     raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn, resnet50")
+
+
+def check_model_config(model_config) -> None:
+    """Raises ConfigError naming the `config.model` key that cannot build a model."""
+    from himl.errors import ConfigError
+    from himl.models.heads import HEADS
+
+    if model_config.name not in MODELS:
+        raise ConfigError(
+            f"unknown config.model.name {model_config.name!r}; valid: {', '.join(MODELS)}"
+        )
+    if model_config.head not in HEADS:
+        raise ConfigError(
+            f"unknown config.model.head {model_config.head!r}; valid: {', '.join(HEADS)}"
+        )
+    if not model_config.embedding_dim >= 1:
+        raise ConfigError(
+            f"config.model.embedding_dim must be >= 1, got {model_config.embedding_dim}"
+        )
+    if model_config.name == "small_cnn":
+        widths = tuple(model_config.widths)
+        if not widths or min(widths) < 1:
+            raise ConfigError(
+                f"config.model.widths must be a non-empty list of ints >= 1, got {widths}"
+            )
