@@ -116,7 +116,13 @@ def check_hparams(name: str, hparams: dict, *, embedding_dim: int = 8, num_views
     if info.init_params is not None:
         init = functools.partial(info.init_params, num_classes=2, embedding_dim=embedding_dim)
         init_kwargs = {k: v for k, v in hparams.items() if k in _keyword_names(info.init_params)}
-        params = jax.eval_shape(lambda: init(jax.random.key(0), **init_kwargs))
+        try:
+            params = jax.eval_shape(lambda: init(jax.random.key(0), **init_kwargs))
+        except Exception as err:  # an initialiser's own arithmetic, e.g. a width of 0
+            raise ValueError(
+                f"{name}: cannot create its parameters with {init_kwargs} "
+                f"({type(err).__name__}: {err})"
+            ) from err
     jax.eval_shape(lambda e, y, p: info.fn(e, y, **p, **hparams), emb, labels, params)
 
 

@@ -8,6 +8,7 @@ function's signature), so `--config.loss.name=...` switches objective and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import ml_collections
@@ -114,7 +115,10 @@ def _check_loss(config, **_) -> None:
     try:
         check_hparams(name, hparams, embedding_dim=8, num_views=config.data.num_views)
     except (ValueError, TypeError) as err:
-        key = next((k for k in sorted(hparams, key=len, reverse=True) if k in str(err)), None)
+        # The hyperparameter the loss's message names (a whole word: "margin" is not in
+        # "triplet_margin"), for a message naming the config key.
+        named = (k for k in hparams if re.search(rf"(?<!\w){k}(?!\w)", str(err)))
+        key = next(named, None)
         where = f"config.loss.{name}" + (f".{key}" if key else "")
         raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from err
     if LOSSES[name].needs_positives and class_positives(config.data) < 1:
