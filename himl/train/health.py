@@ -63,6 +63,6 @@ def raise_if_bad(health: dict, *, learning_rate, last_saved: int | None, directo
         else "no checkpoint was written"
     )
     raise NonFiniteError(
-        f"training stopped: step {bad} (the batch of step {bad}) went non-finite: "
+        f"training stopped: the update from step {bad} to {bad + 1} went non-finite: "
         f"{CAUSES[cause].format(lr=learning_rate)}; nothing non-finite was saved - {kept}"
     )
