@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 
 from absl import flags
@@ -17,6 +18,11 @@ from himl.errors import UserError
 
 def _one_line(err: BaseException) -> str:
     text = str(err.args[0]) if err.args else str(err)
+    if "Traceback (most recent call last)" in text:
+        # ml_collections wraps an error raised by a config file's get_config (e.g. an
+        # unknown `:arg`) with its traceback: keep the exception's own message.
+        last = [line for line in text.replace("\\n", "\n").splitlines() if line.strip()][-1]
+        text = re.sub(r"^\s*[\w.]*(Error|Exception)\w*: ", "", last)
     text = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
     return text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
 
