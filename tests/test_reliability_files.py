@@ -121,7 +121,7 @@ def test_eval_checks_every_split_before_embedding_any(trained_workdir, monkeypat
         raise AssertionError("a split was embedded")
 
     monkeypatch.setattr(evaluator, "embed_split", no_embedding)
-    with pytest.raises(EvalInputError, match="--splits names split 'nope'"):
+    with pytest.raises(EvalInputError, match="has no split 'nope' \\(named by --splits\\)"):
         evaluate_checkpoint(trained_workdir, splits=["unseen", "nope"], plots=False)
 
 

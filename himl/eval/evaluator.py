@@ -150,7 +150,7 @@ def check_splits(dataset: Dataset, names, *, what: str = "config.eval.splits") -
     for name in names:
         if name not in dataset.splits:
             raise EvalInputError(
-                f"{what} names split {name!r}; dataset {dataset.name!r} has "
+                f"dataset {dataset.name!r} has no split {name!r} (named by {what}); it has "
                 f"{', '.join(sorted(dataset.splits))}"
             )
         if len(dataset.split(name)) == 0:

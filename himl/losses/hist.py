@@ -180,6 +180,8 @@ def hist_loss_and_aux(
         new_stats = hgnn_batch_stats
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss = distribution + lambda_s * ce
+    # A label outside 0..C-1 cannot raise under jit: make the loss NaN, not a wrong number.
+    loss = jnp.where(jnp.all((y >= 0) & (y < num_classes)), loss, jnp.nan)
     return loss, {"distribution": distribution, "ce": ce, "batch_stats": new_stats}
 
 

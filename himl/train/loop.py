@@ -165,6 +165,15 @@ def _checkpointer(run_dir, config) -> Checkpointer:
     )
 
 
+def _read_untrained(path) -> dict | None:
+    """The untrained evaluation a resumed run's first attempt saved (None if it has none)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        tqdm.write(f"note: {path} is missing or unreadable; the untrained results are omitted")
+        return None
+
+
 def _evaluate(exp, state, progress):
     return evaluate(
         exp.model,
@@ -193,27 +202,29 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     # Before any expensive work: fails at once if the data cannot fill the batches.
     settings = ReadRecorder(config.data)
     batcher = make_batcher(settings, dataset, config.seed)
-    run_dir.check_resume(config, resume_keys(settings.keys_read))
-    mesh = make_mesh()
-    state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
-    resumed = run_dir.holds_run()
-    if resumed:
-        ckpt = _checkpointer(run_dir, config)
-        state = ckpt.restore(state)  # closes the manager itself if it fails
-        tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
-    run_dir.start(config)  # the run is known valid: from here on the workdir changes
-    if not resumed:
-        ckpt = _checkpointer(run_dir, config)
-    untrained_path = run_dir.path / "untrained.json"
-    if resumed:
-        untrained = json.loads(untrained_path.read_text()) if untrained_path.exists() else None
-    else:
-        try:
+    ckpt = None
+    try:
+        run_dir.check_resume(config, resume_keys(settings.keys_read))
+        mesh = make_mesh()
+        state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
+        resumed = run_dir.holds_run()
+        untrained_path = run_dir.path / "untrained.json"
+        if resumed:
+            ckpt = _checkpointer(run_dir, config)
+            state = ckpt.restore(state)  # closes the manager itself if it fails
+            tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
+            untrained = _read_untrained(untrained_path)  # evaluated once, by the first run
+        else:
             untrained = _evaluate(exp, state, progress)
-        except BaseException:
+        run_dir.start(config)  # the run is known valid: from here on the workdir changes
+        if not resumed:
+            ckpt = _checkpointer(run_dir, config)
+            untrained_path.write_text(json.dumps(untrained, indent=2))
+    except BaseException:
+        if ckpt is not None:
             ckpt.close()
-            raise
-        untrained_path.write_text(json.dumps(untrained, indent=2))
+        getattr(batcher, "close", lambda: None)()
+        raise
 
     state = _train(exp, batcher, state, mesh, ckpt, MetricsWriter(run_dir.path), progress=progress)
 
