@@ -234,6 +234,13 @@ def test_config_json_of_a_run_that_never_saved_does_not_block(config, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == config.seed
 
 
+def test_unknown_train_split_names_its_key(config, tmp_path):
+    config.data.train_split = "train_no_val"  # the embedded data has no validation split
+    with pytest.raises(UserError, match=r"has no split 'train_no_val' \(named by config.data"):
+        train_and_evaluate(config, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()
+
+
 def test_keep_checkpoints_zero_is_refused_before_anything(config, tmp_path):
     config.train.keep_checkpoints = 0
     with pytest.raises(ConfigError, match="config.train.keep_checkpoints must be >= 1"):

@@ -197,6 +197,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     run_dir.check_resume(config, RESUME_KEYS)  # the part that needs no data: fail early
     exp = build_experiment(config)
     dataset = exp.dataset
+    check_splits(dataset, [config.data.train_split], what="config.data.train_split")
     check_splits(dataset, config.eval.splits)
     check_splits(dataset, config.eval.query_gallery, what="config.eval.query_gallery")
     # Before any expensive work: fails at once if the data cannot fill the batches.
