@@ -46,6 +46,7 @@ setup(
         "console_scripts": [
             "himl-train=himl.train.main:run",
             "himl-eval=himl.eval.main:run",
+            "himl-embed=himl.embed_main:run",
         ]
     },
 )

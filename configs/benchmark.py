@@ -8,8 +8,7 @@ ImageNet-pretrained ones).
 """
 
 from himl.configs import default
-
-SAMPLER_ARGS = ("m_per_class", "hierarchical")  # the arg of every benchmark config
+from himl.train.config_lib import config_arg
 
 
 def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
@@ -33,6 +32,42 @@ def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
     config.eval.splits = tuple(eval_splits)
     config.eval.ks = tuple(ks)
     config.eval.batch_size = 128
+    return config
+
+
+# --- Config args shared by the dataset configs (configs/<dataset>.py:ARG) ---
+SAMPLER_ARGS = ("m_per_class", "hierarchical")
+
+
+def apply_arg(config, arg: str):
+    """`arg` of `--config=configs/<dataset>.py:ARG`: "" (as is), a sampler of
+    `SAMPLER_ARGS`, or "tiny" (`tiny_variant`); anything else is a ConfigError."""
+    arg = config_arg(arg, (*SAMPLER_ARGS, "tiny"), f"{config.data.name}.py")
+    if arg == "tiny":
+        return tiny_variant(config)
+    if arg:
+        config.data.sampler = arg
+    return config
+
+
+def tiny_variant(config):
+    """A few training steps to check a download before a long run: the small CNN, 32-pixel
+    images (or smaller if the config's are), 16-sample batches, 5 steps, no worker
+    processes. The data are read and checked as in the full run (every listed image must
+    exist); evaluation still embeds the whole evaluation split once."""
+    config.model.name = "small_cnn"
+    config.model.widths = (8, 16)
+    config.model.embedding_dim = 16
+    config.model.head = "linear"
+    config.data.image_size = min(config.data.image_size, 32)
+    config.data.batch_size = 16
+    config.data.samples_per_class = min(config.data.samples_per_class, 4)
+    config.data.num_workers = 0
+    config.train.steps = 5
+    config.train.log_every = 1
+    config.train.checkpoint_every = 5
+    config.optimizer.warmup_steps = 1
+    config.eval.batch_size = 256
     return config
 
 

@@ -4,14 +4,14 @@
     himl-train --config=configs/cars.py --config.data.manual_dir=... --config.data.data_dir=DIR
 
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
+"tiny" (`--config=configs/cars.py:tiny`): a seconds-long check of the files.
 """
 
-from himl.configs.benchmark import SAMPLER_ARGS, get_benchmark_config
-from himl.train.config_lib import config_arg
+from himl.configs.benchmark import apply_arg, get_benchmark_config
 
 
 def get_config(arg: str = ""):
-    arg = config_arg(arg, SAMPLER_ARGS, __file__)
-    return get_benchmark_config(
-        "cars", sampler=arg or "m_per_class", eval_splits=("test",), ks=(1, 2, 4, 8, 16, 32)
+    config = get_benchmark_config(
+        "cars", sampler="m_per_class", eval_splits=("test",), ks=(1, 2, 4, 8, 16, 32)
     )
+    return apply_arg(config, arg)

@@ -35,12 +35,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.color_jitter = 0.3  # brightness/contrast/saturation factor range 1 +- this
     config.data.val_fraction = 0.2  # last fraction of train classes carved out as "val"
     config.data.num_workers = 0  # grain worker processes decoding + augmenting batches
+    # Reader choices (himl.data.real.READER_OPTIONS); empty = the dataset's default.
+    config.data.label_layout = ""  # inshop: "official" (seed code) | "gender"
+    config.data.split_protocol = ""  # omniglot: "characters" | "alphabets"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
     config.model.widths = (16, 32, 64)
     config.model.embedding_dim = 64
     config.model.head = "linear"  # "linear" (L2-normalised) or "hist" (GAP+GMP, LayerNorm)
+    # Compute dtype: "bfloat16" = mixed precision (params, optimizer state, losses and
+    # evaluation embeddings stay float32).
+    config.model.dtype = "float32"
 
     config.loss = loss_config("himulcone")
 

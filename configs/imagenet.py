@@ -4,17 +4,17 @@
     himl-train --config=configs/imagenet.py --config.data.manual_dir=... --config.data.data_dir=DIR
 
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
+"tiny" (`--config=configs/imagenet.py:tiny`): a seconds-long check of the files.
 """
 
-from himl.configs.benchmark import SAMPLER_ARGS, get_benchmark_config
-from himl.train.config_lib import config_arg
+from himl.configs.benchmark import apply_arg, get_benchmark_config
 
 
 def get_config(arg: str = ""):
-    arg = config_arg(arg, SAMPLER_ARGS, __file__)
-    return get_benchmark_config(
+    config = get_benchmark_config(
         "imagenet",
-        sampler=arg or "hierarchical",
+        sampler="hierarchical",
         eval_splits=("unseen", "seen_test"),
         ks=(1, 2, 4, 8, 16),
     )
+    return apply_arg(config, arg)

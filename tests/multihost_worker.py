@@ -1,6 +1,6 @@
-"""One process of the multi-host test, and the steps both sides of that test take.
+"""One process of the multi-host tests, and the work both sides of those tests do.
 
-python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID OUT.json
+python tests/multihost_worker.py PORT NUM_PROCESSES PROCESS_ID OUT.json [train|knn]
 """
 
 import json
@@ -34,6 +34,36 @@ def take_steps(num_steps: int = 3):
     return losses, np.asarray(kernel).ravel()
 
 
+def knn_data():
+    """Deterministic embeddings `[300, 8]` with exact duplicates spread over the shards, and
+    two-level labels `[300, 2]`."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.stack([rng.integers(0, 3, 300), rng.integers(0, 6, 300)], axis=1)
+    x = (rng.normal(size=(300, 8)) + labels[:, 1:]).astype(np.float32)
+    x[[7, 150, 299]] = x[3]  # ties across processes
+    return x, labels
+
+
+def search(mesh=None):
+    """`{name: result}` of the kNN searches and metrics the multi-host kNN test compares."""
+    from himl.eval.hierarchical import hierarchical_metrics
+    from himl.eval.knn import knn
+
+    x, labels = knn_data()
+    out = {}
+    for metric in ("cosine", "euclidean"):
+        idx, scores = knn(x, k=12, metric=metric, block_size=16, mesh=mesh)
+        out[f"{metric}_idx"], out[f"{metric}_scores"] = idx.tolist(), scores.tolist()
+    q_idx, _ = knn(x[:40], x[40:], k=5, block_size=8, mesh=mesh)
+    out["query_gallery_idx"] = q_idx.tolist()
+    out["metrics"] = hierarchical_metrics(
+        x, labels, ks=(1, 4), block_size=32, clustering=False, mesh=mesh
+    )
+    return out
+
+
 def main():
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -41,14 +71,21 @@ def main():
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     port, num_processes, process_id, out = sys.argv[1:5]
+    task = sys.argv[5] if len(sys.argv) > 5 else "train"
     jax.distributed.initialize(
         coordinator_address=f"127.0.0.1:{port}",
         num_processes=int(num_processes),
         process_id=int(process_id),
     )
-    losses, kernel = take_steps()
+    if task == "knn":
+        from himl.eval.knn import search_mesh
+
+        result = search(search_mesh())  # the gallery sharded over both processes' devices
+    else:
+        losses, kernel = take_steps()
+        result = {"losses": losses, "kernel": kernel.tolist()}
     with open(out, "w") as f:
-        json.dump({"devices": jax.device_count(), "losses": losses, "kernel": kernel.tolist()}, f)
+        json.dump({"devices": jax.device_count(), **result}, f)
     jax.distributed.shutdown()
 
 

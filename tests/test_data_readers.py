@@ -1,6 +1,9 @@
 """Dataset readers on tiny fixtures written in the official layouts (no real data needed)."""
 
+import io
 import json
+import shutil
+import zipfile
 
 import ml_collections
 import numpy as np
@@ -12,7 +15,7 @@ from himl.data.images import CorruptImageError
 from himl.data.readers_fgvc import cars_make, read_cars, read_cub, read_sop
 from himl.data.readers_hier import SUPERCLASSES, read_imagenet, read_inshop
 from himl.data.real import image_source, to_dataset
-from himl.data.records import MissingDataError
+from himl.data.records import MalformedDataError, MissingDataError
 
 
 def _jpg(path, seed=0, size=(24, 18), mode="RGB"):
@@ -80,40 +83,79 @@ def _struct(**fields):
     return out
 
 
-def test_cars_combined_and_devkit_layouts(tmp_path):
-    classes = [1, 1, 2, 99, 101, 101]
-    combined = tmp_path / "combined"
+CARS_CLASSES = [1, 1, 2, 99, 101, 101]
+
+
+def write_cars_combined(root):
+    """`cars_annos.mat` + `car_ims/` (the all-in-one release)."""
     files = [f"car_ims/{i:06d}.jpg" for i in range(1, 7)]
     for i, f in enumerate(files):
-        _jpg(combined / f, seed=i)
-    annotations = _struct(relative_im_path=files, **{"class": classes, "test": [0, 1] * 3})
+        _jpg(root / f, seed=i)
+    annotations = _struct(relative_im_path=files, **{"class": CARS_CLASSES, "test": [0, 1] * 3})
     scipy.io.savemat(
-        combined / "cars_annos.mat",
+        root / "cars_annos.mat",
         {"annotations": annotations, "class_names": np.array(_cars_names(), dtype=object)},
     )
-    devkit = tmp_path / "devkit"
-    devkit.mkdir()
+    return root
+
+
+def write_cars_devkit(root, labelled_in_devkit=False):
+    """The devkit as distributed: devkit/ beside cars_train/, cars_test/ and the separately
+    published cars_test_annos_withlabels.mat (beside devkit/ or, if asked, inside it)."""
+    devkit = root / "devkit"
+    devkit.mkdir(parents=True)
     scipy.io.savemat(devkit / "cars_meta.mat", {"class_names": np.array(_cars_names(), object)})
+    box = dict(bbox_x1=[1, 2], bbox_y1=[1, 2], bbox_x2=[9, 9], bbox_y2=[9, 9])
     scipy.io.savemat(
         devkit / "cars_train_annos.mat",
-        {"annotations": _struct(fname=["a.jpg", "b.jpg"], **{"class": [1, 99]})},
+        {"annotations": _struct(fname=["00001.jpg", "00002.jpg"], **{"class": [1, 99]}, **box)},
     )
+    unlabelled = {k: v[:1] for k, v in box.items()}
     scipy.io.savemat(
-        devkit / "cars_test_annos_withlabels.mat",
-        {"annotations": _struct(fname=["c.jpg"], **{"class": [2]})},
+        devkit / "cars_test_annos.mat", {"annotations": _struct(fname=["00001.jpg"], **unlabelled)}
     )
-    for records, n in ((read_cars(combined), 6), (read_cars(devkit), 3)):
+    labelled = (devkit if labelled_in_devkit else root) / "cars_test_annos_withlabels.mat"
+    scipy.io.savemat(
+        labelled, {"annotations": _struct(fname=["00001.jpg"], **{"class": [2]}, **unlabelled)}
+    )
+    for i, f in enumerate(["cars_train/00001.jpg", "cars_train/00002.jpg", "cars_test/00001.jpg"]):
+        _jpg(root / f, seed=i)
+    return root
+
+
+def test_cars_combined_and_devkit_layouts(tmp_path):
+    combined = write_cars_combined(tmp_path / "combined")
+    beside = write_cars_devkit(tmp_path / "beside")
+    inside = write_cars_devkit(tmp_path / "inside", labelled_in_devkit=True)
+    expected_devkit = ("cars_train/00001.jpg", "cars_test/00001.jpg", "cars_train/00002.jpg")
+    for manual_dir, n in ((combined, 6), (beside, 3), (inside, 3), (beside / "devkit", 3)):
+        records = read_cars(manual_dir)
         assert len(records.files) == n and records.level_names == ("make", "model", "image")
         assert records.labels[records.splits["train"], 1].max() < 98
         assert records.labels[records.splits["test"], 1].min() >= 98
+        if n == 3:
+            assert records.files == expected_devkit
+            devkit_passed = manual_dir.name == "devkit"
+            assert records.root == (manual_dir.parent if devkit_passed else manual_dir)
+            # model labels from the annotation files: train 1, 2 (test file), then 99
+            assert records.labels[:, 1].tolist() == [0, 1, 98]
     records = read_cars(combined)
+    np.testing.assert_array_equal(
+        records.labels[:, 1], [c - 1 for c in CARS_CLASSES[:3]] + [98, 100, 100]
+    )
     # classes 1 and 2 are both Aston Martin: same make label
     by_model = {m: k for k, m, _ in records.labels}
     assert by_model[0] == by_model[1] != by_model[100]
-    assert read_cars(devkit).files == ("cars_train/a.jpg", "cars_test/c.jpg", "cars_train/b.jpg")
     assert cars_make("AM General Hummer SUV 2000") == "AM General"
     with pytest.raises(MissingDataError, match="cars_meta.mat"):
         read_cars(combined / "car_ims")
+
+
+def test_cars_devkit_without_labelled_test_file(tmp_path):
+    root = write_cars_devkit(tmp_path)
+    (root / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(MissingDataError, match="withlabels.mat not found.*has no classes"):
+        read_cars(root)
 
 
 def test_sop(tmp_path):
@@ -126,6 +168,8 @@ def test_sop(tmp_path):
         text = "image_id class_id super_class_id path\n"
         text += "".join(" ".join(map(str, r)) + "\n" for r in lines)
         (tmp_path / f"Ebay_{part}.txt").write_text(text)
+        for r in lines:
+            _jpg(tmp_path / r[3], seed=r[0])
     records = read_sop(tmp_path, val_fraction=0.5)
     assert records.level_names == ("super_class", "class", "image")
     np.testing.assert_array_equal(records.labels[records.splits["test"]], [[0, 2, 4], [0, 2, 5]])
@@ -136,17 +180,30 @@ def test_sop(tmp_path):
         read_sop(tmp_path)
 
 
-def write_inshop(root):
-    rows = [
-        ("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train"),
-        ("img/WOMEN/Dresses/id_00000001/01_2_side.jpg", "id_00000001", "train"),
-        ("img/MEN/Denim/id_00000002/01_1_front.jpg", "id_00000002", "train"),
-        ("img/WOMEN/Dresses/id_00000003/01_1_front.jpg", "id_00000003", "query"),
-        ("img/WOMEN/Dresses/id_00000003/01_2_side.jpg", "id_00000003", "gallery"),
-        ("img/MEN/Denim/id_00000004/01_1_front.jpg", "id_00000004", "gallery"),
-    ]
-    for i, (f, _, _) in enumerate(rows):
-        _jpg(root / f, seed=i)
+INSHOP_ROWS = [
+    ("img/WOMEN/Dresses/id_00000001/01_1_front.jpg", "id_00000001", "train"),
+    ("img/WOMEN/Dresses/id_00000001/01_2_side.jpg", "id_00000001", "train"),
+    ("img/WOMEN/Dresses/id_00000001/02_1_front.jpg", "id_00000001", "train"),
+    ("img/MEN/Denim/id_00000002/01_1_front.jpg", "id_00000002", "train"),
+    ("img/WOMEN/Denim/id_00000005/01_1_front.jpg", "id_00000005", "train"),
+    ("img/WOMEN/Dresses/id_00000003/01_1_front.jpg", "id_00000003", "query"),
+    ("img/WOMEN/Dresses/id_00000003/01_2_side.jpg", "id_00000003", "gallery"),
+    ("img/MEN/Denim/id_00000004/01_1_front.jpg", "id_00000004", "gallery"),
+]
+
+
+def write_inshop(root, rows=INSHOP_ROWS, images="folder"):
+    """The benchmark as published: Eval/list_eval_partition.txt and Img/img.zip (images
+    "zip"), extracted as Img/img/ ("Img") or as img/ beside Eval/ ("folder")."""
+    root.mkdir(parents=True, exist_ok=True)
+    if images == "zip":
+        (root / "Img").mkdir()
+        with zipfile.ZipFile(root / "Img" / "img.zip", "w") as z:
+            for i, (f, _, _) in enumerate(rows):
+                z.writestr(f, _jpeg_bytes(seed=i))
+    else:
+        for i, (f, _, _) in enumerate(rows):
+            _jpg((root / "Img" if images == "Img" else root) / f, seed=i)
     (root / "Eval").mkdir()
     text = f"{len(rows)}\nimage_name item_id evaluation_status\n"
     text += "".join(" ".join(r) + "\n" for r in rows)
@@ -154,36 +211,100 @@ def write_inshop(root):
     return root
 
 
-def test_inshop(tmp_path):
-    records = read_inshop(write_inshop(tmp_path), val_fraction=0.0)
-    assert records.level_names == ("category", "item", "image")
+def _jpeg_bytes(seed=0):
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _inshop_reference(rows, layout):
+    """Labels written from the definition, one row at a time (file order)."""
+    cats, out = [], []
+    for f, _, _ in rows:
+        parts = f.split("/")
+        cats.append(parts[2] if layout == "official" else f"{parts[1]}/{parts[2]}")
+    names = sorted(set(cats))
+    items = sorted({r[1] for r in rows})
+    variations = sorted({(r[1], int(r[0].split("/")[-1].split("_")[0])) for r in rows})
+    for k, ((f, item, _), c) in enumerate(zip(rows, cats, strict=True)):
+        row = [names.index(c), items.index(item)]
+        if layout == "official":
+            row.append(variations.index((item, int(f.split("/")[-1].split("_")[0]))))
+        out.append(row + [k])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("images", ["folder", "Img", "zip"])
+@pytest.mark.parametrize("layout", ["official", "gender"])
+def test_inshop_layouts(tmp_path, images, layout):
+    root = write_inshop(tmp_path / "In-shop Clothes Retrieval Benchmark", images=images)
+    records = read_inshop(tmp_path, val_fraction=0.0, layout=layout)  # the parent works too
+    levels = ("category", "item", "variation", "image") if layout == "official" else None
+    assert records.level_names == (levels or ("category", "item", "image"))
+    assert records.class_level == 1
+    order = [r[2] for r in INSHOP_ROWS]
+    by_part = [i for p in ("train", "query", "gallery") for i, s in enumerate(order) if s == p]
+    expected = _inshop_reference(INSHOP_ROWS, layout)[by_part]
+    expected[:, -1] = np.array(by_part)  # image ids are the file order
+    np.testing.assert_array_equal(records.labels, expected)
     q, g = records.splits["query"], records.splits["gallery"]
     assert len(q) == 1 and len(g) == 2 and len(records.splits["test"]) == 3
     assert records.labels[q[0], 1] == records.labels[g[0], 1]  # same item across lists
-    assert len(set(records.labels[records.splits["train"], 0])) == 2  # WOMEN/Dresses, MEN/Denim
-    (tmp_path / "Eval" / "list_eval_partition.txt").unlink()
+    categories = len(set(records.labels[records.splits["train"], 0]))
+    assert categories == (2 if layout == "official" else 3)  # Dresses, Denim | +gender
+    source = image_source(records, "")
+    size = Image.open(io.BytesIO(source[0])).size  # read from the archive or the folder
+    assert size == ((10, 12) if images == "zip" else (24, 18))
+    (root / "Eval" / "list_eval_partition.txt").unlink()
     with pytest.raises(MissingDataError, match="list_eval_partition.txt"):
-        read_inshop(tmp_path)
+        read_inshop(root)
+
+
+def test_inshop_item_under_two_categories_keeps_its_id(tmp_path, caplog):
+    rows = INSHOP_ROWS + [
+        ("img/WOMEN/Skirts/id_00000003/02_1_front.jpg", "id_00000003", "gallery"),
+        ("img/WOMEN/Skirts/id_00000003/03_1_front.jpg", "id_00000003", "gallery"),
+        ("img/WOMEN/Skirts/id_00000003/04_1_front.jpg", "id_00000003", "query"),
+    ]
+    records = read_inshop(write_inshop(tmp_path, rows), val_fraction=0.0)
+    assert "In-Shop: 1 item ids appear under two categories" in caplog.text
+    of_item = records.labels[records.splits["test"]]
+    item3 = of_item[of_item[:, 1] == of_item[0, 1]]
+    assert len(item3) == 5  # one item id: the query still matches its gallery images
+    assert len(set(item3[:, 0])) == 1  # all under the majority category (Skirts, 3 of 5)
+    assert records.class_names[int(item3[0, 1])] == "Skirts/id_00000003"
 
 
 def test_imagenet_with_wordnet_superclasses(tmp_path):
     mapping = json.loads(SUPERCLASSES.read_text())
     assert len(mapping) == 1000
     wnids = sorted(mapping)
-    for w in wnids:
-        (tmp_path / "train" / w).mkdir(parents=True)
-        (tmp_path / "val" / w).mkdir(parents=True)
-    for k, w in enumerate(wnids[:12]):
-        _jpg(tmp_path / "train" / w / f"{w}_1.JPEG", seed=k)
-        _jpg(tmp_path / "val" / w / f"ILSVRC2012_val_{k:08d}.JPEG", seed=k)
+    jpeg = _jpeg_bytes()
+    for k, w in enumerate(wnids):
+        for folder, name in (("train", f"{w}_1.JPEG"), ("val", f"ILSVRC2012_val_{k:08d}.JPEG")):
+            (tmp_path / folder / w).mkdir(parents=True)
+            (tmp_path / folder / w / name).write_bytes(jpeg)
     records = read_imagenet(tmp_path)
-    assert len(records.files) == 24 and records.level_names == ("superclass", "class", "image")
+    assert len(records.files) == 2000 and records.level_names == ("superclass", "class", "image")
     sizes = [len(records.splits[s]) for s in ("train", "unseen_train", "seen_test", "unseen")]
-    assert sizes[0] + sizes[1] == 12 and sizes[2] + sizes[3] == 12
+    assert sizes[0] + sizes[1] == 1000 and sizes[2] + sizes[3] == 1000
     seen = set(records.labels[records.splits["train"], 1])
     assert not seen & set(records.labels[records.splits["unseen"], 1])
     with pytest.raises(MissingDataError, match="train"):
         read_imagenet(tmp_path / "val")
+    # a class folder nested one level deeper, then a missing validation folder
+    w = wnids[5]
+    (tmp_path / "train" / w / w).mkdir()
+    (tmp_path / "train" / w / f"{w}_1.JPEG").rename(tmp_path / "train" / w / w / "x.JPEG")
+    with pytest.raises(MalformedDataError, match=f"train/{w} holds no .JPEG files"):
+        read_imagenet(tmp_path)
+    (tmp_path / "train" / w / w / "x.JPEG").rename(tmp_path / "train" / w / f"{w}_1.JPEG")
+    shutil.rmtree(tmp_path / "val" / wnids[7])
+    with pytest.raises(
+        MissingDataError, match=f"1 class folders missing in .*val, e.g. {wnids[7]}"
+    ):
+        read_imagenet(tmp_path)
 
 
 def _config(**kw):

@@ -2,6 +2,7 @@
 
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -129,3 +130,105 @@ def test_validation_errors():
         knn(np.ones(5), k=1)
     with pytest.raises(ValueError, match="metric"):
         knn(x, k=1, metric="manhattan")
+
+
+# Sharded search: the gallery split over the 8 forced CPU devices (tests/conftest.py).
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("block_size", [4096, 37, 5])
+def test_sharded_self_search_equals_one_device_and_brute_force(metric, block_size):
+    from himl.eval.knn import search_mesh
+
+    mesh = search_mesh()
+    assert mesh is not None and mesh.size == 8
+    x = data_with_duplicates(203, 12)
+    idx, scores = knn(x, k=9, metric=metric, block_size=block_size, mesh=mesh)
+    one_idx, one_scores = knn(x, k=9, metric=metric, block_size=block_size)
+    np.testing.assert_array_equal(idx, one_idx)
+    np.testing.assert_allclose(scores, one_scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(idx, brute_force(x, x, 9, metric, exclude_self=True)[0])
+    assert idx.dtype == np.int32 and scores.dtype == np.float32
+    np.testing.assert_array_equal(idx[2, :3], [5, 7, 202])  # duplicates on other shards
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_sharded_query_gallery_and_ties_across_shards(metric):
+    from himl.eval.knn import search_mesh
+
+    g = data_with_duplicates(150, 8, seed=1)
+    g[100:140] = g[50]  # a run of equal rows spanning several devices' shards
+    q = np.concatenate([g[:3], g[50:51], np.random.default_rng(2).normal(size=(57, 8))])
+    q = q.astype(np.float32)
+    idx, scores = knn(q, g, k=30, metric=metric, block_size=7, mesh=search_mesh())
+    ref_idx, ref_cost = brute_force(q, g, 30, metric, exclude_self=False)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, -ref_cost if metric == "cosine" else ref_cost, atol=1e-5)
+    np.testing.assert_array_equal(idx[3, :30], [50, *range(100, 129)])
+
+
+def test_sharded_small_gallery_fewer_rows_than_devices_times_k():
+    from himl.eval.knn import search_mesh
+
+    # 12 rows over 8 devices: most shards hold 2 rows (or only padding), k = 11.
+    x = data_with_duplicates(12, 3)
+    idx, _ = knn(x, k=11, block_size=4096, mesh=search_mesh())
+    np.testing.assert_array_equal(idx, brute_force(x, x, 11, "cosine", exclude_self=True)[0])
+    one_device, _ = knn(x, k=11, mesh=search_mesh(jax.devices()[:1]))  # None: plain search
+    np.testing.assert_array_equal(idx, one_device)
+
+
+def test_sharded_metrics_equal_one_device():
+    from himl.eval.hierarchical import hierarchical_metrics
+    from himl.eval.knn import search_mesh
+
+    rng = np.random.default_rng(0)
+    labels = np.stack([rng.integers(0, 3, 300), rng.integers(0, 5, 300)], axis=1)
+    x = (rng.normal(size=(300, 6)) + labels[:, 1:] * 0.5).astype(np.float32)
+    kw = dict(ks=(1, 4), block_size=32, clustering=False)
+    assert hierarchical_metrics(x, labels, mesh=search_mesh(), **kw) == hierarchical_metrics(
+        x, labels, **kw
+    )
+
+
+def test_sharded_validation_errors():
+    from himl.eval.knn import search_mesh
+
+    bad = np.ones((10, 4), np.float32)
+    bad[[1, 4], 0] = np.inf
+    with pytest.raises(ValueError, match="2 of 10 rows containing inf"):
+        knn(bad, k=2, mesh=search_mesh())
+    with pytest.raises(ValueError, match="k must be in 1..9"):
+        knn(np.ones((10, 4), np.float32), k=10, mesh=search_mesh())
+
+
+def test_sharded_search_temp_memory_independent_of_gallery_size():
+    """Per-device scratch memory of the compiled sharded search is set by the block size:
+    a 4x larger gallery (more blocks per shard) needs no more temporary memory."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from himl.eval.knn import _sharded_search_fn, search_mesh
+
+    mesh = search_mesh()
+    axis = mesh.axis_names[0]
+
+    def temp_bytes(blocks_per_device, bg=64, bq=64, d=16):
+        rows = mesh.size * blocks_per_device * bg
+        fn = _sharded_search_fn(mesh, k=5, euclidean=False, exclude_self=True, num_gallery=rows)
+        rep, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
+        args = (
+            jax.ShapeDtypeStruct((bq, d), jnp.float32, sharding=rep),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+            jax.ShapeDtypeStruct(
+                (mesh.size * blocks_per_device, bg, d), jnp.float32, sharding=shard
+            ),
+            jax.ShapeDtypeStruct((mesh.size * blocks_per_device, bg), jnp.float32, sharding=shard),
+        )
+        stats = fn.lower(*args).compile().memory_analysis()
+        if stats is None:
+            pytest.skip("no memory analysis on this backend")
+        return stats.temp_size_in_bytes
+
+    small, large = temp_bytes(4), temp_bytes(16)
+    assert 0 < large <= small, (small, large)

@@ -1,0 +1,60 @@
+"""Datasets: `himl.data.load(name, **data_fields)` loads one from Python in one call.
+
+    import himl.data
+    ds = himl.data.load("cub", manual_dir="~/data/CUB_200_2011")
+    ds = himl.data.load("custom", source="photos/", levels=("department", "category"))
+    ds.split("train").images[:8]  # [8, 224, 224, 3] uint8, decoded on demand
+
+The data config is `configs/default.py`'s data section with `name` and the given fields
+set, read by `himl.data.registry.load_dataset` (the same path `himl-train` takes).
+"""
+
+from __future__ import annotations
+
+from himl.errors import UserError
+
+
+class UnknownFieldError(UserError, TypeError):
+    """A keyword of `himl.data.load` that is not a `config.data` field."""
+
+
+def default_data(name: str, **data_fields):
+    """`configs/default.py`'s data section with `name` and `data_fields` set (ConfigDict).
+
+    Raises:
+      UnknownFieldError: for a field that `config.data` does not have.
+    """
+    from himl.configs import default
+
+    data = default.get_config().data
+    if name == "custom":  # its own section: `load("custom", source="photos/", levels=...)`
+        from himl.configs.custom import custom_data_config
+
+        data.custom = custom_data_config()
+        for key in set(data_fields) & set(data.custom.keys()):
+            data.custom[key] = data_fields.pop(key)
+    unknown = sorted(set(data_fields) - set(data.keys()))
+    if unknown:
+        raise UnknownFieldError(
+            f"himl.data.load: config.data has no field {unknown[0]!r}; "
+            f"fields: {', '.join(sorted(data.keys()))}"
+        )
+    data.name = name
+    data.update(data_fields)
+    return data
+
+
+def load(name: str, **data_fields):
+    """The `Dataset` that `config.data` with `name` and `data_fields` set names.
+
+    Args:
+      name: a dataset of `himl.data.registry.load_dataset` ("cub", "omniglot", ...).
+      **data_fields: other `config.data` fields, e.g. `manual_dir=`, `image_size=`,
+        `data_dir=` (prepare array_record there), `split_protocol=`.
+
+    Raises:
+      UnknownFieldError: for a field that `config.data` does not have.
+    """
+    from himl.data.registry import load_dataset
+
+    return load_dataset(default_data(name, **data_fields))

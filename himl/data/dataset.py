@@ -55,6 +55,8 @@ class Dataset:
         after it, such as an instance id, are finer than a class).
       class_names: `{class label: name}` for the class column.
       splits: split name -> Split; "train" is what training samples from.
+      label_names: optional names of the labels per level, `label_names[level][id]`, for
+        the levels that have names (coarse to fine); empty when only ids are known.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Dataset:
     class_level: int
     class_names: dict[int, str]
     splits: dict[str, Split]
+    label_names: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self):
         for split_name, split in self.splits.items():
@@ -83,3 +86,11 @@ class Dataset:
     def eval_level_names(self) -> tuple[str, ...]:
         """Levels that evaluation reports: the coarsest down to the class level."""
         return self.level_names[: self.class_level + 1]
+
+    def label_name(self, level: int, label: int) -> str:
+        """The name of `label` at `level` (the id as text when it has no name)."""
+        if level < len(self.label_names):
+            return self.label_names[level][label]
+        if level == self.class_level and label in self.class_names:
+            return self.class_names[label]
+        return str(label)

@@ -51,6 +51,7 @@ def _dataset(name: str, splits: dict) -> Dataset:
         class_level=1,
         class_names=dict(enumerate(fm.CLASS_NAMES)),
         splits=splits,
+        label_names=(tuple(fm.GROUP_NAMES), tuple(fm.CLASS_NAMES)),
     )
 
 

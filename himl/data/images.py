@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def decode(data: bytes, name: str, channels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as e:  # Pillow raises several types for bad data
-        raise CorruptImageError(f"cannot decode image {name}: {e}") from e
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
+        raise CorruptImageError(f"cannot decode image {name}: {reason}") from None
     mode = "RGB" if channels == 3 else "L"
     return image if image.mode == mode else image.convert(mode)
 
@@ -107,30 +109,16 @@ def train_transform(image: Image.Image, rng, *, size, scale, ratio, jitter) -> n
 
 
 class FileSource:
-    """Encoded images read from files under `root` (grain RandomAccessDataSource)."""
+    """Encoded images read from files under `root` (grain RandomAccessDataSource).
+
+    A name `"<zip>::<member>"` is a member of that archive (opened once per process,
+    never pickled), so one source serves datasets whose sets come partly zipped, partly
+    extracted (e.g. Omniglot).
+    """
 
     def __init__(self, root, files):
         self.root, self.files = Path(root), tuple(files)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def name(self, i: int) -> str:
-        return str(self.root / self.files[i])
-
-    def __getitem__(self, i: int) -> bytes:
-        try:
-            return (self.root / self.files[i]).read_bytes()
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"image file {self.name(i)} is missing") from e
-
-
-class ZipSource:
-    """Encoded images that are members of zip archives: files are `"<zip>::<member>"`."""
-
-    def __init__(self, root, files):
-        self.root, self.files = Path(root), tuple(files)
-        self._zips = {}  # opened lazily, per process (not pickled)
+        self._zips = {}
 
     def __getstate__(self):
         return {"root": self.root, "files": self.files, "_zips": {}}
@@ -142,10 +130,15 @@ class ZipSource:
         return str(self.root / self.files[i])
 
     def __getitem__(self, i: int) -> bytes:
-        archive, member = self.files[i].split("::", 1)
-        if archive not in self._zips:
-            self._zips[archive] = zipfile.ZipFile(self.root / archive)
-        return self._zips[archive].read(member)
+        archive, _, member = self.files[i].partition("::")
+        try:
+            if not member:
+                return (self.root / archive).read_bytes()
+            if archive not in self._zips:
+                self._zips[archive] = zipfile.ZipFile(self.root / archive)
+            return self._zips[archive].read(member)
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            raise CorruptImageError(f"cannot read image {self.name(i)}: {e}") from None
 
 
 class LazyImages:

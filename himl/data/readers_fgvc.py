@@ -6,11 +6,24 @@ Splits: "train" (all training classes), "test", and for model selection "val" (t
 `val_fraction` of the training classes) with "train_no_val" (the rest). The finest level is
 the image (an instance id), so several augmented views of one image are positives.
 
-- CUB-200-2011 (Wah et al. 2011): classes 1-100 / 101-200; levels (class, image).
-- Cars196 (Krause et al. 2013): classes 1-98 / 99-196; levels (make, model, image), the
-  make parsed from the class name ("BMW M3 Coupe 2012" -> "BMW").
-- Stanford Online Products (Oh Song et al. 2016): Ebay_train.txt / Ebay_test.txt;
+- CUB-200-2011 (Wah et al. 2011, tech. report CNS-TR-2011-001 and the archive's
+  README): `images.txt` (`<image_id> <path>`), `image_class_labels.txt`
+  (`<image_id> <class_id>`), `classes.txt` (200 rows `<class_id> <name>`), `images/`.
+  Classes 1-100 / 101-200; levels (class, image).
+- Cars196 (Krause et al. 2013; the devkit's README, torchvision's `StanfordCars`, TFDS
+  `cars196`): either `cars_annos.mat` + `car_ims/` (all 16,185 images), or the devkit as
+  distributed: `devkit/` (`cars_meta.mat`, `cars_train_annos.mat`, `cars_test_annos.mat`)
+  beside `cars_train/` and `cars_test/`, with the separately published
+  `cars_test_annos_withlabels.mat` beside `devkit/` or inside it (8,144 + 8,041 images).
+  Classes 1-98 / 99-196; levels (make, model, image), the make parsed from the class name
+  ("BMW M3 Coupe 2012" -> "BMW").
+- Stanford Online Products (Oh Song et al. 2016; the archive's README): `Ebay_train.txt`
+  / `Ebay_test.txt` with header `image_id class_id super_class_id path`;
   levels (super_class, class, image).
+
+Every reader checks the files against these layouts (field counts, integer ids, headers,
+id ranges) and that every listed image exists (`require_images`) before returning, so a
+malformed or partial download ends in one line naming the file and row.
 """
 
 from __future__ import annotations
@@ -18,18 +31,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from himl.data.records import (
     MalformedDataError,
+    MissingDataError,
     Records,
     carve_val,
     dataset_root,
     encode,
+    load_mat,
+    mat_fields,
     ordered,
     part_range,
-    read_rows,
+    read_table,
     require,
+    require_images,
 )
 
 CUB_WHERE = (
@@ -85,19 +101,42 @@ def read_cub(manual_dir, *, val_fraction: float = 0.2) -> Records:
         where=CUB_WHERE,
     )
     require(root, "images", dataset="CUB-200-2011", where=CUB_WHERE)
-    paths = {int(i): p for i, p in read_rows(images, 2)}
-    class_of = {int(i): int(c) for i, c in read_rows(labels, 2)}
-    names = {}
-    for row in read_rows(classes, 2):
-        names[int(row[0]) - 1] = row[1].split(".", 1)[-1].replace("_", " ")
+    image_table, label_table = read_table(images, 2), read_table(labels, 2)
+    paths = _unique_ids(image_table, "image id")
+    class_of = dict(
+        zip(
+            _unique_ids(label_table, "image id"),
+            label_table.ints(1, "class id").tolist(),
+            strict=True,
+        )
+    )
+    path_of = dict(zip(paths, (r[1] for r in image_table.rows), strict=True))
+    class_table = read_table(classes, 2)
+    class_ids = _unique_ids(class_table, "class id")
+    if sorted(class_ids) != list(range(1, 201)):
+        raise MalformedDataError(
+            f"{classes}: lists {len(class_ids)} class ids, the published file has 1..200"
+        )
+    names = {
+        c - 1: r[1].split(".", 1)[-1].replace("_", " ")
+        for c, r in zip(class_ids, class_table.rows, strict=True)
+    }
     if set(paths) != set(class_of):
-        raise MalformedDataError(f"{images} and {labels} list different image ids")
+        only = sorted(set(paths) ^ set(class_of))[0]
+        raise MalformedDataError(
+            f"{images} and {labels} list different image ids (e.g. {only}; truncated?)"
+        )
+    bad = [k for k, c in enumerate(label_table.ints(1, "class id")) if not 1 <= c <= 200]
+    if bad:
+        raise MalformedDataError(f"{label_table.where(bad[0])}: class id outside 1..200")
     ids = sorted(paths)
     label_matrix = np.array([[class_of[i] - 1, i] for i in ids], np.int64)
+    files = [f"images/{path_of[i]}" for i in ids]
+    require_images(root, files, dataset="CUB-200-2011")
     return _split_train_test(
         "cub",
         root,
-        [f"images/{paths[i]}" for i in ids],
+        files,
         label_matrix,
         label_matrix[:, 0] >= 100,
         ("class", "image"),
@@ -105,6 +144,17 @@ def read_cub(manual_dir, *, val_fraction: float = 0.2) -> Records:
         names,
         val_fraction,
     )
+
+
+def _unique_ids(table, what: str) -> list[int]:
+    """The integer ids in column 0 of `table`; a repeated id names its line."""
+    ids = table.ints(0, what).tolist()
+    seen = set()
+    for k, i in enumerate(ids):
+        if i in seen:
+            raise MalformedDataError(f"{table.where(k)}: {what} {i} repeated")
+        seen.add(i)
+    return ids
 
 
 def cars_make(class_name: str) -> str:
@@ -119,43 +169,92 @@ def _mat_strings(x) -> list[str]:
     return [str(s) for s in np.atleast_1d(x).ravel()]
 
 
-def _cars_annotations(root: Path):
-    """(file names, 1-based classes, class names) from either official annotation layout."""
-    if (root / "cars_annos.mat").exists():
-        mat = scipy.io.loadmat(root / "cars_annos.mat", squeeze_me=True)
-        ann = np.atleast_1d(mat["annotations"])
-        files = _mat_strings(ann["relative_im_path"])
-        return files, np.asarray(ann["class"], np.int64).ravel(), _mat_strings(mat["class_names"])
-    meta, train, test = require(
-        root,
-        "cars_meta.mat",
-        "cars_train_annos.mat",
-        "cars_test_annos_withlabels.mat",
-        dataset="Cars196",
-        where=CARS_WHERE,
+def _mat_ints(path, values, what: str) -> np.ndarray:
+    """`[N]` int64 of one field of a MATLAB struct array (the bad entry named)."""
+    out = []
+    for k, v in enumerate(np.atleast_1d(values).ravel()):
+        value = np.asarray(v).ravel()
+        if value.size != 1 or not np.issubdtype(value.dtype, np.number) or value[0] % 1:
+            raise MalformedDataError(f"{path}: annotation {k + 1} has {what} {v!r}, not an integer")
+        out.append(int(value[0]))
+    return np.array(out, np.int64)
+
+
+def _cars_combined(root: Path):
+    """(file names, 1-based classes, class names, is_test) of `cars_annos.mat` + `car_ims/`."""
+    path = root / "cars_annos.mat"
+    mat = load_mat(path, "annotations", "class_names")
+    ann = np.atleast_1d(mat["annotations"])
+    mat_fields(path, ann, "relative_im_path", "class", "test")
+    test = _mat_ints(path, ann["test"], "test flag")
+    if not set(test.tolist()) <= {0, 1}:
+        raise MalformedDataError(f"{path}: 'test' flags must be 0 or 1, got {sorted(set(test))}")
+    files = _mat_strings(ann["relative_im_path"])
+    return (
+        files,
+        _mat_ints(path, ann["class"], "class"),
+        _mat_strings(mat["class_names"]),
+        test == 1,
     )
-    names = _mat_strings(scipy.io.loadmat(meta, squeeze_me=True)["class_names"])
-    files, classes = [], []
-    for path, folder in ((train, "cars_train"), (test, "cars_test")):
-        ann = np.atleast_1d(scipy.io.loadmat(path, squeeze_me=True)["annotations"])
-        if "class" not in ann.dtype.names:
-            raise MalformedDataError(f"{path} has no 'class' field (use the *_withlabels file)")
+
+
+def cars_devkit_files(manual_dir) -> tuple[Path, Path, Path]:
+    """(images root, devkit folder, labelled test annotations) of the devkit layout.
+
+    `manual_dir` is the folder holding `devkit/`, `cars_train/` and `cars_test/` (or the
+    devkit folder itself); `cars_test_annos_withlabels.mat` may sit beside `devkit/` or in it.
+    """
+    given = Path(manual_dir).expanduser()
+    root = dataset_root(given, "devkit/cars_meta.mat", "stanford_cars", "cars196")
+    if not (root / "devkit" / "cars_meta.mat").exists() and (given / "cars_meta.mat").exists():
+        root = given.parent  # the devkit folder itself was passed
+    devkit = root / "devkit"
+    require(devkit, "cars_meta.mat", "cars_train_annos.mat", dataset="Cars196", where=CARS_WHERE)
+    labelled = "cars_test_annos_withlabels.mat"
+    for candidate in (root / labelled, devkit / labelled):
+        if candidate.exists():
+            return root, devkit, candidate
+    unlabelled = (
+        " (cars_test_annos.mat there has no classes)" * (devkit / "cars_test_annos.mat").exists()
+    )
+    raise MissingDataError(
+        f"Cars196: {labelled} not found beside or in {devkit}{unlabelled}. {CARS_WHERE}"
+    )
+
+
+def _cars_devkit(manual_dir):
+    """(images root, file names, 1-based classes, class names, is_test) of the devkit."""
+    root, devkit, labelled = cars_devkit_files(manual_dir)
+    names = _mat_strings(load_mat(devkit / "cars_meta.mat", "class_names")["class_names"])
+    files, classes, is_test = [], [], []
+    for path, folder in ((devkit / "cars_train_annos.mat", "cars_train"), (labelled, "cars_test")):
+        ann = np.atleast_1d(load_mat(path, "annotations")["annotations"])
+        mat_fields(path, ann, "fname", "class")
+        require(root, folder, dataset="Cars196", where=CARS_WHERE)
         files += [f"{folder}/{f}" for f in _mat_strings(ann["fname"])]
-        classes += np.asarray(ann["class"], np.int64).ravel().tolist()
-    return files, np.asarray(classes), names
+        classes += _mat_ints(path, ann["class"], "class").tolist()
+        is_test += [folder == "cars_test"] * len(ann)
+    return root, files, np.array(classes, np.int64), names, np.array(is_test)
 
 
 def read_cars(manual_dir, *, val_fraction: float = 0.2) -> Records:
-    """Cars196: 16,185 images of 196 car models; labels (make, model, image)."""
+    """Cars196: 16,185 images of 196 car models; labels (make, model, image).
+
+    The protocol splits by class (1-98 train, 99-196 test), so the devkit's own
+    train/test halves are merged; each record keeps its file under cars_train/ or cars_test/.
+    """
     root = dataset_root(manual_dir, "cars_annos.mat", "stanford_cars", "cars196")
-    if not (root / "cars_annos.mat").exists():
-        root = dataset_root(manual_dir, "cars_meta.mat", "devkit", "stanford_cars")
-    files, classes, names = _cars_annotations(root)
+    if (root / "cars_annos.mat").exists():
+        files, classes, names, _ = _cars_combined(root)
+        require(root, "car_ims", dataset="Cars196", where=CARS_WHERE)
+    else:
+        root, files, classes, names, _ = _cars_devkit(manual_dir)
     if len(names) != 196 or classes.min() < 1 or classes.max() > 196:
         raise MalformedDataError(
             f"Cars196 in {root}: expected 196 class names and classes 1..196, got "
             f"{len(names)} names and classes {classes.min()}..{classes.max()}"
         )
+    require_images(root, files, dataset="Cars196")
     makes, _ = encode([cars_make(n) for n in names])
     model = classes - 1
     label_matrix = np.stack([makes[model], model, np.arange(len(files))], axis=1)
@@ -172,16 +271,28 @@ def read_cars(manual_dir, *, val_fraction: float = 0.2) -> Records:
     )
 
 
+SOP_HEADER = ("image_id", "class_id", "super_class_id", "path")
+
+
 def read_sop(manual_dir, *, val_fraction: float = 0.2) -> Records:
     """Stanford Online Products: 120,053 images of 22,634 products in 12 super-classes."""
     root = dataset_root(manual_dir, "Ebay_train.txt", "Stanford_Online_Products")
     paths = require(root, "Ebay_train.txt", "Ebay_test.txt", dataset="SOP", where=SOP_WHERE)
     files, rows, is_test = [], [], []
     for k, path in enumerate(paths):
-        for image_id, class_id, super_id, file in read_rows(path, 4, skip=1):
-            files.append(file)
-            rows.append((int(super_id) - 1, int(class_id) - 1, int(image_id)))
-            is_test.append(k == 1)
+        table = read_table(path, 4, header=SOP_HEADER)
+        image_id = _unique_ids(table, "image_id")
+        class_id, super_id = table.ints(1, "class_id"), table.ints(2, "super_class_id")
+        for j, (c, s) in enumerate(zip(class_id, super_id, strict=True)):
+            if c < 1 or s < 1:
+                raise MalformedDataError(f"{table.where(j)}: ids start at 1, got {c} {s}")
+        files += [r[3] for r in table.rows]
+        rows += [
+            (int(s) - 1, int(c) - 1, i)
+            for i, c, s in zip(image_id, class_id, super_id, strict=True)
+        ]
+        is_test += [k == 1] * len(table.rows)
+    require_images(root, files, dataset="SOP")
     label_matrix = np.array(rows, np.int64)
     super_names = {}
     for (s, _, _), f in zip(rows, files, strict=True):

@@ -1,26 +1,34 @@
 """Readers for the hierarchical datasets of seed 000 (Zhang et al., CVPR 2022), no download.
 
-- DeepFashion In-Shop (Liu et al. 2016): `list_eval_partition.txt` (train / query /
-  gallery); levels (category, item, image), the category ("WOMEN/Dresses") read from the
-  image path `img/<GENDER>/<Category>/id_xxx/...`. Splits: train, train_no_val, val,
-  query, gallery, test (= query + gallery, for the single-split evaluator).
+- DeepFashion In-Shop (Liu et al. 2016; the benchmark's README): `Eval/
+  list_eval_partition.txt` (train / query / gallery) and `Img/img.zip` (or extracted
+  `img/`). Label layout "official" (the seed paper's code): levels (category, item,
+  variation, image), category = garment category from the path `img/<GENDER>/
+  <Category>/id_xxx/<variation>_<image>_<view>.jpg`; layout "gender": (category, item,
+  image), category = `<GENDER>/<Category>`. Splits: train, train_no_val, val, query,
+  gallery, test (= query + gallery, for the single-split evaluator).
 - ImageNet-1k (ILSVRC 2012) with WordNet super-classes (`imagenet_superclasses.json`,
   built by `himl.data.make_imagenet_hierarchy`): `train/<wnid>/*.JPEG` and
   `val/<wnid>/*.JPEG` (or a flat `val/` read with tensorflow-datasets' validation
   labels); levels (superclass, class, image). Seen/unseen: in every super-class, every
   fifth class (in WordNet-id order) is unseen. Splits: train (seen classes, train
   images), seen_test (seen, val images), unseen (unseen, val images), unseen_train.
-- Omniglot (Lake et al. 2015), the published `images_background_small{1,2}.zip`; levels
-  (alphabet, character, image). The sets share Greek and Latin (same files: kept once).
-  Seen/unseen: the last quarter of each alphabet's characters is unseen. Splits: train
-  (seen characters, drawers 1-15), seen_test (seen, drawers 16-20), unseen.
+- Omniglot (Lake et al. 2015; github.com/brendenlake/omniglot): `images_background`
+  (or its subsets `images_background_small{1,2}`) and `images_evaluation`, zipped or
+  extracted; levels (alphabet, character, image). Protocols: "characters" (the last
+  quarter of each alphabet's characters unseen) or "alphabets" (the evaluation alphabets
+  unseen). Splits: train (seen, drawers 1-15), seen_test (seen, drawers 16-20), unseen.
+
+Every reader checks its files against the published layout and that every listed image
+exists before returning; ImageNet's files are listed from its folders, so they exist.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import zipfile
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +37,16 @@ from himl.data.records import (
     MalformedDataError,
     MissingDataError,
     Records,
+    UnknownOptionError,
     carve_val,
     dataset_root,
     encode,
+    open_zip,
     ordered,
     part_range,
-    read_rows,
+    read_table,
     require,
+    require_images,
 )
 
 INSHOP_WHERE = (
@@ -48,7 +59,8 @@ IMAGENET_WHERE = (
     "val/<wnid>/*.JPEG or the flat ILSVRC2012_val_*.JPEG files) and pass that folder."
 )
 OMNIGLOT_WHERE = (
-    "Get images_background_small1.zip and images_background_small2.zip from "
+    "Get images_background.zip and images_evaluation.zip (or the small sets "
+    "images_background_small1.zip, images_background_small2.zip) from "
     "https://github.com/brendenlake/omniglot (python/) and pass their folder."
 )
 SUPERCLASSES = Path(__file__).parent / "imagenet_superclasses.json"
@@ -57,50 +69,169 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 def _records(name, root, fields, level_names, class_level, class_names, splits) -> Records:
     return Records(
-        name=name, root=root, files=fields["files"], labels=fields["labels"],
-        level_names=level_names, class_level=class_level, class_names=class_names,
-        parts=fields["parts"], splits=splits,
-    )  # fmt: skip
+        name=name,
+        root=root,
+        files=fields["files"],
+        labels=fields["labels"],
+        level_names=level_names,
+        class_level=class_level,
+        class_names=class_names,
+        parts=fields["parts"],
+        splits=splits,
+    )
 
 
-def read_inshop(manual_dir, *, val_fraction: float = 0.2) -> Records:
-    """DeepFashion In-Shop: 52,712 images of 7,982 items; labels (category, item, image)."""
-    root = Path(manual_dir).expanduser()
+INSHOP_HEADER = ("image_name", "item_id", "evaluation_status")
+INSHOP_STATUSES = ("train", "query", "gallery")
+# img/<GENDER>/<Category>/id_<8 digits>/<variation>_<image>_<view>.jpg
+INSHOP_NAME = re.compile(r"img/([^/]+)/([^/]+)/(id_\d+)/(\d+)_(\d+)_[^/]+\.jpg")
+INSHOP_LAYOUTS = {
+    # The seed paper's code (salesforce/hierarchicalContrastiveLearning): [category,
+    # product, variation, image], category = the garment category (17, gender dropped).
+    "official": ("category", "item", "variation", "image"),
+    # himl's earlier layout: category = <GENDER>/<Category>, no variation level.
+    "gender": ("category", "item", "image"),
+}
+
+
+def _inshop_images(root: Path) -> tuple[Path, str]:
+    """(records root, file prefix): `img/` under root or root/Img, else `img.zip` (members)."""
+    for folder in (root, root / "Img"):
+        if (folder / "img").is_dir():
+            return folder, ""
+    for archive in (root / "Img" / "img.zip", root / "img.zip"):
+        if archive.is_file():
+            return root, f"{archive.relative_to(root).as_posix()}::"
+    raise MissingDataError(
+        f"In-Shop: no img/ folder or img.zip in {root} or {root / 'Img'}. {INSHOP_WHERE}"
+    )
+
+
+def _majority(categories: list[str], items: list[str]) -> tuple[dict[str, str], int]:
+    """({item: the category holding most of its images (ties: first by name)}, #items with
+    images under more than one category)."""
+    counts: dict[str, dict[str, int]] = {}
+    for c, i in zip(categories, items, strict=True):
+        counts.setdefault(i, {}).setdefault(c, 0)
+        counts[i][c] += 1
+    chosen = {i: min(cs, key=lambda c: (-cs[c], c)) for i, cs in counts.items()}
+    return chosen, sum(len(cs) > 1 for cs in counts.values())
+
+
+def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "official") -> Records:
+    """DeepFashion In-Shop: 52,712 images of 7,982 items (Liu et al. 2016).
+
+    Reads `Eval/list_eval_partition.txt` (count line, header `image_name item_id
+    evaluation_status`, rows `<img/...jpg> <id_...> <train|query|gallery>`, per the
+    benchmark's README) and the images from `img/`, `Img/img/` or `Img/img.zip`.
+
+    Layouts (`layout`):
+      "official": levels (category, item, variation, image), the seed paper's code
+        layout: category = garment category (third path component, 17), item = item id,
+        variation = the file name's first number within the item, image = the image.
+      "gender": levels (category, item, image), category = `<GENDER>/<Category>`.
+
+    An item id whose images sit under two category folders stays one item - the
+    retrieval protocol matches by item id - and all its images take the category holding
+    most of them (ties: first by name); a warning gives the number of such items. (The
+    seed paper's code instead drops the ids of a "repeating product ids" list.)
+    Class level: item.
+    """
+    if layout not in INSHOP_LAYOUTS:
+        raise UnknownOptionError(
+            f"In-Shop: unknown label layout {layout!r}; valid: {', '.join(INSHOP_LAYOUTS)}"
+        )
+    root = dataset_root(
+        manual_dir, "Eval/list_eval_partition.txt", "In-shop Clothes Retrieval Benchmark"
+    )
     name = "list_eval_partition.txt"
     partition = root / "Eval" / name if (root / "Eval" / name).exists() else root / name
-    require(root, partition.relative_to(root).as_posix(), "img", dataset="In-Shop",
-            where=INSHOP_WHERE)  # fmt: skip
-    rows = read_rows(partition, 3, skip=2)
-    files = [r[0] for r in rows]
-    bad = [f for f in files if len(f.split("/")) < 5 or f.split("/")[0] != "img"]
-    if bad:
-        raise MalformedDataError(f"{partition}: image path {bad[0]!r} is not img/<G>/<C>/id/x")
-    categories = ["/".join(f.split("/")[1:3]) for f in files]
-    category, category_names = encode(categories)
-    item, items = encode(list(zip(categories, (r[1] for r in rows), strict=True)))
-    labels = np.stack([category, item, np.arange(len(files))], axis=1)
-    fields = ordered(files, labels, [r[2] for r in rows], ("train", "query", "gallery"))
+    require(root, partition.relative_to(root).as_posix(), dataset="In-Shop", where=INSHOP_WHERE)
+    table = read_table(partition, 3, count_line=True, header=INSHOP_HEADER)
+    parsed = []
+    for k, (file, item_id, status) in enumerate(table.rows):
+        match = INSHOP_NAME.fullmatch(file)
+        if not match:
+            raise MalformedDataError(
+                f"{table.where(k)}: image name {file!r} is not "
+                "img/<GENDER>/<Category>/id_<item>/<variation>_<image>_<view>.jpg"
+            )
+        if match[3] != item_id:
+            raise MalformedDataError(
+                f"{table.where(k)}: item_id {item_id} but the image is in folder {match[3]}"
+            )
+        if status not in INSHOP_STATUSES:
+            raise MalformedDataError(
+                f"{table.where(k)}: evaluation status {status!r}; the "
+                f"format has {', '.join(INSHOP_STATUSES)}"
+            )
+        parsed.append(match.groups())
+    statuses = [r[2] for r in table.rows]
+    train_items = {p[2] for p, s in zip(parsed, statuses, strict=True) if s == "train"}
+    shared = [
+        k
+        for k, (p, s) in enumerate(zip(parsed, statuses, strict=True))
+        if s != "train" and p[2] in train_items
+    ]
+    if shared:
+        raise MalformedDataError(
+            f"{table.where(shared[0])}: item {parsed[shared[0]][2]} is "
+            "in train and in query/gallery"
+        )
+    images_root, prefix = _inshop_images(root)
+    files = [prefix + r[0] for r in table.rows]
+    require_images(images_root, files, dataset="In-Shop")
+    gender_category = ["/".join(p[:2]) for p in parsed]
+    category_names = [p[1] for p in parsed] if layout == "official" else gender_category
+    items = [p[2] for p in parsed]
+    category_of, shared_items = _majority(category_names, items)
+    if shared_items:
+        logging.warning(
+            "In-Shop: %d item ids appear under two categories; each keeps the "
+            "category of most of its images (one item per id, as retrieval matches by id)",
+            shared_items,
+        )
+    category, _ = encode([category_of[i] for i in items])
+    item, item_ids = encode(items)
+    columns = [category, item]
+    if layout == "official":
+        columns.append(encode([(p[2], int(p[3])) for p in parsed])[0])
+    labels = np.stack([*columns, np.arange(len(files))], axis=1)
+    fields = ordered(files, labels, statuses, INSHOP_STATUSES)
     parts = fields["parts"]
     train = part_range(parts, "train")
     train_no_val, val = carve_val(fields["labels"], train, 1, val_fraction)
     splits = {
-        "train": train, "train_no_val": train_no_val, "val": val,
-        "query": part_range(parts, "query"), "gallery": part_range(parts, "gallery"),
+        "train": train,
+        "train_no_val": train_no_val,
+        "val": val,
+        "query": part_range(parts, "query"),
+        "gallery": part_range(parts, "gallery"),
         "test": part_range(parts, "query", "gallery"),
-    }  # fmt: skip
-    class_names = {i: f"{c}/{item_id}" for i, (c, item_id) in enumerate(items)}
-    return _records("inshop", root, fields, ("category", "item", "image"), 1, class_names,
-                    splits)  # fmt: skip
+    }
+    class_names = {k: f"{category_of[i]}/{i}" for k, i in enumerate(item_ids)}
+    return _records("inshop", images_root, fields, INSHOP_LAYOUTS[layout], 1, class_names, splits)
 
 
 def _image_files(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_SUFFIXES))
+    """The image files directly in `folder`; none (e.g. nested a level deeper) is an error."""
+    files = sorted(e.name for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise MalformedDataError(
+            f"ImageNet: {folder} holds no .JPEG files (nested one level deeper or emptied?)"
+        )
+    return files
 
 
 def _imagenet_val(root: Path, wnids: list[str]) -> tuple[list[str], list[str]]:
     """(files, wnids) of the validation images, per-class folders or the flat layout."""
     val = root / "val"
     if (val / wnids[0]).is_dir():
+        missing = [w for w in wnids if not (val / w).is_dir()]
+        if missing:
+            raise MissingDataError(
+                f"ImageNet: {len(missing)} class folders missing in {val}, e.g. {missing[0]}"
+            )
         pairs = [(f"val/{w}/{f}", w) for w in wnids for f in _image_files(val / w)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
     import tensorflow_datasets as tfds  # ships the official validation ground truth
@@ -145,46 +276,150 @@ def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
     train_seen = train[~unseen[train]]
     train_no_val, val = carve_val(fields["labels"], train_seen, 1, val_fraction)
     splits = {
-        "train": train_seen, "train_no_val": train_no_val, "val": val,
-        "seen_test": test[~unseen[test]], "unseen": test[unseen[test]],
+        "train": train_seen,
+        "train_no_val": train_no_val,
+        "val": val,
+        "seen_test": test[~unseen[test]],
+        "unseen": test[unseen[test]],
         "unseen_train": train[unseen[train]],
-    }  # fmt: skip
+    }
     names = {class_of[w]: mapping[w]["name"] for w in wnids}
     return _records("imagenet", root, fields, ("superclass", "class", "image"), 1, names, splits)
 
 
-def read_omniglot(manual_dir, *, val_fraction: float = 0.0) -> Records:
-    """Omniglot small background sets: 4,840 images of 242 characters in 8 alphabets."""
-    del val_fraction  # the seen/unseen protocol has no carve
-    root = dataset_root(manual_dir, "images_background_small1.zip", "omniglot")
-    zips = ("images_background_small1.zip", "images_background_small2.zip")
-    require(root, *zips, dataset="Omniglot", where=OMNIGLOT_WHERE)
-    files, keys = [], {}
-    for name in zips:
-        with zipfile.ZipFile(root / name) as archive:
-            for member in sorted(archive.namelist()):
-                parts = member.split("/")
-                if len(parts) != 4 or not parts[3].endswith(".png"):
-                    continue
-                key = tuple(parts[1:])  # (alphabet, character, file): shared sets overlap
-                if key not in keys:
-                    keys[key] = len(files)
-                    files.append(f"{name}::{member}")
-    if not files:
-        raise MalformedDataError(f"Omniglot zips in {root} hold no <alphabet>/<char>/*.png")
+OMNIGLOT_BACKGROUND = ("images_background",)  # 30 alphabets, 964 characters
+OMNIGLOT_SMALL = ("images_background_small1", "images_background_small2")  # its subsets
+OMNIGLOT_EVALUATION = "images_evaluation"  # 20 further alphabets, 659 characters
+OMNIGLOT_PROTOCOLS = ("characters", "alphabets")
+OMNIGLOT_DRAWERS = 20  # every character is drawn once by each of 20 people
+IGNORED = ("__MACOSX",)  # archive tool debris; hidden files (".DS_Store") are skipped too
+
+
+def _omniglot_set(root: Path, name: str) -> list[tuple[str, str]]:
+    """[(record file name, member path `<set>/<alphabet>/<character>/<file>.png`)] of one
+    published set, from `<name>.zip` (preferred) or the extracted `<name>/` folder."""
+    archive = root / f"{name}.zip"
+    if archive.is_file():
+        with open_zip(archive) as z:
+            members = sorted(m for m in z.namelist() if not m.endswith("/"))
+        where, files = archive, [f"{archive.name}::{m}" for m in members]
+    else:
+        folder = root / name
+        members = sorted(
+            Path(d, f).relative_to(root).as_posix() for d, _, fs in os.walk(folder) for f in fs
+        )
+        where, files = folder, members
+    out = []
+    for file, member in zip(files, members, strict=True):
+        parts = member.split("/")
+        if any(p.startswith(".") or p in IGNORED for p in parts):
+            continue
+        if len(parts) != 4 or parts[0] != name or not parts[3].endswith(".png"):
+            raise MalformedDataError(
+                f"{where}: {member!r} is not {name}/<alphabet>/<character>/<id>_<drawer>.png "
+                "(folders nested deeper or shallower than the published archive?)"
+            )
+        out.append((file, member))
+    if not out:
+        raise MalformedDataError(f"{where} holds no {name}/<alphabet>/<character>/*.png")
+    return out
+
+
+def _omniglot_found(root: Path, name: str) -> bool:
+    return (root / f"{name}.zip").is_file() or (root / name).is_dir()
+
+
+def _drawer(member: str, where: Path) -> int:
+    stem = Path(member).stem.split("_")
+    if len(stem) != 2 or not all(s.isdigit() for s in stem) or not 1 <= int(stem[1]) <= 20:
+        raise MalformedDataError(
+            f"{where}: {member!r}: the file name is not <character id>_<drawer 01-20>.png"
+        )
+    return int(stem[1])
+
+
+def read_omniglot(
+    manual_dir, *, val_fraction: float = 0.0, protocol: str = "characters"
+) -> Records:
+    """Omniglot (Lake et al. 2015, github.com/brendenlake/omniglot); labels (alphabet,
+    character, image).
+
+    Reads the published sets, each as its zip or extracted folder `<set>/<alphabet>/
+    <character>/<id>_<drawer>.png`: `images_background` (30 alphabets, 964 characters,
+    19,280 images) or, without it, the small subsets `images_background_small{1,2}`
+    (8 alphabets, 242 characters, 4,840 images; both hold Greek and Latin, kept once), plus
+    `images_evaluation` (20 alphabets, 659 characters, 13,180 images) when present.
+    Every character must have its 20 drawers.
+
+    Protocols (`protocol`):
+      "characters": unseen characters within seen alphabets - the last quarter of each
+        alphabet's characters is "unseen"; the rest train on drawers 1-15 ("train") and
+        test on drawers 16-20 ("seen_test").
+      "alphabets": unseen alphabets - Lake et al.'s background / evaluation split: the
+        evaluation alphabets are "unseen"; the background ones give "train" (drawers
+        1-15) and "seen_test" (drawers 16-20). Needs `images_evaluation`.
+    """
+    del val_fraction  # the seen/unseen protocols have no carve
+    if protocol not in OMNIGLOT_PROTOCOLS:
+        raise UnknownOptionError(
+            f"Omniglot: unknown protocol {protocol!r}; valid: {', '.join(OMNIGLOT_PROTOCOLS)}"
+        )
+    given = Path(manual_dir).expanduser()
+    sets = (*OMNIGLOT_BACKGROUND, *OMNIGLOT_SMALL, OMNIGLOT_EVALUATION)
+    root = next(
+        (
+            r
+            for r in (given, given / "omniglot", given / "python")
+            if any(_omniglot_found(r, n) for n in sets)
+        ),
+        given,
+    )
+    background = [n for n in OMNIGLOT_BACKGROUND if _omniglot_found(root, n)] or [
+        n for n in OMNIGLOT_SMALL if _omniglot_found(root, n)
+    ]
+    if not background:
+        raise MissingDataError(
+            f"Omniglot: no images_background(.zip) or "
+            f"images_background_small1/2(.zip) in {root}. {OMNIGLOT_WHERE}"
+        )
+    has_evaluation = _omniglot_found(root, OMNIGLOT_EVALUATION)
+    if protocol == "alphabets" and not has_evaluation:
+        raise MissingDataError(
+            f"Omniglot: protocol 'alphabets' needs {OMNIGLOT_EVALUATION}.zip "
+            f"(the 20 evaluation alphabets) in {root}. {OMNIGLOT_WHERE}"
+        )
+    files, keys, drawers, evaluation = [], {}, [], []
+    for name in background + [OMNIGLOT_EVALUATION] * has_evaluation:
+        for file, member in _omniglot_set(root, name):
+            key = tuple(member.split("/")[1:])  # (alphabet, character, file)
+            if key not in keys:  # the small sets share Greek and Latin
+                keys[key] = len(files)
+                files.append(file)
+                drawers.append(_drawer(member, root / name))
+                evaluation.append(name == OMNIGLOT_EVALUATION)
     key_list = list(keys)
     alphabet, alphabets = encode([k[0] for k in key_list])
     character, characters = encode([k[:2] for k in key_list])
-    drawer = np.array([int(Path(k[2]).stem.split("_")[-1]) for k in key_list])
+    drawer = np.array(drawers)
+    for c in range(len(characters)):
+        got = sorted(drawer[character == c].tolist())
+        if got != list(range(1, OMNIGLOT_DRAWERS + 1)):
+            raise MalformedDataError(
+                f"Omniglot in {root}: {'/'.join(characters[c])} has drawers {got[:25]}, the "
+                f"published sets have 1..{OMNIGLOT_DRAWERS} (partly extracted or edited?)"
+            )
+    require_images(root, files, dataset="Omniglot")
     labels = np.stack([alphabet, character, np.arange(len(files))], axis=1)
-    unseen_chars = []
-    for a in range(len(alphabets)):
-        chars = np.unique(character[alphabet == a])
-        unseen_chars += chars[len(chars) - len(chars) // 4 :].tolist()
-    unseen = np.isin(character, unseen_chars)
+    if protocol == "alphabets":
+        unseen = np.array(evaluation)
+    else:
+        unseen_chars = []
+        for a in range(len(alphabets)):
+            chars = np.unique(character[alphabet == a])
+            unseen_chars += chars[len(chars) - len(chars) // 4 :].tolist()
+        unseen = np.isin(character, unseen_chars)
     part_of = np.where(unseen, "unseen", np.where(drawer <= 15, "train", "seen_test"))
     fields = ordered(files, labels, part_of, ("train", "seen_test", "unseen"))
     splits = {p: part_range(fields["parts"], p) for p in fields["parts"]}
     names = {i: f"{a}/{c}" for i, (a, c) in enumerate(characters)}
-    return _records("omniglot", root, fields, ("alphabet", "character", "image"), 1, names,
-                    splits)  # fmt: skip
+    return _records("omniglot", root, fields, ("alphabet", "character", "image"), 1, names, splits)

@@ -12,11 +12,14 @@ training from it with worker processes.
 
 from __future__ import annotations
 
+import inspect
+import os
+
 from himl.data.dataset import Dataset, Split
 from himl.data.images import LazyImages
 from himl.data.readers_fgvc import read_cars, read_cub, read_sop
 from himl.data.readers_hier import read_imagenet, read_inshop, read_omniglot
-from himl.data.records import Records
+from himl.data.records import Records, UnknownOptionError
 
 READERS = {
     "cub": read_cub,
@@ -27,12 +30,31 @@ READERS = {
     "omniglot": read_omniglot,
 }
 CHANNELS = {"omniglot": 1}  # every other dataset is RGB
+# config.data field -> the reader keyword it sets; empty = the reader's default.
+# inshop: label_layout "official" | "gender"; omniglot: split_protocol "characters" | "alphabets".
+READER_OPTIONS = {"label_layout": "layout", "split_protocol": "protocol"}
 
 
 def read_records(data_config) -> Records:
-    """The parsed annotations of `config.data.name` (no image decoded)."""
+    """The parsed annotations of `config.data.name` (no image decoded).
+
+    Raises `UnknownOptionError` for a `READER_OPTIONS` field set on a dataset whose reader
+    has no such choice (e.g. a split protocol for CUB).
+    """
     reader = READERS[data_config.name]
-    return reader(data_config.manual_dir, val_fraction=data_config.val_fraction)
+    accepted = inspect.signature(reader).parameters
+    options = {}
+    for field, keyword in READER_OPTIONS.items():
+        value = data_config.get(field, "")  # configs of older runs lack the field
+        if not value:
+            continue
+        if keyword not in accepted:
+            raise UnknownOptionError(
+                f"config.data.{field}={value!r}: dataset {data_config.name!r} has no "
+                f"{keyword} choice"
+            )
+        options[keyword] = value
+    return reader(data_config.manual_dir, val_fraction=data_config.val_fraction, **options)
 
 
 def image_source(records: Records, data_dir: str):
@@ -66,7 +88,25 @@ def to_dataset(records: Records, source, *, image_size: int, crop_fraction: floa
     )
 
 
+def quiet_worker_exit() -> None:
+    """Silences the multiprocessing resource tracker's "leaked semaphore / shared_memory
+    objects" warnings for this process's children.
+
+    When a grain worker hits a bad image, the user error reaches the command line, which
+    prints it as one line and exits at once (`himl.cli.exit_on_user_error`); the worker
+    pool's semaphores and shared memory are then released by the resource tracker, which
+    would warn about each kind, burying the one line. The tracker still cleans up; only the
+    warning is filtered. It reads `PYTHONWARNINGS` when it starts, i.e. with the workers.
+    """
+    rule = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if rule not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (current, rule)))
+
+
 def load_real(data_config) -> Dataset:
+    if data_config.get("num_workers", 0) > 0:
+        quiet_worker_exit()
     records = read_records(data_config)
     source = image_source(records, data_config.data_dir)
     return to_dataset(

@@ -11,6 +11,7 @@ tensorflow-datasets builder stores one array_record split per part.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ class MissingDataError(UserError, FileNotFoundError):
 
 class MalformedDataError(UserError, ValueError):
     """An annotation file exists but does not have the official layout."""
+
+
+class UnknownOptionError(UserError, ValueError):
+    """A reader option (label layout, split protocol) the dataset does not have."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,21 +81,127 @@ def require(root: Path, *names: str, dataset: str, where: str) -> list[Path]:
 
 def read_rows(path: Path, num_fields: int, *, skip: int = 0) -> list[list[str]]:
     """Whitespace-separated rows of a text annotation file, checking the field count."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if lineno <= skip or not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != num_fields:
-                raise MalformedDataError(
-                    f"{path}:{lineno}: expected {num_fields} fields, got {len(fields)}: "
-                    f"{line.strip()[:80]!r}"
-                )
-            rows.append(fields)
+    return read_table(path, num_fields, skip=skip).rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """The rows of a text annotation file with their line numbers (for error messages)."""
+
+    path: Path
+    rows: list[list[str]]
+    lines: list[int]
+
+    def where(self, k: int) -> str:
+        """`file:line` of row `k`."""
+        return f"{self.path}:{self.lines[k]}"
+
+    def ints(self, column: int, what: str) -> np.ndarray:
+        """`[N]` int64 of one column; a non-integer names its file and line."""
+        return np.array(
+            [parse_int(r[column], self.where(k), what) for k, r in enumerate(self.rows)], np.int64
+        )
+
+
+def parse_int(text: str, where: str, what: str) -> int:
+    """`int(text)`, or a `MalformedDataError` naming `where` (file:line or entry)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise MalformedDataError(f"{where}: {what} {text!r} is not an integer") from None
+
+
+def read_table(
+    path: Path,
+    num_fields: int,
+    *,
+    skip: int = 0,
+    count_line: bool = False,
+    header: tuple[str, ...] | None = None,
+) -> Table:
+    """Rows of a whitespace-separated annotation file, checked against its published layout.
+
+    Args:
+      path: the file.
+      num_fields: fields every row must have.
+      skip: leading lines to ignore (after the count line and header, when given).
+      count_line: the first line states the number of rows (DeepFashion's lists); it
+        must be an integer equal to the rows present (a truncated file fails here).
+      header: the exact column names of the line after the count line (or the first).
+
+    Raises:
+      MalformedDataError: naming the file and line of the first row that breaks the layout.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise MalformedDataError(f"{path}: not a text annotation file ({e.reason})") from None
+    start, stated = 0, None
+    if count_line:
+        first = lines[0].strip() if lines else ""
+        stated = parse_int(first, f"{path}:1", "the row count")
+        start = 1
+    if header is not None:
+        got = tuple(lines[start].split()) if len(lines) > start else ()
+        if got != header:
+            raise MalformedDataError(
+                f"{path}:{start + 1}: header {' '.join(got)!r}, expected {' '.join(header)!r}"
+            )
+        start += 1
+    rows, numbers = [], []
+    for lineno in range(start + skip + 1, len(lines) + 1):
+        fields = lines[lineno - 1].split()
+        if not fields:
+            continue
+        if len(fields) != num_fields:
+            raise MalformedDataError(
+                f"{path}:{lineno}: expected {num_fields} fields, got {len(fields)}: "
+                f"{lines[lineno - 1].strip()[:80]!r}"
+            )
+        rows.append(fields)
+        numbers.append(lineno)
     if not rows:
         raise MalformedDataError(f"{path} has no rows")
-    return rows
+    if stated is not None and stated != len(rows):
+        raise MalformedDataError(
+            f"{path}:1: states {stated} rows, the file has {len(rows)} (truncated or edited?)"
+        )
+    return Table(Path(path), rows, numbers)
+
+
+def load_mat(path: Path, *variables: str) -> dict:
+    """A MATLAB file's variables (`scipy.io.loadmat`, squeezed), checking they exist.
+
+    A truncated or corrupt file, or one without a named variable, raises a one-line
+    `MalformedDataError` naming the file.
+    """
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, squeeze_me=True)
+    except Exception as e:  # scipy raises ValueError, TypeError, OSError... for bad files
+        raise MalformedDataError(f"{path}: not a readable MATLAB file ({e})") from None
+    missing = [v for v in variables if v not in mat]
+    if missing:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise MalformedDataError(f"{path}: no variable {missing[0]!r} (has {found})")
+    return mat
+
+
+def mat_fields(path: Path, struct, *names: str) -> None:
+    """Checks a MATLAB struct array has the named fields (one line naming file and field)."""
+    have = struct.dtype.names or ()
+    for name in names:
+        if name not in have:
+            raise MalformedDataError(f"{path}: annotations have no field {name!r} (have {have})")
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """A zip archive, or a one-line `MalformedDataError` when it is truncated or corrupt."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise MalformedDataError(f"{path}: not a readable zip archive ({e})") from None
 
 
 def encode(values) -> tuple[np.ndarray, list]:
@@ -159,7 +270,8 @@ def require_images(root, files, *, dataset: str, show: int = 3) -> None:
 
     Run at load time, before any training work, so a missing image is reported with the
     count of missing files and the first few paths - never when a worker first decodes it.
-    Names of the form `"<zip>::<member>"` are checked by their archive only.
+    Names of the form `"<zip>::<member>"` are checked against the archive's member list
+    (read once per archive); a truncated or corrupt archive raises `MalformedDataError`.
 
     Args:
       root: folder the relative names are under (absolute names are used as they are).
@@ -167,14 +279,26 @@ def require_images(root, files, *, dataset: str, show: int = 3) -> None:
       dataset: what to call the data in the message.
     """
     root = Path(root).expanduser()
-    seen_archives: dict[str, bool] = {}
+    present: dict[str, bool] = {}  # file -> exists
+    members: dict[str, frozenset | None] = {}  # archive -> member names (None: missing)
     missing = []
     for name in files:
-        path = name.split("::", 1)[0]
-        if path not in seen_archives:
-            seen_archives[path] = (root / path).is_file()  # also right for absolute paths
-        if not seen_archives[path]:
-            missing.append(str(root / path))
+        path, _, member = name.partition("::")
+        if not member:
+            if path not in present:
+                present[path] = (root / path).is_file()  # also right for absolute paths
+            if not present[path]:
+                missing.append(str(root / path))
+            continue
+        if path not in members:
+            archive = root / path
+            if archive.is_file():
+                with open_zip(archive) as z:
+                    members[path] = frozenset(z.namelist())
+            else:
+                members[path] = None
+        if members[path] is None or member not in members[path]:
+            missing.append(str(root / name))
     if missing:
         first = ", ".join(missing[:show])
         raise MissingDataError(

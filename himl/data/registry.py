@@ -1,9 +1,11 @@
-"""`load_dataset(config.data)`: the data source a config names."""
+"""`load_dataset(config.data)`: the data source a config names, and the input it feeds."""
 
 from __future__ import annotations
 
 from himl.data.dataset import Dataset
 from himl.data.embedded import load_embedded, load_fashion_mnist
+
+IN_MEMORY_SHAPES = {"embedded": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
 
 
 def load_dataset(data_config) -> Dataset:
@@ -11,9 +13,31 @@ def load_dataset(data_config) -> Dataset:
         return load_embedded()
     if data_config.name == "fashion_mnist":
         return load_fashion_mnist(data_config.manual_dir)
+    if data_config.name == "custom":
+        from himl.data.custom import load_from_config
+
+        return load_from_config(data_config)
     from himl.data.real import READERS, load_real
 
     if data_config.name in READERS:
         return load_real(data_config)
-    valid = ", ".join(("embedded", "fashion_mnist", *READERS))
+    valid = ", ".join(("embedded", "fashion_mnist", "custom", *READERS))
     raise ValueError(f"unknown dataset {data_config.name!r}; valid: {valid}")
+
+
+def input_spec(data_config) -> tuple[tuple[int, int, int], float]:
+    """`((H, W, C), crop_fraction)` of the images a model of `config.data` was fed, without
+    loading the data: new images are resized (shorter side to `H / crop_fraction`) and
+    centre-cropped to `H x W` the way its evaluation images were."""
+    if data_config.name in IN_MEMORY_SHAPES:
+        return IN_MEMORY_SHAPES[data_config.name], 1.0
+    if data_config.name == "custom":
+        from himl.data.custom import input_shape
+
+        shape = input_shape(data_config)
+        in_memory = str(data_config.custom.source).lower().endswith(".npz")
+        return shape, 1.0 if in_memory else data_config.eval_crop
+    from himl.data.real import CHANNELS
+
+    size = data_config.image_size
+    return (size, size, CHANNELS.get(data_config.name, 3)), data_config.eval_crop

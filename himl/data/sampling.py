@@ -77,7 +77,7 @@ def train_batch(split, sampler: MPerClassSampler, step: int, *, num_views: int) 
 
 
 SAMPLERS = ("m_per_class", "hierarchical")
-AUGMENTATIONS = ("pad_crop", "dml")
+AUGMENTATIONS = ("pad_crop", "dml", "auto")  # auto: pad_crop in memory, dml for image files
 
 
 def make_sampler(data_config, dataset, labels, seed: int):
@@ -121,7 +121,10 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
         raise BatchConfigError(
             f"unknown augmentation {data_config.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}"
         )
-    if data_config.augmentation == "pad_crop":
+    augmentation = data_config.augmentation
+    if augmentation == "auto":
+        augmentation = "pad_crop" if isinstance(split.images, np.ndarray) else "dml"
+    if augmentation == "pad_crop":
         if not isinstance(split.images, np.ndarray):
             raise BatchConfigError("augmentation='pad_crop' needs in-memory images; use 'dml'")
         num_views = data_config.num_views  # read now: the batcher's settings are its reads

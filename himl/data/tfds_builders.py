@@ -23,16 +23,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from himl.data.images import CorruptImageError, FileSource, ZipSource
+from himl.data.images import CorruptImageError, FileSource
 from himl.data.records import MalformedDataError, Records
 
 VERSION = "1.0.0"
 
 
 def raw_source(records: Records):
-    """The records' encoded images straight from the user's files (or zips)."""
-    zipped = bool(records.files) and "::" in records.files[0]
-    return (ZipSource if zipped else FileSource)(records.root, records.files)
+    """The records' encoded images straight from the user's files (or zip members)."""
+    return FileSource(records.root, records.files)
 
 
 class HimlImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -64,6 +63,20 @@ class HimlImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             ),
             disable_shuffling=True,
         )
+
+    # tfds's own messages speak of downloading ("Downloading and preparing dataset Unknown
+    # size"); nothing is downloaded here, so say what happens instead.
+    def _log_download_bytes(self) -> None:
+        parts = ", ".join(f"{p} {b - a}" for p, (a, b) in self._records.parts.items())
+        print(
+            f"himl: writing {self._records.name} ({parts} images) from "
+            f"{self._records.root} as array_record to {self.data_dir} - once; later runs "
+            "read it from there (nothing is downloaded)",
+            flush=True,
+        )
+
+    def _log_download_done(self) -> None:
+        print(f"himl: {self._records.name} written to {self.data_dir}", flush=True)
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the records were parsed from manual_dir already

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from himl.data.dataset import Dataset, Split
 from himl.eval.hierarchical import hierarchical_metrics
-from himl.eval.knn import EvalInputError, as_embeddings
+from himl.eval.knn import EvalInputError, as_embeddings, search_mesh
 from himl.eval.retrieval import query_gallery_retrieval_metrics
 from himl.hierarchy import prefix_ids
 from himl.train.state import embed
@@ -57,6 +57,7 @@ def evaluate_split(
         level_names=levels,
         metric=eval_config.metric,
         block_size=eval_config.block_size,
+        mesh=search_mesh(),  # the gallery sharded over every device when there are several
     )
     metrics["num_samples"] = len(split)
     return metrics, emb
@@ -100,6 +101,7 @@ def evaluate_query_gallery(
             ks=tuple(eval_config.ks),
             metric=eval_config.metric,
             block_size=eval_config.block_size,
+            mesh=search_mesh(),
         )
     return results
 

@@ -62,6 +62,7 @@ def hierarchical_metrics(
     max_k: int = DEFAULT_MAX_K,
     clustering: bool = True,
     average: str = "arithmetic",
+    mesh=None,
 ) -> dict:
     """Every retrieval / clustering metric per level of the label tree, plus mistake severity.
 
@@ -74,6 +75,7 @@ def hierarchical_metrics(
         per-level "num_r_truncated" counts queries whose R was capped).
       clustering: also run k-means per level (NMI/AMI); the expensive part for many classes.
       average: NMI/AMI normaliser for the headline "nmi"/"ami" (see `clustering`).
+      mesh: shard the kNN over this device mesh (`himl.eval.knn.search_mesh()`).
 
     Returns:
       {"<level name>": {"recall@K"..., "precision@1", "r_precision", "map@r", "accuracy@K"...,
@@ -110,7 +112,7 @@ def hierarchical_metrics(
     lca_sum = dict.fromkeys(ks, 0.0)
     sev_sum, num_mistakes = 0.0, 0
 
-    for start, idx, _ in iter_knn(x, k=k, metric=metric, block_size=block_size):
+    for start, idx, _ in iter_knn(x, k=k, metric=metric, block_size=block_size, mesh=mesh):
         sl = slice(start, start + idx.shape[0])
         heights = lca_height(labels_2d[sl][:, None, :], labels_2d[idx])  # [b, k]
         for kk in ks:

@@ -145,10 +145,14 @@ def plot_retrieval_grid(
       query_images: `[Q, H, W]`, `[Q, H, W, C]` or `[Q, C, H, W]` (any range; each image is
         min-max scaled). gallery_images likewise; pass the query arrays again for
         leave-one-out retrieval. knn_indices: `[Q, >=top]` gallery indices (`knn` output).
+      query_labels, gallery_labels: labels (ids or names) shown above the images; frames
+        are green where they match the query's. Both None: no labels, black frames.
       query_ids: which queries to show (default: `num_queries` random ones).
     """
-    q_lab, g_lab = np.asarray(query_labels).ravel(), np.asarray(gallery_labels).ravel()
     idx = np.asarray(knn_indices)
+    known = query_labels is not None and gallery_labels is not None
+    q_lab = np.asarray(query_labels if known else [""] * len(idx)).ravel()
+    g_lab = np.asarray(gallery_labels).ravel() if known else None
     top = min(top, idx.shape[1])
     if query_ids is None:
         rng = np.random.default_rng(seed)
@@ -160,6 +164,9 @@ def plot_retrieval_grid(
     for row, q in enumerate(query_ids):
         cells = [(query_images[q], "black", f"query {q_lab[q]}")]
         for j in idx[q, :top]:
+            if not known:
+                cells.append((gallery_images[j], "black", ""))
+                continue
             hit = g_lab[j] == q_lab[q]
             cells.append((gallery_images[j], "green" if hit else "red", str(g_lab[j])))
         for ax, (img, colour, text) in zip(axes[row], cells, strict=True):
@@ -172,3 +179,13 @@ def plot_retrieval_grid(
                 spine.set_linewidth(3)
             ax.set_title(text, fontsize=7, color=colour)
     return _save(fig, path)
+
+
+def show(path):
+    """Displays a written PNG inline in a notebook (IPython), or prints its path elsewhere."""
+    try:
+        from IPython.display import Image, display
+    except ImportError:  # a plain Python session: nothing to draw on
+        print(path)
+        return
+    display(Image(filename=os.fspath(path)))

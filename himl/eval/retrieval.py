@@ -118,6 +118,7 @@ def retrieval_metrics(
     metric: str = "cosine",
     block_size: int = 4096,
     max_k: int = DEFAULT_MAX_K,
+    mesh=None,
 ) -> dict:
     """Leave-one-out retrieval metrics: every sample queries all the others.
 
@@ -126,6 +127,7 @@ def retrieval_metrics(
       ks: the K of Recall@K (K larger than N - 1 is clipped to N - 1, with a warning).
       metric: "cosine" or "euclidean". block_size: see `himl.eval.knn.knn`.
       max_k: cap on the neighbours fetched for R-Precision / MAP@R (see module doc).
+      mesh: shard the search over this device mesh (`himl.eval.knn.search_mesh()`).
 
     Returns:
       dict of plain floats/ints: "recall@K" per K, "precision@1", "r_precision", "map@r",
@@ -141,7 +143,7 @@ def retrieval_metrics(
     r_all = counts[inverse] - 1
     k = _num_neighbours(ks, int(r_all.max()), n - 1, max_k)
     acc = RankAccumulator(ks, k)
-    for start, idx, _ in iter_knn(embeddings, k=k, metric=metric, block_size=block_size):
+    for start, idx, _ in iter_knn(embeddings, k=k, metric=metric, block_size=block_size, mesh=mesh):
         q = labels[start : start + idx.shape[0]]
         acc.update(labels[idx] == q[:, None], r_all[start : start + idx.shape[0]])
     return acc.result()
@@ -157,6 +159,7 @@ def query_gallery_retrieval_metrics(
     metric: str = "cosine",
     block_size: int = 4096,
     max_k: int = DEFAULT_MAX_K,
+    mesh=None,
 ) -> dict:
     """Query -> gallery retrieval metrics (In-Shop protocol); no sample is excluded.
 
@@ -177,7 +180,13 @@ def query_gallery_retrieval_metrics(
     k = _num_neighbours(ks, int(r_all.max()), g_n, max_k)
     acc = RankAccumulator(ks, k)
     for start, idx, _ in iter_knn(
-        query_emb, gallery_emb, k=k, metric=metric, block_size=block_size, exclude_self=False
+        query_emb,
+        gallery_emb,
+        k=k,
+        metric=metric,
+        block_size=block_size,
+        exclude_self=False,
+        mesh=mesh,
     ):
         q = query_labels[start : start + idx.shape[0]]
         acc.update(gallery_labels[idx] == q[:, None], r_all[start : start + idx.shape[0]])

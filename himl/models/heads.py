@@ -15,8 +15,11 @@ from himl.distances import l2_normalize
 HEADS = ("linear", "hist")
 
 
-def embedding_head(features: jax.Array, *, head: str, embedding_dim: int, normalize: bool):
-    """Heads:
+def embedding_head(
+    features: jax.Array, *, head: str, embedding_dim: int, normalize: bool, dtype=jnp.float32
+):
+    """Heads (the linear layer computes in `dtype`; pooling accumulates and the output
+    `[B, D]` is float32, so the normalisation and the losses run in float32):
 
     - "linear": global average pooling, a linear layer, L2 norm (unless `normalize=False`);
     - "hist": the head of the official HIST ResNet-50 (ljin0429/HIST `code/net/resnet.py`):
@@ -28,9 +31,11 @@ def embedding_head(features: jax.Array, *, head: str, embedding_dim: int, normal
     if head == "hist":
         x = jnp.mean(features, axis=(1, 2)) + jnp.max(features, axis=(1, 2))
         kaiming_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-        x = nn.Dense(embedding_dim, kernel_init=kaiming_fan_out, name="embedding")(x)
+        x = nn.Dense(embedding_dim, kernel_init=kaiming_fan_out, dtype=dtype, name="embedding")(x)
+        x = x.astype(jnp.float32)
         return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name="lnorm")(x)
     if head != "linear":
         raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
-    x = nn.Dense(embedding_dim, name="embedding")(jnp.mean(features, axis=(1, 2)))
+    x = nn.Dense(embedding_dim, dtype=dtype, name="embedding")(jnp.mean(features, axis=(1, 2)))
+    x = x.astype(jnp.float32)
     return l2_normalize(x) if normalize else x

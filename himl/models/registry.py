@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from himl.models.cnn import SmallCNN
 from himl.models.resnet import ResNet
 
 MODELS = ("small_cnn", "resnet50")
+MODEL_DTYPES = ("float32", "bfloat16")
 
 
 def build_model(model_config) -> nn.Module:
-    """ "small_cnn" (uses `model.widths`) or "resnet50"; both take `embedding_dim` and `head`."""
+    """ "small_cnn" (uses `model.widths`) or "resnet50"; both take `embedding_dim`, `head`
+    and `dtype` (compute dtype; absent in configs saved before it existed: float32)."""
+    dtype = jnp.dtype(model_config.get("dtype", "float32"))
     if model_config.name == "small_cnn":
         return SmallCNN(
             widths=tuple(model_config.widths),
             embedding_dim=model_config.embedding_dim,
             head=model_config.head,
+            dtype=dtype,
         )
     if model_config.name == "resnet50":
-        return ResNet(embedding_dim=model_config.embedding_dim, head=model_config.head)
+        return ResNet(embedding_dim=model_config.embedding_dim, head=model_config.head, dtype=dtype)
     raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn, resnet50")
 
 
@@ -36,6 +41,9 @@ def check_model_config(model_config) -> None:
         raise ConfigError(
             f"unknown config.model.head {model_config.head!r}; valid: {', '.join(HEADS)}"
         )
+    dtype = model_config.get("dtype", "float32")  # absent in configs saved before it
+    if dtype not in MODEL_DTYPES:
+        raise ConfigError(f"unknown config.model.dtype {dtype!r}; valid: {', '.join(MODEL_DTYPES)}")
     if not model_config.embedding_dim >= 1:
         raise ConfigError(
             f"config.model.embedding_dim must be >= 1, got {model_config.embedding_dim}"

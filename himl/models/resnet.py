@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,13 +27,18 @@ class Bottleneck(nn.Module):
 
     filters: int
     strides: int = 1
+    dtype: Any = jnp.float32  # compute dtype; parameters and batch statistics stay float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         # torch BatchNorm2d: momentum 0.1 (flax's 0.9), eps 1e-5.
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
         )
         y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
         y = conv(self.filters, (3, 3), strides=self.strides, padding=((1, 1), (1, 1)))(y)
@@ -52,6 +58,7 @@ class ResNet(nn.Module):
     embedding_dim: int = 512
     head: str = "linear"
     normalize: bool = True
+    dtype: Any = jnp.float32  # compute dtype (bfloat16: mixed precision); params float32
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -66,18 +73,30 @@ class ResNet(nn.Module):
             padding=((3, 3), (3, 3)),
             use_bias=False,
             kernel_init=conv_init,
+            dtype=self.dtype,
             name="stem_conv",
         )(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(
-            x
-        )
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            name="stem_bn",
+        )(x)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, blocks in enumerate(self.stage_sizes):
             for block in range(blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = Bottleneck(self.width * 2**stage, strides, name=f"stage{stage}_block{block}")(
-                    x, train
-                )
+                x = Bottleneck(
+                    self.width * 2**stage,
+                    strides,
+                    dtype=self.dtype,
+                    name=f"stage{stage}_block{block}",
+                )(x, train)
         return embedding_head(
-            x, head=self.head, embedding_dim=self.embedding_dim, normalize=self.normalize
+            x,
+            head=self.head,
+            embedding_dim=self.embedding_dim,
+            normalize=self.normalize,
+            dtype=self.dtype,
         )

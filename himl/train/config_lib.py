@@ -18,9 +18,23 @@ from himl.errors import ConfigError, UserError
 from himl.losses import LOSSES, default_hparams
 from himl.losses.registry import check_hparams
 from himl.models.heads import HEADS
-from himl.models.registry import MODELS, check_model_config  # noqa: F401 (re-exported)
+from himl.models.registry import (  # noqa: F401 (MODELS, MODEL_DTYPES re-exported)
+    MODEL_DTYPES,
+    MODELS,
+    check_model_config,
+)
 
-DATASETS = ("embedded", "fashion_mnist", "cub", "cars", "sop", "inshop", "imagenet", "omniglot")
+DATASETS = (
+    "embedded",
+    "fashion_mnist",
+    "custom",
+    "cub",
+    "cars",
+    "sop",
+    "inshop",
+    "imagenet",
+    "omniglot",
+)
 OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
 MODEL_HEADS = HEADS
 SCHEDULES = ("constant", "cosine", "step")
@@ -87,7 +101,14 @@ def _check_data(config, *, num_devices: int) -> None:
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "
             "data.name=fashion_mnist (e.g. --config.data.manual_dir=../shared/data/fashion-mnist)"
         )
-    if config.data.name not in ("embedded", "fashion_mnist") and not config.data.manual_dir:
+    if config.data.name == "custom" and "custom" not in config.data:
+        raise ConfigError(
+            "config.data.name=custom needs the config.data.custom section: use "
+            "--config=configs/custom.py --config.data.custom.source=PATH"
+        )
+    if config.data.name not in ("embedded", "fashion_mnist", "custom") and not (
+        config.data.manual_dir
+    ):
         raise ConfigError(
             f"config.data.manual_dir must point at the downloaded {config.data.name} files "
             f"(--config.data.manual_dir=PATH); nothing is downloaded"

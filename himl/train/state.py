@@ -32,12 +32,16 @@ def _variables(params, batch_stats):
 
 
 def embed(model: nn.Module, params, batch_stats, images, *, train: bool):
-    """Embeddings `[N, D]` of images `[N, H, W, C]` and the updated batch statistics."""
+    """Embeddings `[N, D]` float32 of images `[N, H, W, C]` and the updated batch statistics.
+
+    Whatever the model's compute dtype (bfloat16 under mixed precision), the embeddings are
+    upcast to float32: losses and evaluation see float32.
+    """
     variables = _variables(params, batch_stats)
     if train and batch_stats:
         out, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
-        return out, updates["batch_stats"]
-    return model.apply(variables, images, train=train), batch_stats
+        return out.astype(jnp.float32), updates["batch_stats"]
+    return model.apply(variables, images, train=train).astype(jnp.float32), batch_stats
 
 
 def create_state(

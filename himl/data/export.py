@@ -1,0 +1,75 @@
+"""Write a `Dataset` split out as an image-folder tree or a manifest: the layouts that
+`himl.data.custom` reads, e.g. to start your own data from a built-in one."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from himl.data.dataset import Dataset
+
+
+def _rows(dataset: Dataset, split: str, per_class: int | None) -> np.ndarray:
+    labels = dataset.split(split).labels
+    rows = np.arange(len(labels))
+    if per_class is None:
+        return rows
+    classes = labels[:, dataset.class_level]
+    return np.concatenate([rows[classes == c][:per_class] for c in np.unique(classes)])
+
+
+def _image(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def write_image_tree(
+    dataset: Dataset, root, *, split: str = "train", per_class: int | None = None
+) -> list[Path]:
+    """PNG files `root/<level 0 name>/.../<class name>/<record>.png` of one split.
+
+    Args:
+      dataset: any `Dataset`; the levels down to `class_level` become folders, named by
+        `Dataset.label_name` ("/" in a name becomes "_").
+      root: the folder to write (created).
+      split: which split; per_class: at most this many images of each class (first ones).
+
+    Returns:
+      The written paths, in record order.
+    """
+    root = Path(root)
+    data = dataset.split(split)
+    paths = []
+    for row in _rows(dataset, split, per_class):
+        names = [
+            dataset.label_name(level, int(data.labels[row, level])).replace("/", "_")
+            for level in range(dataset.class_level + 1)
+        ]
+        path = root.joinpath(*names, f"{int(data.labels[row, -1])}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _image(np.asarray(data.images[int(row)])).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_manifest(dataset: Dataset, path, *, splits=("train",), per_class=None) -> Path:
+    """A CSV manifest (`path`, one column per level, `split`) with PNGs beside it in
+    `images/`; the split column keeps the dataset's own split names."""
+    path = Path(path)
+    levels = dataset.eval_level_names
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", *levels, "split"])
+        for split in splits:
+            data = dataset.split(split)
+            for row in _rows(dataset, split, per_class):
+                file = Path("images") / split / f"{int(data.labels[row, -1])}.png"
+                (path.parent / file).parent.mkdir(parents=True, exist_ok=True)
+                _image(np.asarray(data.images[int(row)])).save(path.parent / file)
+                names = [
+                    dataset.label_name(lv, int(data.labels[row, lv])) for lv in range(len(levels))
+                ]
+                writer.writerow([file.as_posix(), *names, split])
+    return path

@@ -1,0 +1,44 @@
+"""The accelerator benchmark command runs end to end at toy sizes and writes its JSON."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "bench_accelerator.py"
+
+
+@pytest.fixture
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_accelerator", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_global_batch_and_knn_sections(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    results = bench.main(
+        [
+            "--sections", "global_batch", "knn",
+            "--start-batch", "64", "--max-batch", "128", "--chunk-size", "32",
+            "--knn-n", "300", "--knn-d", "8", "--repeats", "2", "--out", str(out),
+        ]
+    )  # fmt: skip
+    written = json.loads(out.read_text())
+    assert written["meta"]["device_count"] == 8 and written["meta"]["platform"] == "cpu"
+    runs = [r for r in written["global_batch"] if "loss_ms" in r]
+    assert {(r["loss"], r["B"]) for r in runs} == {
+        (name, b) for name in ("supcon", "himulcone") for b in (64, 128)
+    }
+    assert all(r["bf16_matmul_ms"] > 0 and r["compile_s"] > 0 for r in runs)
+    assert [r["largest_B_run"] for r in written["global_batch"] if "largest_B_run" in r] == [
+        128,
+        128,
+    ]
+    supcon = [r for r in runs if r["loss"] == "supcon"]
+    assert all(r["chunk_size"] == 32 for r in supcon)  # SupCon takes chunk_size=
+    knn = written["knn"]
+    assert knn["devices"] == 8 and 0.0 < knn["recall"]["recall@1"] <= 1.0  # sharded search
+    assert knn["numpy_knn_s"] > 0 and results["knn"]["N"] == 300

@@ -1,0 +1,345 @@
+"""Users' own hierarchical data (`himl.data.custom`): manifests, folder trees, .npz, splits,
+and one clear line for each kind of bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from himl.data import custom
+from himl.data.custom import load_custom
+from himl.data.embedded import load_embedded
+from himl.data.export import write_image_tree, write_manifest
+from himl.data.records import MalformedDataError, MissingDataError
+from himl.errors import UserError
+
+REPO = Path(__file__).parents[1]
+GRAY_28 = {"image_size": 28, "eval_crop": 1.0, "channels": 1, "verbose": False}
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_embedded()
+
+
+@pytest.fixture(scope="module")
+def tree(embedded, tmp_path_factory):
+    """A folder tree group/class/<id>.png: 10 images of each of the 7 seen classes."""
+    root = tmp_path_factory.mktemp("tree")
+    write_image_tree(embedded, root, split="train", per_class=10)
+    return root
+
+
+def _write_csv(path, header, rows, delimiter=","):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _tree_rows(root):
+    """(path relative to root, group, class) of every PNG of the tree."""
+    return [(p.relative_to(root).as_posix(), *p.relative_to(root).parts[:2])
+            for p in sorted(root.rglob("*.png"))]  # fmt: skip
+
+
+# --- the three sources give the same dataset ---------------------------------------------
+
+
+def test_folder_tree_labels_names_and_pixels(tree, embedded):
+    ds = load_custom(tree, levels=("group", "class"), **GRAY_28)
+    assert ds.level_names == ("group", "class", "image")
+    assert ds.class_level == 1
+    assert ds.label_names[0] == ("bags", "bottoms", "dresses", "footwear", "tops")
+    assert set(ds.class_names.values()) == {
+        "Bag", "Coat", "Dress", "Sandal", "Sneaker", "T-shirt_top", "Trouser"
+    }  # fmt: skip
+    everything = np.concatenate([s.labels for s in ds.splits.values()])
+    assert len(everything) == 70
+    assert sorted(everything[:, 2]) == list(range(70))  # the instance column: one per image
+    # Every image decodes to the pixels it was written from (PNG is lossless).
+    train = ds.split("train")
+    source_train = embedded.split("train")
+    for i in range(0, len(train), 7):
+        path = Path(train.images.source.name(int(train.images.indices[i])))
+        original = source_train.images[
+            np.flatnonzero(source_train.labels[:, 2] == int(path.stem))[0]
+        ]
+        np.testing.assert_array_equal(train.images[i], original)
+        group, cls = (ds.label_names[lvl][train.labels[i, lvl]] for lvl in range(2))
+        assert path.parent.name == cls and path.parent.parent.name == group
+
+
+def test_manifest_csv_tsv_jsonl_equal_folder_tree(tree, tmp_path):
+    rows = _tree_rows(tree)
+    by_folder = load_custom(tree, levels=("group", "class"), **GRAY_28)
+    abs_rows = [(str(tree / r[0]), *r[1:]) for r in rows]  # absolute paths work too
+    csv_path = _write_csv(tmp_path / "m.csv", ["path", "group", "class"], abs_rows)
+    tsv_path = _write_csv(tmp_path / "m.tsv", ["class_name", "path", "group", "class"],
+                          [(r[2], *r) for r in abs_rows], delimiter="\t")  # fmt: skip
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(json.dumps({"path": p, "group": g, "class": c}) + "\n"
+                             for p, g, c in abs_rows))  # fmt: skip
+    for source, options in ((csv_path, {}), (tsv_path, {"levels": ("group", "class")}),
+                            (jsonl, {})):  # fmt: skip
+        ds = load_custom(source, **options, **GRAY_28)
+        assert ds.level_names == ("group", "class", "image")
+        for name in ("train", "test"):
+            np.testing.assert_array_equal(ds.split(name).labels, by_folder.split(name).labels)
+            np.testing.assert_array_equal(
+                ds.split(name).images[:5], by_folder.split(name).images[:5]
+            )
+
+
+def test_npz_in_memory_with_names(embedded, tmp_path):
+    train = embedded.split("train")
+    labels = train.labels[:, :2]
+    path = tmp_path / "d.npz"
+    np.savez(path, images=train.images[..., 0], labels=labels,
+             level_names=np.array(["group", "class"]), class_names=np.array(
+                 ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                  "Sneaker", "Bag", "Ankle boot"]))  # fmt: skip
+    ds = load_custom(path, verbose=False)
+    assert isinstance(ds.split("train").images, np.ndarray)
+    assert ds.split("train").images.shape[1:] == (28, 28, 1)
+    assert "Trouser" in ds.class_names.values()
+    total = sum(len(s) for s in ds.splits.values())
+    assert total == len(train)
+    # Dense ids that keep the tree: every class id has one group id.
+    for split in ds.splits.values():
+        for c in np.unique(split.labels[:, 1]):
+            assert len(np.unique(split.labels[split.labels[:, 1] == c, 0])) == 1
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    rows = [(f"{i}.png", "g", str(c)) for i, c in enumerate([10, 2, 2, 10, 33, 33])]
+    for r in rows:
+        (tmp_path / r[0]).write_bytes(b"")
+    table = custom.read_manifest(_write_csv(tmp_path / "m.csv", ["path", "g", "c"], rows))
+    ids, names = custom.encode_levels(table)
+    assert names[1] == ("2", "10", "33")
+    assert ids[:, 1].tolist() == [1, 0, 0, 1, 2, 2]
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def test_dml_split_is_class_disjoint_seeded_and_complete(tree):
+    a = load_custom(tree, split_seed=3, **GRAY_28)
+    b = load_custom(tree, split_seed=3, **GRAY_28)
+    c = load_custom(tree, split_seed=4, test_fraction=0.3, **GRAY_28)
+    train, test = a.split("train").labels, a.split("test").labels
+    assert not set(train[:, 1]) & set(test[:, 1])
+    assert len(np.unique(test[:, 1])) == 4  # round(0.5 * 7)
+    assert len(train) + len(test) == 70
+    np.testing.assert_array_equal(train, b.split("train").labels)
+    assert len(np.unique(c.split("test").labels[:, 1])) == 2  # round(0.3 * 7)
+
+
+def test_dml_split_at_a_coarse_level(tree):
+    ds = load_custom(tree, split_level="level0", **GRAY_28)
+    assert not set(ds.split("train").labels[:, 0]) & set(ds.split("test").labels[:, 0])
+
+
+def test_seen_unseen_protocol(tree):
+    ds = load_custom(tree, protocol="seen_unseen", test_fraction=0.5, seen_test_fraction=0.2,
+                     **GRAY_28)  # fmt: skip
+    train, seen_test, unseen = (ds.split(s).labels for s in ("train", "seen_test", "unseen"))
+    # tops has 2 seen classes (T-shirt, Coat), footwear 2 (Sandal, Sneaker): one of each
+    # group is unseen; groups with one class keep it.
+    assert len(np.unique(unseen[:, 1])) == 2
+    assert set(unseen[:, 0]) <= set(train[:, 0])  # unseen classes under seen groups
+    assert not set(unseen[:, 1]) & set(train[:, 1])
+    assert set(seen_test[:, 1]) == set(train[:, 1])  # the same seen classes, other images
+    assert not set(seen_test[:, 2]) & set(train[:, 2])
+    assert len(seen_test) == 2 * len(np.unique(train[:, 1]))  # round(0.2 * 10) per class
+
+
+def test_split_column_is_used(tree, tmp_path):
+    rows = [
+        (str(tree / p), g, c, "test" if c == "Bag" else "train") for p, g, c in _tree_rows(tree)
+    ]
+    ds = load_custom(_write_csv(tmp_path / "m.csv", ["path", "group", "class", "split"], rows),
+                     **GRAY_28)  # fmt: skip
+    assert sorted(ds.splits) == ["test", "train"]
+    assert {ds.class_names[c] for c in ds.split("test").labels[:, 1]} == {"Bag"}
+
+
+def test_val_fraction_carves_classes(tree):
+    ds = load_custom(tree, val_fraction=0.3, **GRAY_28)
+    assert not set(ds.split("val").labels[:, 1]) & set(ds.split("train_no_val").labels[:, 1])
+
+
+def test_written_manifest_round_trips(embedded, tmp_path):
+    path = write_manifest(embedded, tmp_path / "m.csv", splits=("train", "unseen"), per_class=3)
+    ds = load_custom(path, **GRAY_28)
+    assert sorted(ds.splits) == ["train", "unseen"]
+    assert len(ds.split("unseen")) == 9
+
+
+# --- bad input: one line naming the file and the row -------------------------------------
+
+
+def _manifest(tmp_path, text):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("path,group,class\na.png,g,c\nb.png,g\n", r"m.csv:3: 2 columns, the header has 3"),
+        ("path,group,class\na.png,g,c\nb.png,,c\n", r"m.csv:3: empty value in label column 'gr"),
+        ("file,group\na.png,g\n", r"no path column 'path'"),
+        ("path,group,split\na.png,g,training\n", r"m.csv:2: split 'training' is not one of"),
+        ("path,group\n", r"no rows after the header"),
+        ("", r"empty file"),
+        ("path,group,class\na.png,tops,x\nb.png,shoes,x\n",
+         r"label 'x' \(level 'class'\) is under two parents: 'tops' \(.*m.csv:2\) and 'shoes' "
+         r"\(.*m.csv:3\)"),
+    ],
+)  # fmt: skip
+def test_malformed_manifest_is_one_line(tmp_path, text, expected):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(MalformedDataError, match=expected) as info:
+        load_custom(_manifest(tmp_path, text), **GRAY_28)
+    assert "\n" not in str(info.value)
+
+
+def test_unique_labels_option_separates_same_names(tree, tmp_path):
+    rows = [
+        (str(tree / p), g, "other" if c in ("Coat", "Sandal") else c)
+        for p, g, c in _tree_rows(tree)
+    ]
+    path = _write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows)
+    with pytest.raises(MalformedDataError, match="'other'.*two parents"):
+        load_custom(path, **GRAY_28)
+    ds = load_custom(path, unique_labels=True, **GRAY_28)
+    assert {"tops/other", "footwear/other"} <= set(ds.label_names[1])
+
+
+def test_missing_images_counted_with_rows(tree, tmp_path):
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    rows[5] = (str(tmp_path / "gone.png"), *rows[5][1:])
+    rows[9] = (str(tmp_path / "gone2.png"), *rows[9][1:])
+    path = _write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows)
+    with pytest.raises(
+        MissingDataError, match=r"2 of 70 listed images are missing, e.g. .*m.csv:7: .*gone.png"
+    ):
+        load_custom(path, **GRAY_28)
+
+
+def test_class_with_one_training_image(tree, tmp_path):
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    rows.append((rows[0][0], "bags", "Wallet"))
+    rows = [(*r, "train") for r in rows]
+    path = _write_csv(tmp_path / "m.csv", ["path", "group", "class", "split"], rows)
+    with pytest.raises(MalformedDataError, match=r"class 'Wallet' .* 1 training image .*m.csv:72"):
+        load_custom(path, **GRAY_28)
+
+
+def test_folder_tree_errors(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.png").write_bytes(b"")
+    (tmp_path / "a" / "y.png").write_bytes(b"")
+    with pytest.raises(MalformedDataError, match="different depths"):
+        load_custom(tmp_path, **GRAY_28)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingDataError, match="no image files"):
+        load_custom(tmp_path / "empty", **GRAY_28)
+    with pytest.raises(MalformedDataError, match="directly in the folder"):
+        load_custom(tmp_path / "a" / "b", **GRAY_28)
+    (tmp_path / "a" / "y.png").unlink()
+    with pytest.raises(MalformedDataError, match="2 label folders deep, .* names 1 level"):
+        load_custom(tmp_path, levels=("x",), **GRAY_28)
+    with pytest.raises(MissingDataError, match="does not exist"):
+        load_custom(tmp_path / "nope", **GRAY_28)
+
+
+def test_undecodable_image_names_the_file(tree, tmp_path):
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    rows[0] = (str(bad), *rows[0][1:])
+    ds = load_custom(_write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows), **GRAY_28)
+    split = next(s for s in ds.splits.values() if str(bad) in
+                 [s.images.source.name(int(i)) for i in s.images.indices])  # fmt: skip
+    with pytest.raises(UserError, match=f"cannot decode image {bad}"):
+        split.images[: len(split)]
+
+
+def test_npz_errors(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, images=np.zeros((4, 8, 8), np.float32), labels=np.zeros(4, np.int64))
+    with pytest.raises(MalformedDataError, match="images must be uint8"):
+        load_custom(path, verbose=False)
+    np.savez(path, pictures=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(MalformedDataError, match="no array 'images'"):
+        load_custom(path, verbose=False)
+    np.savez(path, images=np.zeros((4, 8, 8), np.uint8), labels=np.zeros(3, np.int64))
+    with pytest.raises(MalformedDataError, match="labels must be integers"):
+        load_custom(path, verbose=False)
+
+
+# --- through the config and the command line ---------------------------------------------
+
+
+def test_config_and_training_batches(tree):
+    from himl.configs import custom as custom_config
+    from himl.data.registry import input_spec, load_dataset
+    from himl.data.sampling import make_batcher
+
+    config = custom_config.get_config("small")
+    config.data.custom.source = str(tree)
+    config.data.custom.channels = 1
+    config.data.batch_size, config.data.samples_per_class = 6, 2
+    ds = load_dataset(config.data)
+    assert input_spec(config.data) == ((32, 32, 1), 1.0)
+    batch = make_batcher(config.data, ds, seed=0)(0)
+    assert batch["images"].shape == (6, 2, 32, 32, 1)
+    assert batch["labels"].shape == (6, 3)
+
+
+def test_config_rejects_unknown_arg():
+    from himl.configs import custom as custom_config
+
+    with pytest.raises(ValueError, match="unknown arg 'smal'"):
+        custom_config.get_config("smal")
+
+
+@pytest.mark.slow
+def test_himl_train_on_a_folder_tree_and_a_bad_manifest(tree, tmp_path):
+    def train(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "himl.train", "--noprogress", "--config=configs/custom.py:small",
+             f"--workdir={tmp_path / 'run'}", "--config.data.custom.channels=1",
+             "--config.data.batch_size=8", "--config.data.samples_per_class=2",
+             "--config.data.custom.test_fraction=0.3",
+             "--config.train.steps=3", "--config.train.log_every=1", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    result = train(f"--config.data.custom.source={tree}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "split 'test'" in result.stdout
+    bad = _manifest(tmp_path, "path,group\nnope.png,g\n")
+    result = train(f"--config.data.custom.source={bad}", f"--workdir={tmp_path / 'run2'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("himl-train: error: ")
+    assert "1 of 1 listed images are missing" in result.stderr
+
+
+def test_one_call_from_python(tree):
+    import himl.data
+
+    ds = himl.data.load("custom", source=str(tree), channels=1, image_size=28, val_fraction=0.0)
+    assert sorted(ds.splits) == ["test", "train"]
+    with pytest.raises(UserError, match="no field 'sauce'"):
+        himl.data.load("custom", sauce=str(tree))

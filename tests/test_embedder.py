@@ -1,0 +1,149 @@
+"""`himl.load_embedder` and `himl-embed` on a trained work directory."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import himl
+from himl.data.embedded import load_embedded
+from himl.data.export import write_image_tree
+from himl.embedder import EmbedderError
+from himl.eval.evaluator import embed_split
+from himl.eval.run import restore_params
+from himl.train.experiment import build_experiment
+from himl.train.loop import train_and_evaluate
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained work directory (checkpoints at steps 4 and 8) and its config."""
+    from himl.configs import tiny
+
+    config = tiny.get_config()
+    config.train.steps = 8
+    config.eval.splits = ()
+    workdir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(config, workdir, progress=False)
+    return workdir, config
+
+
+@pytest.fixture(scope="module")
+def unseen():
+    return load_embedded().split("unseen")
+
+
+def _reference_embeddings(config, workdir, split, step=None):
+    exp = build_experiment(config)
+    params, batch_stats, _ = restore_params(exp, workdir, step)
+    return embed_split(exp.model, params, batch_stats, split, batch_size=100, progress=False)
+
+
+def test_embed_arrays_equals_the_evaluator(run, unseen):
+    workdir, config = run
+    embedder = himl.load_embedder(workdir, batch_size=24)
+    assert embedder.step == 8 and embedder.input_shape == (28, 28, 1)
+    assert embedder.batch_size % 8 == 0  # split over the 8 test devices
+    got = embedder.embed(unseen.images[:150])
+    np.testing.assert_allclose(got, _reference_embeddings(config, workdir, unseen)[:150], atol=1e-5)
+
+
+def test_step_and_checkpoint_path(run, unseen):
+    workdir, config = run
+    by_step = himl.load_embedder(workdir, step=4).embed(unseen.images[:20])
+    by_path = himl.load_embedder(workdir / "checkpoints" / "4").embed(unseen.images[:20])
+    np.testing.assert_array_equal(by_step, by_path)
+    expected = _reference_embeddings(config, workdir, unseen, step=4)[:20]
+    np.testing.assert_allclose(by_step, expected, atol=1e-5)
+    assert not np.allclose(by_step, himl.load_embedder(workdir).embed(unseen.images[:20]))
+
+
+def test_files_folders_and_resizing(run, unseen, tmp_path):
+    workdir, _ = run
+    embedder = himl.load_embedder(workdir)
+    from himl.data.dataset import Dataset, Split
+
+    small = Dataset("x", ("group", "class", "image"), 1, {0: "a", 1: "b"},
+                    {"train": Split(unseen.images[:12], unseen.labels[:12])})  # fmt: skip
+    paths = write_image_tree(small, tmp_path / "tree")
+    from_files = embedder.embed(paths)
+    np.testing.assert_allclose(from_files, embedder.embed(unseen.images[:12]), atol=1e-6)
+    from_folder = embedder.embed(tmp_path / "tree")  # sorted paths below the folder
+    order = np.argsort([str(p) for p in paths])
+    np.testing.assert_allclose(from_folder, from_files[order], atol=1e-6)
+    # Larger RGB images are converted and resized (shorter side) + centre-cropped.
+    big = np.repeat(np.repeat(unseen.images[:4], 2, axis=1), 2, axis=2).repeat(3, axis=-1)
+    assert embedder.embed(big).shape == (4, 16)
+
+
+def test_gallery_search_is_exact(run, unseen):
+    workdir, _ = run
+    embedder = himl.load_embedder(workdir)
+    gallery = embedder.gallery(unseen.images[:300])
+    queries = unseen.images[300:320]
+    indices, scores = gallery.search(queries, k=5)
+    q = embedder.embed(queries)
+    g = gallery.embeddings
+    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        g / np.linalg.norm(g, axis=1, keepdims=True)
+    ).T
+    for i in range(len(q)):  # brute force, ties to the smaller index
+        best = sorted(range(len(g)), key=lambda j: (-cos[i, j], j))[:5]
+        np.testing.assert_allclose(scores[i], cos[i, best], atol=1e-5)
+        assert set(indices[i]) == set(best) or np.allclose(cos[i, indices[i]], cos[i, best])
+    # Embeddings are accepted as queries too.
+    np.testing.assert_array_equal(gallery.search(q, k=5)[0], indices)
+
+
+def test_errors_are_one_line(run, tmp_path):
+    workdir, _ = run
+    with pytest.raises(EmbedderError, match="does not exist"):
+        himl.load_embedder(tmp_path / "nothing")
+    with pytest.raises(EmbedderError, match=r"no checkpoint for step 5 .* have \[4, 8\]"):
+        himl.load_embedder(workdir, step=5)
+    embedder = himl.load_embedder(workdir)
+    with pytest.raises(EmbedderError, match="cannot read image .*missing.png"):
+        embedder.embed([tmp_path / "missing.png"])
+    with pytest.raises(EmbedderError, match="images must be"):
+        embedder.embed(np.zeros((2, 3), np.uint8))
+
+
+@pytest.mark.slow
+def test_himl_embed_command(run, unseen, tmp_path):
+    workdir, _ = run
+    small_ds = load_embedded()
+    paths = write_image_tree(small_ds, tmp_path / "tree", split="unseen", per_class=5)
+
+    def embed(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "himl.embed_main", "--noprogress", f"--workdir={workdir}",
+             *args],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    out = tmp_path / "e.npz"
+    result = embed(f"--images={tmp_path / 'tree'}", f"--out={out}", f"--query={paths[0]}",
+                   "--k=3", f"--plot={tmp_path / 'grid.png'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    z = np.load(out)
+    assert z["embeddings"].shape == (15, 16)
+    assert list(z["level_names"]) == ["level0", "level1"]
+    assert {tuple(r) for r in z["labels"]} == {
+        ("tops", "Pullover"), ("tops", "Shirt"), ("footwear", "Ankle boot")
+    }  # fmt: skip
+    expected = himl.load_embedder(workdir).embed([Path(p) for p in z["paths"]])
+    np.testing.assert_allclose(z["embeddings"], expected, atol=1e-6)
+    lines = result.stdout.splitlines()
+    first = lines.index(f"query {paths[0]}")
+    assert str(paths[0]) in lines[first + 1]  # the query itself is in the gallery: rank 1
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+    result = embed(f"--images={tmp_path / 'tree'}", f"--query={tmp_path / 'nope.png'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"himl-embed: error: query image {tmp_path / 'nope.png'} does not exist"
+    )
