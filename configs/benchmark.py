@@ -18,6 +18,7 @@ at the pretrained ones (as HIST's official code does).
 """
 
 from himl.configs import default
+from himl.train.config_lib import config_arg
 
 
 def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
@@ -51,7 +52,8 @@ SAMPLER_ARGS = ("m_per_class", "hierarchical")
 
 def apply_arg(config, arg: str):
     """`arg` of `--config=configs/<dataset>.py:ARG`: "" (as is), a sampler of
-    `SAMPLER_ARGS`, or "tiny" (`tiny_variant`)."""
+    `SAMPLER_ARGS`, or "tiny" (`tiny_variant`); anything else is a ConfigError."""
+    arg = config_arg(arg, (*SAMPLER_ARGS, "tiny"), f"{config.data.name}.py")
     if arg == "tiny":
         return tiny_variant(config)
     if arg:

@@ -9,10 +9,11 @@ Arg "fashion_mnist" trains on the full Fashion-MNIST IDX files instead (same spl
 
 import ml_collections
 
-from himl.train.config_lib import loss_config
+from himl.train.config_lib import config_arg, loss_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    arg = config_arg(arg, ("fashion_mnist",), __file__)
     config = ml_collections.ConfigDict()
     config.seed = 0
 

@@ -29,6 +29,7 @@ the results are not comparable to these numbers.
 import ml_collections
 
 from himl.configs import default
+from himl.train.config_lib import config_arg
 
 # Official per-dataset settings (README training commands; the rest are train.py defaults).
 # steps_per_epoch: floor(training images / 32): CUB 5,864, Cars 8,054, SOP 59,551 images.
@@ -98,11 +99,9 @@ def _dataset_base(arg: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "embedded") -> ml_collections.ConfigDict:
-    arg = arg or "embedded"
+    arg = config_arg(arg, ("embedded", *OFFICIAL), __file__) or "embedded"
     if arg == "embedded":
         return _embedded()
-    if arg not in OFFICIAL:
-        raise ValueError(f"unknown HIST config {arg!r}; valid: embedded, {', '.join(OFFICIAL)}")
     o = OFFICIAL[arg]
     config = _dataset_base(arg)
     config.loss.name = "hist"

@@ -1,10 +1,11 @@
 """A seconds-long variant of the default for tests and notebooks."""
 
 from himl.configs import default
+from himl.train.config_lib import config_arg
 
 
 def get_config(arg: str = ""):
-    config = default.get_config(arg)
+    config = default.get_config(config_arg(arg, ("fashion_mnist",), __file__))
     config.data.batch_size = 32
     config.data.samples_per_class = 8
     config.model.widths = (8, 16)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 
 from absl import flags
@@ -17,17 +18,32 @@ from himl.errors import UserError
 
 def _one_line(err: BaseException) -> str:
     text = str(err.args[0]) if err.args else str(err)
+    if "Traceback (most recent call last)" in text:
+        # ml_collections wraps an error raised by a config file's get_config (e.g. an
+        # unknown `:arg`) with its traceback: keep the exception's own message.
+        last = [line for line in text.replace("\\n", "\n").splitlines() if line.strip()][-1]
+        text = re.sub(r"^\s*[\w.]*(Error|Exception)\w*: ", "", last)
     text = " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
     return text[1:-1] if len(text) > 1 and text[0] == text[-1] == "'" else text
 
 
-def with_default_config(argv: list[str], default: str | None) -> list[str]:
+def with_default_config(argv: list[str], default: str | None, program: str = "himl") -> list[str]:
     """`argv` with its `--config=FILE` first (`default` when it names none), as
     ml_collections needs the file before any `--config.x=y` override.
 
     The config flag is defined without a default because ml_collections would load a
     default (and apply overrides) at import time, where errors cannot be reported nicely.
+    `--config FILE` (a space, not `=`) is a one-line error: ml_collections would take
+    FILE for a stray argument after loading the default config.
     """
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--config", "-config"):
+            value = argv[i + 1] if i + 1 < len(argv) else "FILE"
+            print(
+                f"{program}: error: write --config={value} (with '='), not '{arg} {value}'",
+                file=sys.stderr,
+            )
+            sys.exit(2)
     files = [a for a in argv[1:] if a.startswith("--config=")]
     rest = [a for a in argv[1:] if not a.startswith("--config=")]
     if not files and default is not None:

@@ -8,3 +8,8 @@ FileNotFoundError, ...), so library callers can catch either.
 
 class UserError(Exception):
     """Bad input, named clearly enough for the user to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config that names something that does not exist or cannot work (one line naming
+    the key). Raised by each config section's check, before any data is loaded."""

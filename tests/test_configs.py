@@ -20,7 +20,11 @@ VARIANTS = {"default": ["", "fashion_mnist"], "hist": ["", "cub", "cars", "sop"]
 )
 def test_config_validates(name, arg):
     config = importlib.import_module(f"himl.configs.{name}").get_config(arg)
-    if config.data.name != "embedded":
+    if config.data.name == "custom":
+        with pytest.raises(ConfigError, match="config.data.custom.source must point"):
+            validate_config(config)
+        config.data.custom.source = "/data/somewhere.csv"
+    elif config.data.name != "embedded":
         with pytest.raises(ConfigError, match="manual_dir"):
             validate_config(config)
         config.data.manual_dir = "/data/somewhere"

@@ -8,9 +8,12 @@ Reads the four original IDX files (gzip or plain) from a folder the user has, e.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from himl.errors import UserError
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -52,18 +55,39 @@ def _find(folder: Path, stem: str) -> Path:
     )
 
 
+class IDXFileError(UserError, ValueError):
+    """An IDX file that cannot be read (not gzip, truncated, wrong format)."""
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Reads one IDX file (the MNIST format: big-endian dims after a 4-byte magic)."""
+    """Reads one IDX file (the MNIST format: big-endian dims after a 4-byte magic).
+
+    Raises IDXFileError naming the file when it is not gzip despite `.gz`, is cut short
+    (in the gzip stream or in the array), or is not an unsigned-byte IDX file.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except gzip.BadGzipFile as err:
+        raise IDXFileError(
+            f"{path} is not a gzip file ({err}); expected a gzipped IDX file"
+        ) from err
+    except (EOFError, zlib.error) as err:
+        raise IDXFileError(f"{path} is truncated or corrupt (gzip stream: {err})") from err
+    except OSError as err:
+        raise IDXFileError(f"cannot read {path}: {err.strerror or err}") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+        raise IDXFileError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise IDXFileError(f"{path} is truncated: {len(data)} bytes, its header alone needs more")
     dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(int)
     expected = 4 + 4 * ndim + int(np.prod(dims))
     if len(data) != expected:
-        raise ValueError(f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
+        raise IDXFileError(
+            f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -76,7 +100,13 @@ def load_idx_split(folder, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(_find(folder, image_stem))
     labels = read_idx(_find(folder, label_stem)).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{folder}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise IDXFileError(f"{folder}: {images.shape[0]} images but {labels.shape[0]} labels")
+    bad = np.flatnonzero(labels >= len(CLASS_NAMES))
+    if bad.size:
+        raise IDXFileError(
+            f"{folder / label_stem}: row {bad[0]} has label {labels[bad[0]]}, Fashion-MNIST "
+            f"labels are 0..{len(CLASS_NAMES) - 1}"
+        )
     return images, labels
 
 

@@ -127,10 +127,11 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
     if augmentation == "pad_crop":
         if not isinstance(split.images, np.ndarray):
             raise BatchConfigError("augmentation='pad_crop' needs in-memory images; use 'dml'")
+        num_views = data_config.num_views  # read now: the batcher's settings are its reads
         if process_count == 1:
-            return lambda step: train_batch(split, sampler, step, num_views=data_config.num_views)
+            return lambda step: train_batch(split, sampler, step, num_views=num_views)
         return lambda step: _local(
-            train_batch(split, sampler, step, num_views=data_config.num_views),
+            train_batch(split, sampler, step, num_views=num_views),
             process_index,
             process_count,
         )
@@ -151,3 +152,62 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
         process_count=process_count,
     )
     return GrainBatcher(batch_at, num_workers=data_config.num_workers)
+
+
+def check_data_config(data_config, *, num_devices: int = 1) -> None:
+    """Raises BatchConfigError naming the `config.data` batch or augmentation key that
+    cannot work, from the config alone (before any data is loaded)."""
+    batch, per_class = data_config.batch_size, data_config.samples_per_class
+    if batch <= 0 or per_class <= 0 or batch % per_class:
+        raise BatchConfigError(
+            f"config.data.batch_size ({batch}) must be a positive multiple of "
+            f"config.data.samples_per_class ({per_class})"
+        )
+    if batch % num_devices:
+        raise BatchConfigError(
+            f"config.data.batch_size ({batch}) must divide evenly over {num_devices} devices"
+        )
+    if data_config.sampler not in SAMPLERS:
+        raise BatchConfigError(
+            f"unknown config.data.sampler {data_config.sampler!r}; valid: {', '.join(SAMPLERS)}"
+        )
+    if data_config.augmentation not in AUGMENTATIONS:
+        raise BatchConfigError(
+            f"unknown config.data.augmentation {data_config.augmentation!r}; valid: "
+            f"{', '.join(AUGMENTATIONS)}"
+        )
+    at_least = {"num_views": 1, "image_size": 1, "num_workers": 0}
+    for key, low in at_least.items():
+        if key in data_config and not data_config[key] >= low:
+            raise BatchConfigError(f"config.data.{key} must be >= {low}, got {data_config[key]}")
+    ranges = {  # key: (is the value in range, the range in words)
+        "eval_crop": (lambda x: 0 < x <= 1, "(0, 1]"),
+        "color_jitter": (lambda x: 0 <= x <= 1, "[0, 1]"),  # factors 1 +- jitter stay >= 0
+        "val_fraction": (lambda x: 0 <= x < 1, "[0, 1)"),
+    }
+    for key, (ok, text) in ranges.items():
+        if key in data_config and not ok(data_config[key]):
+            raise BatchConfigError(f"config.data.{key} must be in {text}, got {data_config[key]}")
+    for key, high in (("crop_scale", 1.0), ("crop_ratio", float("inf"))):
+        if key in data_config:
+            lo, hi = tuple(data_config[key])
+            if not 0 < lo <= hi <= high:
+                raise BatchConfigError(
+                    f"config.data.{key} must be (min, max) with 0 < min <= max <= {high:g}, "
+                    f"got {tuple(data_config[key])}"
+                )
+
+
+def class_positives(data_config) -> int:
+    """Other samples of its class (views included) each anchor of a batch has: K V - 1
+    for M-per-class batches, at least V for the hierarchical sampler (a same-class
+    partner per anchor when the batch has room for one)."""
+    views = data_config.num_views
+    if data_config.sampler == "hierarchical":
+        return views * (2 if data_config.batch_size >= 2 else 1) - 1
+    return data_config.samples_per_class * views - 1
+
+
+# `config.data` keys the batcher reads that do not change what the batches hold (a resumed
+# run may change them): worker processes only change how fast the same batches arrive.
+NOT_IN_BATCHES = ("num_workers",)

@@ -121,3 +121,39 @@ def evaluate(model, params, batch_stats, dataset: Dataset, eval_config, *, progr
             model, params, batch_stats, dataset, eval_config, progress=progress
         )
     return results
+
+
+def check_eval_config(eval_config) -> None:
+    """Raises ConfigError naming the `config.eval` key the evaluation cannot use (split
+    names are checked against the data by `check_splits`, once it is loaded)."""
+    from himl.errors import ConfigError
+    from himl.eval.knn import METRICS
+
+    ks = tuple(eval_config.ks)
+    if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
+        raise ConfigError(f"config.eval.ks must be a non-empty list of ints >= 1, got {ks}")
+    if eval_config.metric not in METRICS:
+        raise ConfigError(
+            f"unknown config.eval.metric {eval_config.metric!r}; valid: {', '.join(METRICS)}"
+        )
+    for key in ("batch_size", "block_size"):
+        if not eval_config[key] >= 1:
+            raise ConfigError(f"config.eval.{key} must be >= 1, got {eval_config[key]}")
+    if eval_config.query_gallery and len(eval_config.query_gallery) != 2:
+        raise ConfigError(
+            "config.eval.query_gallery must be empty or (query split, gallery split), got "
+            f"{tuple(eval_config.query_gallery)}"
+        )
+
+
+def check_splits(dataset: Dataset, names, *, what: str = "config.eval.splits") -> None:
+    """Raises EvalInputError unless every split in `names` exists in `dataset` and is
+    non-empty: called before any split is embedded."""
+    for name in names:
+        if name not in dataset.splits:
+            raise EvalInputError(
+                f"dataset {dataset.name!r} has no split {name!r} (named by {what}); it has "
+                f"{', '.join(sorted(dataset.splits))}"
+            )
+        if len(dataset.split(name)) == 0:
+            raise EvalInputError(f"split {name!r} of {dataset.name!r} ({what}) is empty")

@@ -54,7 +54,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    sys.argv = with_default_config(sys.argv, None)  # ml_collections reads sys.argv
+    sys.argv = with_default_config(sys.argv, None, "himl-eval")  # ml_collections reads sys.argv
     app.run(main, flags_parser=flags_parser("himl-eval"))
 
 

@@ -20,6 +20,7 @@ numerator window and the denominator, as PML does; their count is "num_r_truncat
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -96,6 +97,15 @@ class RankAccumulator:
 
 
 def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> int:
+    """Neighbours to fetch. A K above the `available` neighbours is clipped to them
+    (Recall@K then equals Recall@available), with a warning naming K."""
+    if max(ks) > available:
+        warnings.warn(
+            f"Recall@K for K in {[k for k in ks if k > available]}: only {available} "
+            f"neighbours exist, so these K are clipped to {available} (their Recall@K is "
+            f"Recall@{available})",
+            stacklevel=3,
+        )
     k = max(max(ks), min(r_max, max_k))
     return max(1, min(k, available))
 
@@ -114,7 +124,7 @@ def retrieval_metrics(
 
     Args:
       embeddings: `[N, D]` floats (NumPy or JAX). labels: `[N]` ints.
-      ks: the K of Recall@K (K larger than N - 1 is clipped to N - 1).
+      ks: the K of Recall@K (K larger than N - 1 is clipped to N - 1, with a warning).
       metric: "cosine" or "euclidean". block_size: see `himl.eval.knn.knn`.
       max_k: cap on the neighbours fetched for R-Precision / MAP@R (see module doc).
       mesh: shard the search over this device mesh (`himl.eval.knn.search_mesh()`).

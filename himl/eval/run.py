@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from himl.configs import default
-from himl.eval.evaluator import evaluate_query_gallery, evaluate_split
+from himl.eval.evaluator import check_splits, evaluate_query_gallery, evaluate_split
 from himl.eval.knn import knn
 from himl.eval.plots import plot_embedding_2d, plot_recall_at_k, plot_retrieval_grid
 from himl.eval.probe import linear_probe, stratified_split
@@ -19,6 +19,7 @@ from himl.eval.report import results_table
 from himl.train.checkpoint import Checkpointer, CheckpointError
 from himl.train.config_lib import ConfigError
 from himl.train.experiment import build_experiment
+from himl.train.workdir import Workdir
 
 
 def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -30,7 +31,7 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     path = workdir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {workdir} a himl-train work directory?")
-    saved = json.loads(path.read_text())
+    saved = Workdir(workdir).saved_config  # one line naming the file if it is garbled
     added = _fill_missing(saved, default.get_config().to_dict())
     if added:
         print(f"note: {path} predates fields {added}; using their defaults", file=sys.stderr)
@@ -65,10 +66,10 @@ def restore_params(exp, workdir: Path, step: int | None):
     ckpt = Checkpointer(directory, every=1, keep=1_000_000)
     available = sorted(ckpt.manager.all_steps())
     if step is not None and step not in available:
-        ckpt.manager.close()
+        ckpt.close()
         raise CheckpointError(f"no checkpoint for step {step} in {directory}; have {available}")
     state = ckpt.restore(exp.initial_state(), step)  # closes the manager itself on failure
-    ckpt.manager.close()
+    ckpt.close()
     return state.params["model"], state.batch_stats["model"], int(state.step)
 
 
@@ -96,8 +97,14 @@ def evaluate_checkpoint(
     workdir, step = split_checkpoint_path(Path(workdir).expanduser(), step)
     config = config if config is not None else load_run_config(workdir)
     exp = build_experiment(config)
-    params, batch_stats, step = restore_params(exp, workdir, step)
     dataset, eval_cfg = exp.dataset, config.eval
+    # Every requested split exists and is non-empty before any is embedded.
+    check_splits(
+        dataset, splits or eval_cfg.splits, what="--splits" if splits else "config.eval.splits"
+    )
+    if eval_cfg.query_gallery and not splits:
+        check_splits(dataset, eval_cfg.query_gallery, what="config.eval.query_gallery")
+    params, batch_stats, step = restore_params(exp, workdir, step)
     levels = dataset.eval_level_names
     out = Path(out_dir) if out_dir else workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -33,3 +33,11 @@ def flatten_views(embeddings, labels, loss_name: str) -> tuple[jax.Array, jax.Ar
         b, v, d = embeddings.shape
         return embeddings.reshape(b * v, d), jnp.repeat(labels, v)
     return embeddings, labels
+
+
+def check_positive(loss_name: str, **hparams) -> None:
+    """Raises ValueError naming the first hyperparameter (a scale, temperature, width) that
+    is not > 0; traced values are skipped (checked where they are Python numbers)."""
+    for name, value in hparams.items():
+        if isinstance(value, int | float) and not value > 0:
+            raise ValueError(f"{loss_name}: {name} must be > 0, got {value}")

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from himl.distances import l2_normalize
-from himl.losses.checks import flatten_views
+from himl.losses.checks import check_positive, flatten_views
 from himl.models.hgnn import HGNN
 
 _HI = jax.lax.Precision.HIGHEST
@@ -149,6 +149,7 @@ def hist_loss_and_aux(
     normalises with the batch's own statistics, so the loss does not depend on
     `hgnn_batch_stats` then) and `hgnn_batch_stats` unchanged with `train=False`.
     """
+    check_positive("hist", tau=tau, hgnn_hidden=hgnn_hidden)
     x, y = flatten_views(embeddings, labels, "hist")
     num_classes = means.shape[0]
     if means.shape != (num_classes, x.shape[1]) or log_vars.shape != means.shape:
@@ -179,6 +180,8 @@ def hist_loss_and_aux(
         new_stats = hgnn_batch_stats
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss = distribution + lambda_s * ce
+    # A label outside 0..C-1 cannot raise under jit: make the loss NaN, not a wrong number.
+    loss = jnp.where(jnp.all((y >= 0) & (y < num_classes)), loss, jnp.nan)
     return loss, {"distribution": distribution, "ce": ce, "batch_stats": new_stats}
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from himl.distances import is_similarity, pairwise
-from himl.losses.checks import flatten_views
+from himl.losses.checks import check_positive, flatten_views
 from himl.losses.supcon import MASKED_LOGIT
 from himl.mining import batch_hard, label_masks, triplet_sums_chunked, triplet_sums_sorted
 
@@ -205,6 +205,7 @@ def multi_similarity(
       >>> round(float(multi_similarity(x, jnp.array([0, 0, 1, 1]))), 4)  # log(1 + e^-1) / 2
       0.1566
     """
+    check_positive("multi_similarity", alpha=alpha, beta=beta)
     mat, inv, pos, neg = prepare(embeddings, labels, "multi_similarity", distance)
     pos_term = _logsumexp_add_one(alpha * _margin(mat, base, inv), pos) / alpha
     neg_term = _logsumexp_add_one(beta * _margin(base, mat, inv), neg) / beta

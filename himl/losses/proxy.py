@@ -4,8 +4,9 @@ Each loss learns one proxy per class, `proxies [C, D]`, passed as an explicit ke
 argument (gradients flow to it like to the embeddings), and created by the matching
 `init_*(rng, *, num_classes, embedding_dim) -> {"proxies": [C, D]}` with the same
 distribution as pytorch-metric-learning (PML). Labels are class indices in `0 .. C-1`;
-a label outside that range would silently select no proxy, so it is rejected with a
-ValueError whenever the labels are concrete (not traced under jit).
+a label outside that range would silently select no proxy (or a clipped one), so it is
+rejected with a ValueError whenever the labels are concrete, and under `jit` (where
+nothing can raise) it makes the loss NaN: never a plausible wrong number.
 
 All three compute in float32 whatever the input dtype (bf16 embeddings or proxies are fine)
 and are finite, with finite gradients, for every legal input (zero vectors included).
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himl.distances import cosine_similarity, squared_euclidean_distance
-from himl.losses.checks import flatten_views
+from himl.losses.checks import check_positive, flatten_views
 from himl.losses.supcon import MASKED_LOGIT
 
 
@@ -74,6 +75,13 @@ def _prepare(embeddings, labels, proxies, loss_name):
     return x.astype(jnp.float32), y, p
 
 
+def _nan_unless_labels_in_range(loss: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
+    """`loss`, or NaN if any label is outside `[0, num_classes)`: under jit such a label
+    cannot raise, and one-hot / take would otherwise return a finite, wrong loss."""
+    in_range = jnp.all((y >= 0) & (y < num_classes))
+    return jnp.where(in_range, loss, jnp.nan)
+
+
 def proxy_anchor(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -92,7 +100,8 @@ def proxy_anchor(
 
     Args:
       embeddings: `[B, D]` or `[B, V, D]` (views share their sample's label).
-      labels: `[B]` integer class indices in `0 .. C-1`.
+      labels: `[B]` integer class indices in `0 .. C-1` (outside: ValueError, or NaN
+        under jit).
       proxies: `[C, D]` learnable class proxies (PML's `loss.proxies`); see
         `init_proxy_anchor`.
       margin: the margin delta (PML default 0.1).
@@ -109,6 +118,7 @@ def proxy_anchor(
       >>> loss.shape
       ()
     """
+    check_positive("proxy_anchor", alpha=alpha)
     x, y, p = _prepare(embeddings, labels, proxies, "proxy_anchor")
     num_classes = p.shape[0]
     cos = cosine_similarity(x, p)  # [N, C]
@@ -116,7 +126,8 @@ def proxy_anchor(
     pos_term = masked_logsumexp(-alpha * (cos - margin), pos_mask, 0, add_one=True)
     neg_term = masked_logsumexp(alpha * (cos + margin), ~pos_mask, 0, add_one=True)
     num_with_pos = jnp.sum(jnp.any(pos_mask, axis=0))
-    return jnp.sum(pos_term) / jnp.maximum(num_with_pos, 1) + jnp.sum(neg_term) / num_classes
+    loss = jnp.sum(pos_term) / jnp.maximum(num_with_pos, 1) + jnp.sum(neg_term) / num_classes
+    return _nan_unless_labels_in_range(loss, y, num_classes)
 
 
 def proxy_nca(
@@ -138,7 +149,8 @@ def proxy_nca(
 
     Args:
       embeddings: `[B, D]` or `[B, V, D]`.
-      labels: `[B]` integer class indices in `0 .. C-1`.
+      labels: `[B]` integer class indices in `0 .. C-1` (outside: ValueError, or NaN
+        under jit).
       proxies: `[C, D]` learnable class proxies; see `init_proxy_nca`.
       softmax_scale: multiplies the negative squared distances (PML default 1).
 
@@ -152,11 +164,12 @@ def proxy_nca(
       >>> float(proxy_nca(x, jnp.array([0, 0, 1, 1, 2, 2]), **p)) > 0
       True
     """
+    check_positive("proxy_nca", softmax_scale=softmax_scale)
     x, y, p = _prepare(embeddings, labels, proxies, "proxy_nca")
     dist2 = squared_euclidean_distance(x, p)  # normalises both
     log_prob = jax.nn.log_softmax(-softmax_scale * dist2, axis=1)
     own = jnp.take_along_axis(log_prob, y[:, None], axis=1)[:, 0]
-    return -jnp.mean(own)
+    return _nan_unless_labels_in_range(-jnp.mean(own), y, p.shape[0])
 
 
 def normalized_softmax(
@@ -172,7 +185,8 @@ def normalized_softmax(
 
     Args:
       embeddings: `[B, D]` or `[B, V, D]`.
-      labels: `[B]` integer class indices in `0 .. C-1`.
+      labels: `[B]` integer class indices in `0 .. C-1` (outside: ValueError, or NaN
+        under jit).
       proxies: `[C, D]` class weights (PML's `loss.W` is `[D, C]`: pass `W.T`); see
         `init_normalized_softmax`.
       temperature: softmax temperature (PML default 0.05).
@@ -187,10 +201,11 @@ def normalized_softmax(
       >>> float(normalized_softmax(x, jnp.array([0, 0, 1, 1, 2, 2]), **p)) > 0
       True
     """
+    check_positive("normalized_softmax", temperature=temperature)
     x, y, p = _prepare(embeddings, labels, proxies, "normalized_softmax")
     log_prob = jax.nn.log_softmax(cosine_similarity(x, p) / temperature, axis=1)
     own = jnp.take_along_axis(log_prob, y[:, None], axis=1)[:, 0]
-    return -jnp.mean(own)
+    return _nan_unless_labels_in_range(-jnp.mean(own), y, p.shape[0])
 
 
 def init_proxy_anchor(rng: jax.Array, *, num_classes: int, embedding_dim: int) -> dict:

@@ -8,6 +8,9 @@ import jax.numpy as jnp
 from himl.models.cnn import SmallCNN
 from himl.models.resnet import ResNet
 
+MODELS = ("small_cnn", "resnet50")
+MODEL_DTYPES = ("float32", "bfloat16")
+
 
 def build_model(model_config) -> nn.Module:
     """ "small_cnn" (uses `model.widths`) or "resnet50" (uses `model.freeze_bn`); both take
@@ -29,3 +32,36 @@ def build_model(model_config) -> nn.Module:
             freeze_bn=model_config.get("freeze_bn", False),
         )
     raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn, resnet50")
+
+
+def check_model_config(model_config) -> None:
+    """Raises ConfigError naming the `config.model` key that cannot build a model."""
+    from himl.errors import ConfigError
+    from himl.models.heads import HEADS
+
+    if model_config.name not in MODELS:
+        raise ConfigError(
+            f"unknown config.model.name {model_config.name!r}; valid: {', '.join(MODELS)}"
+        )
+    if model_config.head not in HEADS:
+        raise ConfigError(
+            f"unknown config.model.head {model_config.head!r}; valid: {', '.join(HEADS)}"
+        )
+    dtype = model_config.get("dtype", "float32")  # absent in configs saved before it
+    if dtype not in MODEL_DTYPES:
+        raise ConfigError(f"unknown config.model.dtype {dtype!r}; valid: {', '.join(MODEL_DTYPES)}")
+    if not model_config.embedding_dim >= 1:
+        raise ConfigError(
+            f"config.model.embedding_dim must be >= 1, got {model_config.embedding_dim}"
+        )
+    for key in ("pretrained", "freeze_bn"):  # torchvision-layout options: resnet50 only
+        if model_config.get(key, None) and model_config.name != "resnet50":
+            raise ConfigError(
+                f"config.model.{key} needs config.model.name=resnet50, not {model_config.name!r}"
+            )
+    if model_config.name == "small_cnn":
+        widths = tuple(model_config.widths)
+        if not widths or min(widths) < 1:
+            raise ConfigError(
+                f"config.model.widths must be a non-empty list of ints >= 1, got {widths}"
+            )

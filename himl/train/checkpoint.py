@@ -16,6 +16,15 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint exists but cannot be restored into this run's state."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """Checkpoint `step` cannot be read (truncated, missing files): internal, reported by
+    `Checkpointer.restore` with the previous intact step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"checkpoint step {step} cannot be read")
+        self.step = step
+
+
 def _key_name(key) -> str:
     for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
         if hasattr(key, attr):
@@ -42,24 +51,22 @@ class Checkpointer:
             max_to_keep=keep, save_interval_steps=max(every, 1), create=True
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._closed = False
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def check_compatible(self, template, step: int) -> None:
         """Raises CheckpointError naming the first array whose path, shape or dtype differs
-        between checkpoint `step` and `template`, from the metadata alone (no restore)."""
+        between checkpoint `step` and `template`, from the metadata alone (no restore);
+        DamagedCheckpoint if the metadata cannot be read."""
         path = self.directory / str(step) / "default"
         try:
             saved = _leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
-            problem = "" if saved else "no arrays in its metadata"
-        except Exception as err:
-            saved, problem = {}, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        if problem:
-            raise CheckpointError(
-                f"cannot read checkpoint step {step} in {self.directory} ({problem}); it is "
-                f"corrupt and was left untouched - {START_OVER}"
-            )
+        except Exception as err:  # orbax raises many types; all mean a damaged checkpoint
+            raise DamagedCheckpoint(step) from err
+        if not saved:
+            raise DamagedCheckpoint(step)
         expected = _leaf_specs(template)
         missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected)
         if missing or extra:
@@ -76,26 +83,52 @@ class Checkpointer:
                     f"model/loss config and was left untouched - {START_OVER}"
                 )
 
-    def restore(self, template, step: int | None = None):
-        """Restores `step` (default: the latest) into the structure and shardings of
-        `template`, after checking shapes against the checkpoint's metadata. The files are
-        left untouched whatever happens."""
-        step = self.latest_step() if step is None else step
-        try:
-            self.check_compatible(template, step)
-        except CheckpointError:
-            self.manager.close()
-            raise
+    def _restore(self, template, step: int):
+        self.check_compatible(template, step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as err:  # orbax raises many types; all mean the same to the user
-            self.manager.close()  # stop its background threads before the error unwinds
+        except Exception as err:  # orbax raises many types; all mean a damaged checkpoint
+            raise DamagedCheckpoint(step) from err
+
+    def _intact_before(self, template, step: int) -> int | None:
+        """The newest step before `step` that restores, or None."""
+        for earlier in sorted((s for s in self.manager.all_steps() if s < step), reverse=True):
+            try:
+                self._restore(template, earlier)
+                return earlier
+            except CheckpointError:
+                continue
+        return None
+
+    def restore(self, template, step: int | None = None):
+        """Restores `step` (default: the latest) into the structure and shardings of
+        `template`, after checking shapes against the checkpoint's metadata. The files are
+        left untouched whatever happens; a damaged (e.g. truncated) checkpoint is reported
+        with the newest intact step before it, to resume from once the damaged one is
+        moved away."""
+        step = self.latest_step() if step is None else step
+        try:
+            return self._restore(template, step)
+        except DamagedCheckpoint:
+            intact = self._intact_before(template, step)
+            self.close()  # stop its background threads before the error unwinds
+            damaged = self.directory / str(step)
+            if intact is None:
+                offer = f"no earlier step is intact - {START_OVER}"
+            else:
+                offer = (
+                    f"step {intact} is intact: move the damaged one out of the way (e.g. mv "
+                    f"{damaged} {self.directory.parent / f'damaged-{step}'}) and run again to "
+                    f"resume from step {intact}, or use another --workdir"
+                )
             raise CheckpointError(
-                f"cannot restore checkpoint step {step} from {self.directory}: "
-                f"{type(err).__name__}: {str(err).splitlines()[0][:300]}. It is corrupt; it was "
-                f"left untouched - {START_OVER}"
-            ) from err
+                f"checkpoint step {step} in {self.directory} cannot be read (truncated or "
+                f"corrupt; left untouched); {offer}"
+            ) from None
+        except CheckpointError:
+            self.close()
+            raise
 
     def save(self, step: int, state, *, force: bool = False) -> bool:
         """Saves if `step` is due (always with `force`) and not saved already."""
@@ -104,5 +137,11 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the save in flight, then stops the manager (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.close()

@@ -8,12 +8,21 @@ function's signature), so `--config.loss.name=...` switches objective and
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import ml_collections
 from ml_collections import config_dict
 
-from himl.errors import UserError
+from himl.errors import ConfigError, UserError
 from himl.losses import LOSSES, default_hparams
+from himl.losses.registry import check_hparams
 from himl.models.heads import HEADS
+from himl.models.registry import (  # noqa: F401 (MODELS, MODEL_DTYPES re-exported)
+    MODEL_DTYPES,
+    MODELS,
+    check_model_config,
+)
 
 DATASETS = (
     "embedded",
@@ -26,15 +35,9 @@ DATASETS = (
     "imagenet",
     "omniglot",
 )
-MODELS = ("small_cnn", "resnet50")
-MODEL_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
 MODEL_HEADS = HEADS
 SCHEDULES = ("constant", "cosine", "step")
-
-
-class ConfigError(UserError, ValueError):
-    """A config that names something that does not exist or cannot work."""
 
 
 def _field(value):
@@ -51,51 +54,56 @@ def loss_config(name: str = "himulcone") -> ml_collections.ConfigDict:
     return cfg
 
 
+def config_arg(arg: str, accepted, config_file: str) -> str:
+    """`arg` (the `FILE.py:ARG` part of `--config`) if `accepted` lists it ("" always is);
+    ConfigError listing what `config_file` accepts otherwise. For each `configs/*.py`:
+
+        def get_config(arg=""):
+            arg = config_arg(arg, ("fashion_mnist",), __file__)
+    """
+    if arg and arg not in accepted:
+        name = Path(config_file).name
+        valid = ", ".join(f"{name}:{a}" for a in accepted) or "no argument"
+        raise ConfigError(f"{name} has no argument {arg!r}; it accepts {valid} (or none)")
+    return arg
+
+
 def _choose(value, valid, what):
     if value not in valid:
         raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def validate_config(config, num_devices: int = 1) -> None:
-    """Raises ConfigError with one clear line for a config that cannot run."""
-    _choose(config.loss.name, tuple(sorted(LOSSES)), "config.loss.name")
-    expected = set(default_hparams(config.loss.name))
-    given = set(config.loss[config.loss.name].keys())
-    if given != expected:
-        raise ConfigError(
-            f"config.loss.{config.loss.name} has keys {sorted(given)}, the loss takes "
-            f"{sorted(expected)}"
-        )
+    """Raises ConfigError (a UserError) with one line naming the key of a config that
+    cannot run, before any data is loaded: each section is checked by the code that uses
+    it (see SECTION_CHECKS)."""
+    for check in SECTION_CHECKS:
+        try:
+            check(config, num_devices=num_devices)
+        except UserError as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(str(err)) from err
+
+
+def _check_top(config, **_) -> None:
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ConfigError(f"config.seed must be an int >= 0, got {config.seed!r}")
+
+
+def _check_data(config, *, num_devices: int) -> None:
+    from himl.data.sampling import check_data_config
+
     _choose(config.data.name, DATASETS, "config.data.name")
-    _choose(config.model.name, MODELS, "config.model.name")
-    _choose(config.optimizer.name, OPTIMIZERS, "config.optimizer.name")
-    _choose(config.optimizer.schedule, SCHEDULES, "config.optimizer.schedule")
-    _choose(config.model.head, MODEL_HEADS, "config.model.head")
-    _validate_backbone_options(config.model)
-    _choose(config.model.get("dtype", "float32"), MODEL_DTYPES, "config.model.dtype")
-    _validate_lr_groups(config.optimizer)
-    batch, per_class = config.data.batch_size, config.data.samples_per_class
-    if batch <= 0 or per_class <= 0 or batch % per_class:
-        raise ConfigError(
-            f"config.data.batch_size ({batch}) must be a positive multiple of "
-            f"config.data.samples_per_class ({per_class})"
-        )
-    if batch % num_devices:
-        raise ConfigError(
-            f"config.data.batch_size ({batch}) must divide evenly over {num_devices} devices"
-        )
-    if config.data.num_views < 1:
-        raise ConfigError(f"config.data.num_views must be >= 1, got {config.data.num_views}")
-    if config.train.steps < 0:
-        raise ConfigError(f"config.train.steps must be >= 0, got {config.train.steps}")
+    check_data_config(config.data, num_devices=num_devices)
     if config.data.name == "fashion_mnist" and not config.data.manual_dir:
         raise ConfigError(
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "
             "data.name=fashion_mnist (e.g. --config.data.manual_dir=../shared/data/fashion-mnist)"
         )
-    if config.data.name == "custom" and "custom" not in config.data:
+    if config.data.name == "custom" and not config.data.get("custom", {}).get("source", ""):
         raise ConfigError(
-            "config.data.name=custom needs the config.data.custom section: use "
+            "config.data.custom.source must point at your manifest, image-folder tree or .npz: "
             "--config=configs/custom.py --config.data.custom.source=PATH"
         )
     if config.data.name not in ("embedded", "fashion_mnist", "custom") and not (
@@ -107,13 +115,90 @@ def validate_config(config, num_devices: int = 1) -> None:
         )
 
 
-def _validate_backbone_options(model) -> None:
-    """`pretrained` (torchvision layout) and `freeze_bn` exist for resnet50 only."""
-    for key in ("pretrained", "freeze_bn"):
-        if model.get(key, None) and model.name != "resnet50":
-            raise ConfigError(
-                f"config.model.{key} needs config.model.name=resnet50, not {model.name!r}"
-            )
+def _check_model(config, **_) -> None:
+    check_model_config(config.model)
+
+
+def _check_loss(config, **_) -> None:
+    """The loss name, its hyperparameters (by the loss's own checks) and whether the
+    batches can hold the positives it needs."""
+    from himl.data.sampling import class_positives
+
+    name = config.loss.name
+    _choose(name, tuple(sorted(LOSSES)), "config.loss.name")
+    expected = set(default_hparams(name))
+    given = set(config.loss[name].keys())
+    if given != expected:
+        raise ConfigError(
+            f"config.loss.{name} has keys {sorted(given)}, the loss takes {sorted(expected)}"
+        )
+    hparams = config.loss[name].to_dict()
+    try:
+        check_hparams(name, hparams, embedding_dim=8, num_views=config.data.num_views)
+    except (ValueError, TypeError) as err:
+        # The hyperparameter the loss's message names (a whole word: "margin" is not in
+        # "triplet_margin"), for a message naming the config key.
+        named = (k for k in hparams if re.search(rf"(?<!\w){k}(?!\w)", str(err)))
+        key = next(named, None)
+        where = f"config.loss.{name}" + (f".{key}" if key else "")
+        raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from err
+    if LOSSES[name].needs_positives and class_positives(config.data) < 1:
+        d = config.data
+        raise ConfigError(
+            f"config.loss.name={name} needs two samples of a class in a batch, but "
+            f"config.data.samples_per_class={d.samples_per_class} x "
+            f"config.data.num_views={d.num_views} gives every sample none: the loss would "
+            "be constant; raise either to 2"
+        )
+
+
+def _check_optimizer(config, **_) -> None:
+    opt = config.optimizer
+    _choose(opt.name, OPTIMIZERS, "config.optimizer.name")
+    _choose(opt.schedule, SCHEDULES, "config.optimizer.schedule")
+    if not opt.learning_rate > 0:  # also catches NaN
+        raise ConfigError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}")
+    for key in ("weight_decay", "warmup_steps", "decay_every"):
+        if key in opt and not opt[key] >= 0:
+            raise ConfigError(f"config.optimizer.{key} must be >= 0, got {opt[key]}")
+    if "decay_factor" in opt and not 0 < opt.decay_factor <= 1:
+        raise ConfigError(
+            f"config.optimizer.decay_factor must be in (0, 1], got {opt.decay_factor}"
+        )
+    _validate_lr_groups(opt)
+
+
+def _check_train(config, **_) -> None:
+    train = config.train
+    if train.steps < 0:
+        raise ConfigError(f"config.train.steps must be >= 0, got {train.steps}")
+    for key in ("log_every", "checkpoint_every"):
+        if not train[key] >= 1:
+            raise ConfigError(f"config.train.{key} must be >= 1, got {train[key]}")
+    if not train.keep_checkpoints >= 1:
+        raise ConfigError(
+            f"config.train.keep_checkpoints must be >= 1 (the newest checkpoints to keep), "
+            f"got {train.keep_checkpoints}"
+        )
+
+
+def _check_eval(config, **_) -> None:
+    from himl.eval.evaluator import check_eval_config
+
+    check_eval_config(config.eval)
+
+
+# One check per config section, in the order a user reads a config; a new field gets its
+# check in its section's function (or the module that function calls).
+SECTION_CHECKS = (
+    _check_top,
+    _check_data,
+    _check_model,
+    _check_loss,
+    _check_optimizer,
+    _check_train,
+    _check_eval,
+)
 
 
 def _validate_lr_groups(opt) -> None:

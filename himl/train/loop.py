@@ -10,23 +10,23 @@ from __future__ import annotations
 import functools
 import json
 import time
-from pathlib import Path
 
 import jax
-import ml_collections
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from himl.data.sampling import make_batcher
-from himl.eval.evaluator import evaluate
+from himl.data.sampling import NOT_IN_BATCHES, make_batcher
+from himl.eval.evaluator import check_splits, evaluate
 from himl.eval.report import results_table
+from himl.train import health
 from himl.train.checkpoint import Checkpointer
-from himl.train.config_lib import ConfigError, validate_config
+from himl.train.config_lib import validate_config
 from himl.train.experiment import build_experiment
 from himl.train.interrupt import Interrupted, StopRequests
 from himl.train.metrics_writer import MetricsWriter
 from himl.train.state import train_step
+from himl.train.workdir import ReadRecorder, Workdir, jsonable
 
 # Config sections that decide the shape of the checkpointed state or the data it saw: a
 # resumed run must agree with the run that wrote the checkpoints on all of them.
@@ -72,63 +72,81 @@ def device_batch(batch: dict, mesh: Mesh) -> dict:
     return jax.tree.map(put, batch)
 
 
-def _select(config, dotted: str):
-    for part in dotted.split("."):
-        config = config[part]
-    return config.to_dict() if hasattr(config, "to_dict") else config
+def make_guarded_step_fn(model, objective, tx, mesh: Mesh):
+    """`jit(step)(state, batch, health) -> (state, metrics, health)`: the train step plus
+    the on-device non-finite record of `himl.train.health` (no host sync)."""
+    replicated, batch_sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def step(state, batch, health_record):
+        new_state, metrics = train_step(state, batch, model=model, objective=objective, tx=tx)
+        health_record = health.update(health_record, state.step, batch, metrics, new_state.params)
+        return new_state, metrics, health_record
+
+    return jax.jit(
+        step,
+        in_shardings=(replicated, batch_sharded, replicated),
+        out_shardings=(replicated, replicated, replicated),
+        donate_argnums=0,
+    )
 
 
-def check_resume_config(config, workdir: Path) -> None:
-    """Saves the config; on resume, fails if it changed in a way the checkpoint cannot follow."""
-    path = workdir / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        for key in RESUME_KEYS:
-            old, new = _select(_as_cfg(saved), key), _select(config, key)
-            if json.dumps(old, sort_keys=True) != json.dumps(_jsonable(new), sort_keys=True):
-                raise ConfigError(
-                    f"{workdir} holds a run with config.{key} = {old}, this run has {new}; "
-                    "use another --workdir (the saved run is left untouched)"
-                )
-    workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(config.to_dict()), indent=2, sort_keys=True))
-
-
-def _as_cfg(d):
-    return ml_collections.ConfigDict(d)
-
-
-def _jsonable(x):
-    return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+def resume_keys(batch_settings) -> tuple[str, ...]:
+    """Config keys a resumed run must share with the run it resumes: what decides the
+    checkpointed state, plus every `config.data` key the batcher read (`batch_settings`,
+    less those that do not change the batches)."""
+    batch_keys = sorted(set(batch_settings) - set(NOT_IN_BATCHES))
+    return (*RESUME_KEYS, *(f"data.{k}" for k in batch_keys))
 
 
 def _train(exp, batcher, state, mesh, ckpt, writer, *, progress):
     """Steps from `state.step` to `config.train.steps`, logging and checkpointing.
 
     Ctrl-C or SIGTERM stops after the current step with a checkpoint and raises
-    `Interrupted`; the same command resumes from there.
+    `Interrupted`; the same command resumes from there. A non-finite step raises
+    NonFiniteError at the next log or checkpoint boundary, before anything is saved.
+    Whatever ends the loop, the checkpoint save in flight is waited for and the manager
+    closed.
     """
     config = exp.config
-    step_fn = make_step_fn(exp.model, exp.objective, exp.tx, mesh)
+    step_fn = make_guarded_step_fn(exp.model, exp.objective, exp.tx, mesh)
+    record = jax.device_put(health.healthy(), NamedSharding(mesh, P()))
     first, total = int(state.step), config.train.steps
     bar = tqdm(total=total, initial=first, desc="training", disable=not progress, unit="step")
+
+    def check():
+        health.raise_if_bad(
+            record,
+            learning_rate=config.optimizer.learning_rate,
+            last_saved=ckpt.latest_step(),
+            directory=ckpt.directory,
+        )
+
     tic = time.time()
-    with StopRequests() as stop, writer:
-        for step in range(first, total):
-            state, metrics = step_fn(state, device_batch(batcher(step), mesh))
-            bar.update(1)
-            if (step + 1) % config.train.log_every == 0 or step + 1 == total:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics["steps_per_second"] = config.train.log_every / (time.time() - tic)
-                tic = time.time()
-                writer.write(step + 1, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-            ckpt.save(step + 1, state)
-            if stop.requested:
-                break
-        bar.close()
-        ckpt.save(int(state.step), state, force=True)
-        ckpt.close()
+    try:
+        with StopRequests() as stop, writer:
+            for step in range(first, total):
+                state, metrics, record = step_fn(state, device_batch(batcher(step), mesh), record)
+                bar.update(1)
+                done = step + 1
+                log_due = done % config.train.log_every == 0 or done == total
+                save_due = ckpt.manager.should_save(done) or done == total or stop.requested
+                if log_due or save_due:
+                    check()  # the only host syncs: here, where the loop waits anyway
+                if log_due:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    metrics["steps_per_second"] = config.train.log_every / (time.time() - tic)
+                    tic = time.time()
+                    writer.write(done, metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if save_due:
+                    ckpt.save(done, state, force=True)
+                if stop.requested:
+                    break
+            bar.close()
+            if total > first or ckpt.latest_step() is None:
+                ckpt.save(int(state.step), state, force=True)
+    finally:
+        ckpt.close()  # waits for the save in flight, on every exit path
         getattr(batcher, "close", lambda: None)()
     if stop.requested:
         tqdm.write(
@@ -139,62 +157,99 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress):
     return state
 
 
-def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
-    """Trains (or resumes) and evaluates; returns the dict also written to metrics.json."""
-    start_time = time.time()
-    validate_config(config, num_devices=jax.device_count())
-    workdir = Path(workdir).expanduser()
-    check_resume_config(config, workdir)
-    exp = build_experiment(config)
-    dataset, model = exp.dataset, exp.model
-    # Before any expensive work: fails at once if the data cannot fill the batches.
-    batcher = make_batcher(config.data, dataset, config.seed)
-    mesh = make_mesh()
-    state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
-
-    untrained = evaluate(
-        model,
-        state.params["model"],
-        state.batch_stats["model"],
-        dataset,
-        config.eval,
-        progress=progress,
-    )
-
-    ckpt = Checkpointer(
-        workdir / "checkpoints",
+def _checkpointer(run_dir, config) -> Checkpointer:
+    return Checkpointer(
+        run_dir.checkpoints,
         every=config.train.checkpoint_every,
         keep=config.train.keep_checkpoints,
     )
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
 
-    state = _train(exp, batcher, state, mesh, ckpt, MetricsWriter(workdir), progress=progress)
 
-    trained = evaluate(
-        model,
+def _read_untrained(path) -> dict | None:
+    """The untrained evaluation a resumed run's first attempt saved (None if it has none)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        tqdm.write(f"note: {path} is missing or unreadable; the untrained results are omitted")
+        return None
+
+
+def _evaluate(exp, state, progress):
+    return evaluate(
+        exp.model,
         state.params["model"],
         state.batch_stats["model"],
-        dataset,
-        config.eval,
+        exp.dataset,
+        exp.config.eval,
         progress=progress,
     )
-    with MetricsWriter(workdir) as writer:
+
+
+def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
+    """Trains (or resumes) and evaluates; returns the dict also written to metrics.json.
+
+    Order: config checks, work directory checks, data, batches, checkpoint restore - and
+    only then is anything in `workdir` written (see `himl.train.workdir`).
+    """
+    start_time = time.time()
+    validate_config(config, num_devices=jax.device_count())
+    run_dir = Workdir(workdir)
+    run_dir.check_resume(config, RESUME_KEYS)  # the part that needs no data: fail early
+    exp = build_experiment(config)
+    dataset = exp.dataset
+    check_splits(dataset, [config.data.train_split], what="config.data.train_split")
+    check_splits(dataset, config.eval.splits)
+    check_splits(dataset, config.eval.query_gallery, what="config.eval.query_gallery")
+    # Before any expensive work: fails at once if the data cannot fill the batches.
+    settings = ReadRecorder(config.data)
+    batcher = make_batcher(settings, dataset, config.seed)
+    ckpt = None
+    try:
+        run_dir.check_resume(config, resume_keys(settings.keys_read))
+        mesh = make_mesh()
+        state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
+        resumed = run_dir.holds_run()
+        untrained_path = run_dir.path / "untrained.json"
+        if resumed:
+            ckpt = _checkpointer(run_dir, config)
+            state = ckpt.restore(state)  # closes the manager itself if it fails
+            tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
+            untrained = _read_untrained(untrained_path)  # evaluated once, by the first run
+        else:
+            untrained = _evaluate(exp, state, progress)
+        run_dir.start(config)  # the run is known valid: from here on the workdir changes
+        if not resumed:
+            ckpt = _checkpointer(run_dir, config)
+            untrained_path.write_text(json.dumps(untrained, indent=2))
+    except BaseException:
+        if ckpt is not None:
+            ckpt.close()
+        getattr(batcher, "close", lambda: None)()
+        raise
+
+    state = _train(exp, batcher, state, mesh, ckpt, MetricsWriter(run_dir.path), progress=progress)
+
+    trained = _evaluate(exp, state, progress)
+    with MetricsWriter(run_dir.path) as writer:
         for split, by_level in trained.items():
             for level in dataset.eval_level_names:
+                if level not in by_level:
+                    continue
                 scalars = {k: v for k, v in by_level[level].items() if isinstance(v, float)}
                 writer.write(
                     int(state.step), {f"eval/{split}/{level}/{k}": v for k, v in scalars.items()}
                 )
+    results = {"untrained": untrained, "trained": trained}
+    if untrained is None:  # resumed from a run older than untrained.json
+        del results["untrained"]
     summary = {
         "step": int(state.step),
         "dataset": dataset.name,
         "level_names": list(dataset.eval_level_names),
-        "results": {"untrained": untrained, "trained": trained},
+        "results": results,
         "wall_time_s": time.time() - start_time,
-        "config": _jsonable(config.to_dict()),
+        "config": jsonable(config.to_dict()),
     }
-    (workdir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (run_dir.path / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(results_table(summary["results"], dataset.eval_level_names, tuple(config.eval.ks)))
     return summary

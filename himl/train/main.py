@@ -53,7 +53,8 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
-    sys.argv = with_default_config(sys.argv, DEFAULT_CONFIG)  # ml_collections reads sys.argv
+    # ml_collections reads sys.argv
+    sys.argv = with_default_config(sys.argv, DEFAULT_CONFIG, "himl-train")
     app.run(main, flags_parser=flags_parser("himl-train"))
 
 

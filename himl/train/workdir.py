@@ -1,0 +1,155 @@
+"""A work directory's state, checked before a run changes anything in it.
+
+A work directory holds a run once it holds a checkpoint (`checkpoints/<step>/`). Until the
+new run is known to be valid (config checked, data loaded, batches made, checkpoint
+restored), nothing in the directory is created, moved or rewritten - `config.json`
+included. A directory with files of an earlier attempt but no checkpoint starts over, and
+says so, after moving those files into `previous-<n>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from himl.errors import ConfigError, UserError
+
+# Files a run writes at the top of its work directory (plus TensorBoard event files).
+RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "untrained.json")
+EVENTS = "events.out.tfevents.*"
+
+
+class WorkdirError(UserError, ValueError):
+    """A work directory that cannot hold this run (a file, a garbled config, another run)."""
+
+
+class ReadRecorder:
+    """Wraps a config section and records which keys are read (`.keys_read`): the batch
+    settings are exactly what the batcher reads, not a hand-kept list."""
+
+    def __init__(self, section):
+        self._section = section
+        self.keys_read: set[str] = set()
+
+    def __getattr__(self, key):
+        if key.startswith("_"):
+            raise AttributeError(key)
+        self.keys_read.add(key)
+        return getattr(self._section, key)
+
+    def __getitem__(self, key):
+        self.keys_read.add(key)
+        return self._section[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._section
+
+    def get(self, key, default=None):
+        self.keys_read.add(key)
+        return self._section.get(key, default)
+
+
+def _select(tree, dotted: str):
+    """`tree["a"]["b"]` for "a.b"; a missing key gives `_MISSING`."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+_MISSING = object()
+
+
+def jsonable(x):
+    """A config dict as plain JSON values (tuples become lists)."""
+    return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+class Workdir:
+    def __init__(self, path):
+        self.path = Path(path).expanduser()
+        self.checkpoints = self.path / "checkpoints"
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkdirError(f"--workdir {self.path} is a file, not a directory")
+        self.saved_config = self._read_config()
+
+    def _read_config(self) -> dict | None:
+        path = self.path / "config.json"
+        if not path.exists():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise WorkdirError(
+                f"{path} is not valid JSON ({err.__class__.__name__} at {_where(err)}): "
+                "restore it, or use another --workdir"
+            ) from err
+        if not isinstance(saved, dict):
+            raise WorkdirError(f"{path} holds a {type(saved).__name__}, not a config object")
+        return saved
+
+    def holds_run(self) -> bool:
+        """Whether the directory holds a checkpoint (a step folder under checkpoints/)."""
+        return self.checkpoints.is_dir() and any(
+            p.name.isdigit() for p in self.checkpoints.iterdir()
+        )
+
+    def check_resume(self, config, keys) -> None:
+        """Raises WorkdirError if the run held here differs from `config` at any of `keys`
+        (dotted config paths). Changes nothing."""
+        if not self.holds_run():
+            return
+        if self.saved_config is None:
+            raise WorkdirError(
+                f"{self.checkpoints} holds checkpoints but {self.path / 'config.json'} is "
+                "missing, so the run's settings cannot be checked: restore it, or use "
+                "another --workdir"
+            )
+        new_config = jsonable(config.to_dict())
+        for key in keys:
+            old, new = _select(self.saved_config, key), _select(new_config, key)
+            if old is _MISSING:  # a field added after the run was made
+                continue
+            if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+                raise ConfigError(
+                    f"{self.path} holds a run with config.{key} = {old}, this run has {new}; "
+                    "use another --workdir (the saved run is left untouched)"
+                )
+
+    def leftovers(self) -> list[Path]:
+        """Files of an earlier attempt that never saved a checkpoint."""
+        if not self.path.is_dir():
+            return []
+        found = [self.path / n for n in RUN_FILES if (self.path / n).exists()]
+        return found + sorted(self.path.glob(EVENTS))
+
+    def start(self, config) -> None:
+        """Called once the run is known to be valid: sets the directory up and writes
+        `config.json`. Files of an attempt without a checkpoint are moved away, loudly."""
+        if not self.holds_run():
+            old = self.leftovers()
+            if old:
+                n = 1
+                while (self.path / f"previous-{n}").exists():
+                    n += 1
+                keep = self.path / f"previous-{n}"
+                keep.mkdir()
+                for path in old:
+                    path.rename(keep / path.name)
+                print(
+                    f"note: {self.path} holds no checkpoint: starting over from step 0; the "
+                    f"earlier attempt's {', '.join(p.name for p in old[:4])}"
+                    f"{'...' if len(old) > 4 else ''} moved to {keep}",
+                    file=sys.stderr,
+                )
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / "config.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(jsonable(config.to_dict()), indent=2, sort_keys=True))
+        tmp.replace(path)  # atomic: a kill never leaves a half-written config.json
+
+
+def _where(err) -> str:
+    return f"line {err.lineno} column {err.colno}" if hasattr(err, "lineno") else "its bytes"
