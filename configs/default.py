@@ -9,7 +9,7 @@ Arg "fashion_mnist" trains on the full Fashion-MNIST IDX files instead (same spl
 
 import ml_collections
 
-from himl.train.config_lib import config_arg, loss_config
+from himl.config_lib import config_arg, loss_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -80,5 +80,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.ks = (1, 2, 4, 8)
     config.eval.metric = "cosine"
     config.eval.batch_size = 500
+    # Evaluators (himl/eval/evaluators.py): the same ones in training and in himl-eval.
+    config.eval.evaluators = ("retrieval", "query_gallery", "linear_probe")
+    config.eval.every = 0  # also evaluate every this many steps (0: before and after only)
+    config.eval.at_start = True  # evaluate the untrained embedding of a fresh run
     config.eval.block_size = 4096
     return config

@@ -28,8 +28,8 @@ the results are not comparable to these numbers.
 
 import ml_collections
 
+from himl.config_lib import config_arg
 from himl.configs import default
-from himl.train.config_lib import config_arg
 
 # Official per-dataset settings (README training commands; the rest are train.py defaults).
 # steps_per_epoch: floor(training images / 32): CUB 5,864, Cars 8,054, SOP 59,551 images.

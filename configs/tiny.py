@@ -1,7 +1,7 @@
 """A seconds-long variant of the default for tests and notebooks."""
 
+from himl.config_lib import config_arg
 from himl.configs import default
-from himl.train.config_lib import config_arg
 
 
 def get_config(arg: str = ""):

@@ -15,18 +15,11 @@ are split over every local device.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -35,65 +28,13 @@ from himl.data.images import decode, eval_transform
 from himl.data.registry import input_spec
 from himl.errors import UserError
 from himl.eval.knn import knn
+from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
+from himl.runs import load_run_config, restore_model_variables, split_checkpoint_path
 
 
 class EmbedderError(UserError, ValueError):
     """A work directory, checkpoint or image the embedder cannot use."""
-
-
-def checkpoint_steps(workdir: Path) -> list[int]:
-    """The steps saved in `<workdir>/checkpoints`, ascending."""
-    directory = workdir / "checkpoints"
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
-
-def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
-    """The config a run saved in `<workdir>/config.json` (fields added since: defaults)."""
-    from himl.eval.run import load_run_config  # fills fields added after the run was made
-
-    return load_run_config(workdir)
-
-
-def restore_model_variables(model, config, workdir: Path, step: int | None = None):
-    """`(variables, step)`: the model's params (and batch stats) from a checkpoint only.
-
-    A partial restore: the optimizer state and the loss's variables stay on disk.
-    """
-    steps = checkpoint_steps(workdir)
-    if not steps:
-        raise EmbedderError(f"no checkpoint in {workdir / 'checkpoints'}: train first")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise EmbedderError(f"no checkpoint for step {step} in {workdir}; have {steps}")
-    shape, _ = input_spec(config.data)
-    dummy = jnp.zeros((1, *shape), jnp.float32)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
-    item = {"params": {"model": abstract["params"]}}
-    if abstract.get("batch_stats"):
-        item["batch_stats"] = {"model": abstract["batch_stats"]}
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), item)
-    path = workdir / "checkpoints" / str(step) / "default"
-    try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            out = checkpointer.restore(
-                path,
-                args=ocp.args.PyTreeRestore(
-                    item=item, restore_args=restore_args, partial_restore=True
-                ),
-            )
-    except Exception as err:  # orbax raises many types; all mean "not this model"
-        raise EmbedderError(
-            f"cannot read the model of checkpoint {path.parent} with the run's config "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-        ) from err
-    variables = {"params": out["params"]["model"]}
-    if "batch_stats" in out:
-        variables["batch_stats"] = out["batch_stats"]["model"]
-    return variables, step
 
 
 def list_images(folder) -> list[Path]:
@@ -114,16 +55,12 @@ class Embedder:
 
     def __init__(self, model, variables, *, input_shape, crop_fraction, metric="cosine",
                  config=None, step=None, batch_size: int = 128):  # fmt: skip
-        self.model, self.variables = model, variables
+        self.model = model
         self.input_shape, self.crop_fraction = tuple(input_shape), crop_fraction
         self.metric, self.config, self.step = metric, config, step
-        devices = jax.local_devices()
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple
-        mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-        self._batch_sharding = NamedSharding(mesh, P("data"))
-        self.variables = jax.device_put(variables, NamedSharding(mesh, P()))
-        # One compiled function per batch shape: every batch is padded to batch_size.
-        self._apply = jax.jit(functools.partial(model.apply, train=False))
+        self._embed = EmbeddingFunction(model, batch_size=batch_size)  # compiled once
+        self.batch_size = self._embed.batch_size  # a multiple of the local devices
+        self.variables = self._embed.replicate(variables)
 
     # --- preprocessing ---
     def load_image(self, path) -> np.ndarray:
@@ -190,13 +127,7 @@ class Embedder:
         return np.concatenate(chunks)
 
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        x = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch
-        x = np.asarray(x, np.float32)
-        if n < self.batch_size:  # pad: one compiled shape
-            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), np.float32)])
-        out = self._apply(self.variables, jax.device_put(x, self._batch_sharding))
-        return np.asarray(out, np.float32)[:n]
+        return self._embed.batch(self.variables, batch)
 
     def gallery(self, images, *, labels=None, progress: bool = False) -> Gallery:
         """Embeds `images` once and returns a searchable `Gallery` of them."""
@@ -247,15 +178,13 @@ def load_embedder(workdir, step: int | None = None, *, batch_size: int = 128) ->
       step: the checkpoint step (default: the latest).
       batch_size: images per compiled call (rounded up to a multiple of the devices).
     """
-    workdir = Path(workdir).expanduser()
-    if workdir.name.isdigit() and workdir.parent.name == "checkpoints":
-        workdir, step = workdir.parent.parent, int(workdir.name) if step is None else step
+    workdir, step = split_checkpoint_path(workdir, step)
     if not workdir.is_dir():
         raise EmbedderError(f"work directory {workdir} does not exist")
-    config = read_run_config(workdir)
+    config = load_run_config(workdir)
     model = build_model(config.model)
-    variables, step = restore_model_variables(model, config, workdir, step)
     shape, crop = input_spec(config.data)
+    variables, step = restore_model_variables(model, shape, workdir, step)
     return Embedder(
         model, variables, input_shape=shape, crop_fraction=crop, metric=config.eval.metric,
         config=config, step=step, batch_size=batch_size,

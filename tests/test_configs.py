@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from himl.train.config_lib import ConfigError, validate_config
+from himl.config_lib import ConfigError, validate_config
 
 CONFIGS = sorted(
     p.stem

@@ -9,9 +9,9 @@ from conftest import SHARED_DATA
 from test_data_readers import write_cub, write_inshop
 
 import himl.data
+from himl.config_lib import validate_config
 from himl.data.real import read_records
 from himl.data.records import UnknownOptionError
-from himl.train.config_lib import validate_config
 
 DATASET_CONFIGS = ("cub", "cars", "sop", "inshop", "imagenet", "omniglot")
 

@@ -11,9 +11,10 @@ import himl
 from himl.data.embedded import load_embedded
 from himl.data.export import write_image_tree
 from himl.embedder import EmbedderError
-from himl.eval.evaluator import embed_split
-from himl.eval.run import restore_params
-from himl.train.experiment import build_experiment
+from himl.errors import UserError
+from himl.models.inference import EmbeddingFunction
+from himl.models.registry import build_model
+from himl.runs import restore_model_variables
 from himl.train.loop import train_and_evaluate
 
 REPO = Path(__file__).parents[1]
@@ -38,9 +39,10 @@ def unseen():
 
 
 def _reference_embeddings(config, workdir, split, step=None):
-    exp = build_experiment(config)
-    params, batch_stats, _ = restore_params(exp, workdir, step)
-    return embed_split(exp.model, params, batch_stats, split, batch_size=100, progress=False)
+    # The evaluator's path: the model's variables of the checkpoint, the shared embedding fn.
+    model = build_model(config.model)
+    variables, _ = restore_model_variables(model, split.images.shape[1:], workdir, step)
+    return EmbeddingFunction(model, batch_size=100)(variables, split.images)
 
 
 def test_embed_arrays_equals_the_evaluator(run, unseen):
@@ -103,7 +105,7 @@ def test_errors_are_one_line(run, tmp_path):
     workdir, _ = run
     with pytest.raises(EmbedderError, match="does not exist"):
         himl.load_embedder(tmp_path / "nothing")
-    with pytest.raises(EmbedderError, match=r"no checkpoint for step 5 .* have \[4, 8\]"):
+    with pytest.raises(UserError, match=r"no checkpoint for step 5 .* have \[4, 8\]"):
         himl.load_embedder(workdir, step=5)
     embedder = himl.load_embedder(workdir)
     with pytest.raises(EmbedderError, match="cannot read image .*missing.png"):

@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from himl.data.registry import load_dataset
 from himl.eval import hierarchical_metrics
-from himl.eval.evaluator import embed_split
-from himl.eval.run import restore_params
-from himl.train.experiment import build_experiment
+from himl.models.inference import EmbeddingFunction
+from himl.models.registry import build_model
+from himl.runs import restore_model_variables
 from himl.train.loop import train_and_evaluate
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -51,10 +52,9 @@ def test_eval_binary_json_matches_library(trained_workdir, tmp_path):
         assert (tmp_path / plot).stat().st_size > 1000
 
     # The same numbers straight from the library on the restored parameters.
-    exp = build_experiment(config)
-    params, batch_stats, _ = restore_params(exp, workdir, None)
-    split = exp.dataset.split("unseen")
-    emb = embed_split(exp.model, params, batch_stats, split, batch_size=128, progress=False)
+    model, split = build_model(config.model), load_dataset(config.data).split("unseen")
+    variables, _ = restore_model_variables(model, split.images.shape[1:], workdir)
+    emb = EmbeddingFunction(model, batch_size=128)(variables, split.images)
     expected = hierarchical_metrics(
         emb, split.labels[:, :2], ks=tuple(config.eval.ks), level_names=("group", "class")
     )

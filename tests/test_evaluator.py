@@ -1,15 +1,22 @@
-"""The evaluator on a hand-made dataset: per-level metrics and query -> gallery retrieval."""
+"""Evaluators (`himl.eval.evaluators`) on a hand-made dataset: one interface, the name ->
+evaluator table, each split embedded once, and periodic evaluation during training."""
+
+import json
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
+from himl.config_lib import validate_config
 from himl.data.dataset import Dataset, Split
-from himl.eval import hierarchical_metrics, query_gallery_retrieval_metrics
-from himl.eval.evaluator import embed_split, evaluate
+from himl.errors import ConfigError
+from himl.eval import hierarchical_metrics, linear_probe, query_gallery_retrieval_metrics
+from himl.eval.evaluators import EVALUATORS, build_evaluators, run_evaluators
 from himl.eval.knn import EvalInputError
+from himl.eval.probe import stratified_split
 from himl.models.cnn import SmallCNN
+from himl.models.inference import EmbeddingFunction
 
 
 def _split(rng, n, first_id):
@@ -25,7 +32,7 @@ def setup():
     splits["train"] = splits["gallery"]
     dataset = Dataset("toy", ("group", "class", "instance"), 1, {}, splits)
     model = SmallCNN(widths=(4,), embedding_dim=8)
-    params = model.init(jax.random.key(0), np.zeros((1, 12, 12, 1), np.float32))["params"]
+    variables = model.init(jax.random.key(0), np.zeros((1, 12, 12, 1), np.float32))
     config = ml_collections.ConfigDict(
         dict(
             splits=("query",),
@@ -34,19 +41,37 @@ def setup():
             metric="cosine",
             batch_size=16,
             block_size=32,
+            evaluators=("retrieval", "query_gallery", "linear_probe"),
         )
     )
-    return dataset, model, params, config
+    return dataset, model, variables, config
 
 
-def test_per_level_and_query_gallery_match_the_metric_functions(setup):
-    dataset, model, params, config = setup
-    results = evaluate(model, params, {}, dataset, config, progress=False)
-    q = embed_split(model, params, {}, dataset.split("query"), batch_size=7, progress=False)
-    g = embed_split(model, params, {}, dataset.split("gallery"), batch_size=7, progress=False)
+def _run(dataset, model, variables, config, calls=None):
+    embed_fn = EmbeddingFunction(model, batch_size=config.batch_size)
+
+    def embed(name):
+        if calls is not None:
+            calls.append(name)
+        return embed_fn(variables, dataset.split(name).images)
+
+    return run_evaluators(build_evaluators(config, dataset, seed=0), embed)
+
+
+def test_every_evaluator_matches_the_metric_functions(setup):
+    dataset, model, variables, config = setup
+    calls = []
+    results = _run(dataset, model, variables, config, calls)
+    assert sorted(calls) == ["gallery", "query"]  # each split embedded once for 3 evaluators
+    embed = EmbeddingFunction(model, batch_size=7)  # another batch size: the same vectors
+    q, g = (
+        embed(variables, dataset.split("query").images),
+        embed(variables, dataset.split("gallery").images),
+    )
     ql, gl = dataset.split("query").labels, dataset.split("gallery").labels
     expected = hierarchical_metrics(q, ql[:, :2], ks=(1, 3), level_names=("group", "class"))
     assert results["query"]["class"]["map@r"] == pytest.approx(expected["class"]["map@r"])
+    assert results["query"]["num_samples"] == 30
     for depth, level in ((1, "group"), (2, "class")):
         # Prefix ids by hand: group is column 0, class determines group.
         qi, gi = ql[:, depth - 1], gl[:, depth - 1]
@@ -54,11 +79,58 @@ def test_per_level_and_query_gallery_match_the_metric_functions(setup):
         got = results["query->gallery"][level]
         for key in ("recall@1", "recall@3", "map@r", "precision@1"):
             assert got[key] == pytest.approx(want[key], rel=1e-6), (level, key)
+    train = stratified_split(ql[:, 1], train_fraction=0.5, seed=0)
+    probe = linear_probe(q[train], ql[train, 1], q[~train], ql[~train, 1], seed=0)
+    assert results["query"]["linear_probe"]["accuracy"] == pytest.approx(probe["accuracy"])
 
 
-def test_empty_split_is_a_clear_error(setup):
-    dataset, model, params, config = setup
+def test_the_table_picks_what_runs(setup):
+    dataset, model, variables, config = setup
+    config.evaluators = ("linear_probe",)
+    config.query_gallery = ()
+    results = _run(dataset, model, variables, config)
+    assert list(results) == ["query"] and list(results["query"]) == ["linear_probe"]
+    assert set(EVALUATORS) == {"retrieval", "query_gallery", "linear_probe"}
+
+
+def test_unknown_evaluator_and_bad_every_are_config_errors():
+    from himl.configs import tiny
+
+    config = tiny.get_config()
+    config.eval.evaluators = ("retrieval", "knn_accuracy")
+    with pytest.raises(ConfigError, match="unknown evaluator 'knn_accuracy' in config.eval"):
+        validate_config(config)
+    config = tiny.get_config()
+    config.eval.every = -1
+    with pytest.raises(ConfigError, match="config.eval.every must be >= 0"):
+        validate_config(config)
+
+
+def test_missing_or_empty_split_is_named_before_any_embedding(setup):
+    dataset, model, variables, config = setup
     empty = Split(images=np.zeros((0, 12, 12, 1), np.uint8), labels=np.zeros((0, 3), int))
     dataset = Dataset("toy", dataset.level_names, 1, {}, {**dataset.splits, "query": empty})
-    with pytest.raises(EvalInputError, match="split 'query' of 'toy' is empty"):
-        evaluate(model, params, {}, dataset, config, progress=False)
+    with pytest.raises(EvalInputError, match="split 'query' of 'toy' .* is empty"):
+        build_evaluators(config, dataset)
+    config.splits = ("nope",)
+    with pytest.raises(EvalInputError, match="has no split 'nope'"):
+        build_evaluators(config, dataset)
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_lands_in_metrics_jsonl(tmp_path):
+    from himl.configs import tiny
+    from himl.train.loop import train_and_evaluate
+
+    config = tiny.get_config()
+    config.train.steps, config.eval.every, config.eval.at_start = 8, 4, False
+    summary = train_and_evaluate(config, tmp_path, progress=False)
+    assert "untrained" not in summary["results"]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evaluated = {r["step"] for r in rows if "eval/unseen/class/recall@1" in r}
+    assert evaluated == {4, 8}  # every 4 steps, and at the end
+    assert any("eval/unseen/linear_probe/accuracy" in r for r in rows)
+    final = next(r for r in rows if r["step"] == 8 and "eval/unseen/class/map@r" in r)
+    assert final["eval/unseen/class/map@r"] == pytest.approx(
+        summary["results"]["trained"]["unseen"]["class"]["map@r"]
+    )

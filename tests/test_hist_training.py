@@ -7,11 +7,11 @@ import numpy as np
 import optax
 import pytest
 
+from himl.config_lib import DATASETS, ConfigError, validate_config
 from himl.configs import default, hist
 from himl.data.sampling import make_batcher
 from himl.models.cnn import SmallCNN
 from himl.train.checkpoint import Checkpointer
-from himl.train.config_lib import DATASETS, ConfigError, validate_config
 from himl.train.experiment import build_experiment
 from himl.train.loop import device_batch, make_mesh, make_step_fn, train_and_evaluate
 from himl.train.optim import build_optimizer, param_labels

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from himl.config_lib import loss_config
 from himl.losses import get_loss, init_hist
 from himl.losses.hist import (
     hist_distances,
@@ -18,7 +19,6 @@ from himl.losses.hist import (
     init_hist_variables,
 )
 from himl.models.hgnn import HGNN
-from himl.train.config_lib import loss_config
 
 C, D, HIDDEN = 5, 6, 4
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from himl.config_lib import ConfigError, validate_config
 from himl.models.registry import build_model
 from himl.models.resnet import ResNet
-from himl.train.config_lib import ConfigError, validate_config
 from himl.train.experiment import build_experiment
 from himl.train.state import embed, train_step
 

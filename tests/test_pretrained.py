@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from himl.config_lib import ConfigError, validate_config
 from himl.errors import UserError
 from himl.models.pretrained import load_torchvision_resnet, torchvision_resnet_names
 from himl.models.resnet import ResNet
 from himl.models.weight_files import WeightFileError, WeightFileMissing, read_weights
-from himl.train.config_lib import ConfigError, validate_config
 
 SMALL = dict(stage_sizes=(1, 2), width=4)
 

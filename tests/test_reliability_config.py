@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
+from himl.config_lib import config_arg, validate_config
 from himl.errors import ConfigError
-from himl.train.config_lib import config_arg, validate_config
 
 REPO = pathlib.Path(__file__).parents[1]
 

@@ -113,14 +113,14 @@ def trained_workdir(tmp_path_factory):
 
 
 def test_eval_checks_every_split_before_embedding_any(trained_workdir, monkeypatch):
-    import himl.eval.evaluator as evaluator
-    from himl.eval.evaluator import EvalInputError
+    from himl.eval.knn import EvalInputError
     from himl.eval.run import evaluate_checkpoint
+    from himl.models.inference import EmbeddingFunction
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("a split was embedded")
 
-    monkeypatch.setattr(evaluator, "embed_split", no_embedding)
+    monkeypatch.setattr(EmbeddingFunction, "__call__", no_embedding)
     with pytest.raises(EvalInputError, match="has no split 'nope' \\(named by --splits\\)"):
         evaluate_checkpoint(trained_workdir, splits=["unseen", "nope"], plots=False)
 

@@ -252,8 +252,10 @@ def test_resumed_run_does_not_repeat_the_untrained_evaluation(config, tmp_path, 
     config.eval.splits = ("unseen",)
     config.train.steps = 4
     calls = []
-    original = loop.evaluate
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = loop.run_evaluators
+    monkeypatch.setattr(
+        loop, "run_evaluators", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     first = train_and_evaluate(config, tmp_path, progress=False)
     assert len(calls) == 2  # untrained + trained
     config.train.steps = 8

@@ -15,10 +15,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from himl.config_lib import ConfigError
 from himl.data.sampling import make_batcher
 from himl.eval.run import evaluate_checkpoint
 from himl.train.checkpoint import Checkpointer, CheckpointError
-from himl.train.config_lib import ConfigError
 from himl.train.experiment import build_experiment
 from himl.train.loop import device_batch, make_mesh, make_step_fn, train_and_evaluate
 from himl.train.state import train_step

@@ -18,7 +18,7 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
     """One table per split: rows (model, level), columns Recall@K, MAP@R, NMI, AMI (in %).
 
     `results_by_model` is `{"untrained": {split: metrics}, "trained": {...}}` as returned
-    by `himl.eval.evaluator.evaluate`.
+    by `himl.eval.evaluators.run_evaluators`.
     """
     blocks = []
     first = next(iter(results_by_model.values()))
@@ -34,3 +34,15 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
         n = first[split].get("num_samples", "?")
         blocks.append(f"split {split!r} ({n} images)\n{format_table(header, rows)}\n")
     return "\n".join(blocks)
+
+
+def probe_lines(results_by_model: dict) -> list[str]:
+    """One line per (model, split) with a linear-probe accuracy, e.g.
+    "linear probe on 'unseen' (trained): accuracy 71.30"."""
+    lines = []
+    for model_name, results in results_by_model.items():
+        for split, metrics in results.items():
+            if "linear_probe" in metrics:
+                accuracy = 100 * metrics["linear_probe"]["accuracy"]
+                lines.append(f"linear probe on {split!r} ({model_name}): accuracy {accuracy:.2f}")
+    return lines

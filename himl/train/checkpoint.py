@@ -8,6 +8,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from himl.errors import UserError
+from himl.runs import leaf_specs
 
 START_OVER = "use another --workdir, or move the checkpoints away to start over"
 
@@ -23,23 +24,6 @@ class DamagedCheckpoint(CheckpointError):
     def __init__(self, step: int):
         super().__init__(f"checkpoint step {step} cannot be read")
         self.step = step
-
-
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _leaf_specs(tree) -> dict[str, tuple]:
-    """`{"params/model/conv0/kernel": (shape, dtype)}` for a state or its saved metadata
-    (which stores dataclasses and named tuples as dicts, hence names, not key types)."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
-        for path, leaf in leaves
-    }
 
 
 class Checkpointer:
@@ -62,12 +46,12 @@ class Checkpointer:
         DamagedCheckpoint if the metadata cannot be read."""
         path = self.directory / str(step) / "default"
         try:
-            saved = _leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
+            saved = leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
         except Exception as err:  # orbax raises many types; all mean a damaged checkpoint
             raise DamagedCheckpoint(step) from err
         if not saved:
             raise DamagedCheckpoint(step)
-        expected = _leaf_specs(template)
+        expected = leaf_specs(template)
         missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected)
         if missing or extra:
             raise CheckpointError(

@@ -11,12 +11,12 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from himl.config_lib import validate_config
 from himl.data.dataset import Dataset
 from himl.data.registry import load_dataset
 from himl.models.pretrained import check_torchvision_resnet, load_torchvision_resnet
 from himl.models.registry import build_model
 from himl.models.weight_files import read_weights
-from himl.train.config_lib import validate_config
 from himl.train.objective import Objective, build_objective
 from himl.train.optim import build_optimizer
 from himl.train.state import TrainState, create_state

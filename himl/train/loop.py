@@ -16,12 +16,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from himl.config_lib import validate_config
 from himl.data.sampling import NOT_IN_BATCHES, make_batcher
-from himl.eval.evaluator import check_splits, evaluate
-from himl.eval.report import results_table
+from himl.eval.evaluators import build_evaluators, check_splits, run_evaluators
+from himl.eval.report import probe_lines, results_table
+from himl.models.inference import EmbeddingFunction
 from himl.train import health
 from himl.train.checkpoint import Checkpointer
-from himl.train.config_lib import validate_config
 from himl.train.experiment import build_experiment
 from himl.train.interrupt import Interrupted, StopRequests
 from himl.train.metrics_writer import MetricsWriter
@@ -98,7 +99,43 @@ def resume_keys(batch_settings) -> tuple[str, ...]:
     return (*RESUME_KEYS, *(f"data.{k}" for k in batch_keys))
 
 
-def _train(exp, batcher, state, mesh, ckpt, writer, *, progress):
+def model_variables(state) -> dict:
+    """The embedding network's variables (`params`, and `batch_stats` when it has them)."""
+    stats = state.batch_stats["model"]
+    return {"params": state.params["model"], **({"batch_stats": stats} if stats else {})}
+
+
+def make_evaluate_fn(exp, *, progress: bool):
+    """`evaluate(state) -> results`: the config's evaluators (`himl.eval.evaluators`) on
+    the embedding of `state`, with one embedding function compiled for the whole run."""
+    config = exp.config
+    evaluators = build_evaluators(config.eval, exp.dataset, seed=config.seed)
+    embed_fn = EmbeddingFunction(exp.model, batch_size=config.eval.batch_size)
+
+    def evaluate(state):
+        variables = model_variables(state)
+
+        def embed(split):
+            return embed_fn(variables, exp.dataset.split(split).images, progress=progress)
+
+        return run_evaluators(evaluators, embed, progress=progress)
+
+    return evaluate
+
+
+def write_eval_scalars(writer, step: int, results: dict, level_names) -> None:
+    """Every scalar of an evaluation as `eval/<split>/<level>/<metric>` (and
+    `eval/<split>/linear_probe/accuracy`) beside the training scalars."""
+    scalars = {}
+    for key, by_level in results.items():
+        for level in (*level_names, "linear_probe"):
+            for name, value in by_level.get(level, {}).items():
+                if isinstance(value, float):
+                    scalars[f"eval/{key}/{level}/{name}"] = value
+    writer.write(step, scalars)
+
+
+def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
     """Steps from `state.step` to `config.train.steps`, logging and checkpointing.
 
     Ctrl-C or SIGTERM stops after the current step with a checkpoint and raises
@@ -140,6 +177,11 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress):
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if save_due:
                     ckpt.save(done, state, force=True)
+                every = config.eval.get("every", 0)
+                if evaluate is not None and every and done % every == 0 and done < total:
+                    check()  # never evaluate a non-finite state
+                    results = evaluate(state)
+                    write_eval_scalars(writer, done, results, exp.dataset.eval_level_names)
                 if stop.requested:
                     break
             bar.close()
@@ -174,17 +216,6 @@ def _read_untrained(path) -> dict | None:
         return None
 
 
-def _evaluate(exp, state, progress):
-    return evaluate(
-        exp.model,
-        state.params["model"],
-        state.batch_stats["model"],
-        exp.dataset,
-        exp.config.eval,
-        progress=progress,
-    )
-
-
 def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     """Trains (or resumes) and evaluates; returns the dict also written to metrics.json.
 
@@ -198,8 +229,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     exp = build_experiment(config)
     dataset = exp.dataset
     check_splits(dataset, [config.data.train_split], what="config.data.train_split")
-    check_splits(dataset, config.eval.splits)
-    check_splits(dataset, config.eval.query_gallery, what="config.eval.query_gallery")
+    evaluate = make_evaluate_fn(exp, progress=progress)  # checks every split it will read
     # Before any expensive work: fails at once if the data cannot fill the batches.
     settings = ReadRecorder(config.data)
     batcher = make_batcher(settings, dataset, config.seed)
@@ -215,32 +245,29 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
             state = ckpt.restore(state)  # closes the manager itself if it fails
             tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
             untrained = _read_untrained(untrained_path)  # evaluated once, by the first run
+        elif config.eval.get("at_start", True):
+            untrained = evaluate(state)
         else:
-            untrained = _evaluate(exp, state, progress)
+            untrained = None
         run_dir.start(config)  # the run is known valid: from here on the workdir changes
         if not resumed:
             ckpt = _checkpointer(run_dir, config)
-            untrained_path.write_text(json.dumps(untrained, indent=2))
+            if untrained is not None:
+                untrained_path.write_text(json.dumps(untrained, indent=2))
     except BaseException:
         if ckpt is not None:
             ckpt.close()
         getattr(batcher, "close", lambda: None)()
         raise
 
-    state = _train(exp, batcher, state, mesh, ckpt, MetricsWriter(run_dir.path), progress=progress)
+    writer = MetricsWriter(run_dir.path)
+    state = _train(exp, batcher, state, mesh, ckpt, writer, progress=progress, evaluate=evaluate)
 
-    trained = _evaluate(exp, state, progress)
+    trained = evaluate(state)
     with MetricsWriter(run_dir.path) as writer:
-        for split, by_level in trained.items():
-            for level in dataset.eval_level_names:
-                if level not in by_level:
-                    continue
-                scalars = {k: v for k, v in by_level[level].items() if isinstance(v, float)}
-                writer.write(
-                    int(state.step), {f"eval/{split}/{level}/{k}": v for k, v in scalars.items()}
-                )
+        write_eval_scalars(writer, int(state.step), trained, dataset.eval_level_names)
     results = {"untrained": untrained, "trained": trained}
-    if untrained is None:  # resumed from a run older than untrained.json
+    if untrained is None:  # not evaluated (eval.at_start=False), or a run older than that
         del results["untrained"]
     summary = {
         "step": int(state.step),
@@ -252,4 +279,6 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     }
     (run_dir.path / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(results_table(summary["results"], dataset.eval_level_names, tuple(config.eval.ks)))
+    for line in probe_lines(summary["results"]):
+        print(line)
     return summary

@@ -13,15 +13,17 @@ import json
 import sys
 from pathlib import Path
 
-from himl.errors import ConfigError, UserError
+from himl.errors import ConfigError
+from himl.runs import RunError, read_config_json
 
 # Files a run writes at the top of its work directory (plus TensorBoard event files).
 RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "untrained.json")
 EVENTS = "events.out.tfevents.*"
 
 
-class WorkdirError(UserError, ValueError):
-    """A work directory that cannot hold this run (a file, a garbled config, another run)."""
+# A work directory that cannot hold this run (a file, a garbled config, another run): the
+# same error type the readers of work directories raise.
+WorkdirError = RunError
 
 
 class ReadRecorder:
@@ -76,19 +78,7 @@ class Workdir:
         self.saved_config = self._read_config()
 
     def _read_config(self) -> dict | None:
-        path = self.path / "config.json"
-        if not path.exists():
-            return None
-        try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise WorkdirError(
-                f"{path} is not valid JSON ({err.__class__.__name__} at {_where(err)}): "
-                "restore it, or use another --workdir"
-            ) from err
-        if not isinstance(saved, dict):
-            raise WorkdirError(f"{path} holds a {type(saved).__name__}, not a config object")
-        return saved
+        return read_config_json(self.path / "config.json")
 
     def holds_run(self) -> bool:
         """Whether the directory holds a checkpoint (a step folder under checkpoints/)."""
@@ -149,7 +139,3 @@ class Workdir:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(jsonable(config.to_dict()), indent=2, sort_keys=True))
         tmp.replace(path)  # atomic: a kill never leaves a half-written config.json
-
-
-def _where(err) -> str:
-    return f"line {err.lineno} column {err.colno}" if hasattr(err, "lineno") else "its bytes"

@@ -183,7 +183,7 @@ def _check_train(config, **_) -> None:
 
 
 def _check_eval(config, **_) -> None:
-    from himl.eval.evaluator import check_eval_config
+    from himl.eval.evaluators import check_eval_config
 
     check_eval_config(config.eval)
 

@@ -1,0 +1,221 @@
+"""Evaluators: one interface, and the explicit name -> evaluator table `config.eval` picks from.
+
+    evaluators = build_evaluators(config.eval, dataset, seed=config.seed)
+    results = run_evaluators(evaluators, embed_split, progress=True)
+
+An evaluator names the splits it reads (`splits`) and turns their embeddings into named
+numbers (`run(embeddings) -> {result key: {...}}`). `run_evaluators` embeds every split
+once, however many evaluators read it, and merges the results per key, e.g.
+
+    {"unseen": {"group": {"recall@1": ...}, "class": {...}, "num_samples": 2100,
+                "linear_probe": {"accuracy": ...}},
+     "query->gallery": {"category": {...}, ...}}
+
+The training loop (before training, every `config.eval.every` steps, at the end) and
+`himl-eval` (which adds plots) run the same evaluators, as big_vision's evaluators serve
+both `train.py` and `tools/eval_only.py`; himl's table is explicit instead of imports by
+string. A new evaluator is a class with `splits` and `run`, and one row in `EVALUATORS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from himl.data.dataset import Dataset
+from himl.eval.hierarchical import hierarchical_metrics
+from himl.eval.knn import EvalInputError, as_embeddings, search_mesh
+from himl.eval.probe import linear_probe, stratified_split
+from himl.eval.retrieval import query_gallery_retrieval_metrics
+from himl.hierarchy import prefix_ids
+
+
+class Evaluator(Protocol):
+    """Reads the embeddings of `splits` and returns `{result key: {name: number...}}`."""
+
+    splits: tuple[str, ...]
+
+    def run(self, embeddings: Mapping[str, np.ndarray]) -> dict: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalEvaluator:
+    """Leave-one-out retrieval within each split, per level of the label tree (coarsest to
+    the class level): Recall@K, MAP@R, R-precision, NMI/AMI of k-means, mistake severity
+    (`himl.eval.hierarchical_metrics`). Results under the split's name."""
+
+    dataset: Dataset
+    splits: tuple[str, ...]
+    ks: tuple[int, ...]
+    metric: str
+    block_size: int
+
+    def run(self, embeddings):
+        levels = self.dataset.eval_level_names
+        results = {}
+        for name in self.splits:
+            labels = self.dataset.split(name).labels[:, : len(levels)]
+            metrics = hierarchical_metrics(
+                embeddings[name], labels, ks=self.ks, level_names=levels, metric=self.metric,
+                block_size=self.block_size, mesh=search_mesh(),
+            )  # fmt: skip
+            results[name] = {**metrics, "num_samples": len(labels)}
+        return results
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryGalleryEvaluator:
+    """Query -> gallery retrieval per level (the In-Shop protocol): every query searches
+    the whole gallery; labels compare by their prefix down to each level. Results under
+    "<query>-><gallery>"."""
+
+    dataset: Dataset
+    splits: tuple[str, ...]  # (query split, gallery split)
+    ks: tuple[int, ...]
+    metric: str
+    block_size: int
+
+    def run(self, embeddings):
+        query, gallery = self.splits
+        labels = np.concatenate([self.dataset.split(s).labels for s in self.splits])
+        num_queries = len(embeddings[query])
+        results = {"num_samples": num_queries}
+        for depth, level in enumerate(self.dataset.eval_level_names, start=1):
+            ids = prefix_ids(labels, depth)  # one id space for query and gallery
+            results[level] = query_gallery_retrieval_metrics(
+                embeddings[query], ids[:num_queries], embeddings[gallery], ids[num_queries:],
+                ks=self.ks, metric=self.metric, block_size=self.block_size, mesh=search_mesh(),
+            )  # fmt: skip
+        return {f"{query}->{gallery}": results}
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbeEvaluator:
+    """Top-1 accuracy of a logistic-regression probe on the class level, trained on a
+    stratified half of each split and tested on the other half (`himl.eval.linear_probe`).
+    Results under the split's name, key "linear_probe"."""
+
+    dataset: Dataset
+    splits: tuple[str, ...]
+    seed: int
+
+    def run(self, embeddings):
+        results = {}
+        for name in self.splits:
+            labels = self.dataset.split(name).labels[:, self.dataset.class_level]
+            train = stratified_split(labels, train_fraction=0.5, seed=self.seed)
+            probe = linear_probe(
+                embeddings[name][train], labels[train], embeddings[name][~train],
+                labels[~train], seed=self.seed,
+            )  # fmt: skip
+            results[name] = {"linear_probe": probe}
+        return results
+
+
+def _retrieval(eval_config, dataset, splits, seed):
+    del seed
+    return RetrievalEvaluator(dataset, tuple(splits), tuple(eval_config.ks), eval_config.metric,
+                              eval_config.block_size)  # fmt: skip
+
+
+def _query_gallery(eval_config, dataset, splits, seed):
+    del splits, seed  # its own pair of splits
+    if not eval_config.query_gallery:
+        return None  # the dataset has no query/gallery protocol
+    return QueryGalleryEvaluator(dataset, tuple(eval_config.query_gallery),
+                                 tuple(eval_config.ks), eval_config.metric,
+                                 eval_config.block_size)  # fmt: skip
+
+
+def _linear_probe(eval_config, dataset, splits, seed):
+    del eval_config
+    return LinearProbeEvaluator(dataset, tuple(splits), seed)
+
+
+# name -> builder(config.eval, dataset, splits, seed) -> Evaluator (or None: not applicable)
+EVALUATORS: dict[str, Callable[..., Any]] = {
+    "retrieval": _retrieval,
+    "query_gallery": _query_gallery,  # runs when config.eval.query_gallery names two splits
+    "linear_probe": _linear_probe,
+}
+DEFAULT_EVALUATORS = ("retrieval", "query_gallery", "linear_probe")
+
+
+def build_evaluators(eval_config, dataset: Dataset, *, seed: int = 0, splits=None) -> list:
+    """The evaluators `eval_config.evaluators` names, over `splits` (default
+    `eval_config.splits`). Every split they read is checked to exist and be non-empty,
+    before anything is embedded."""
+    splits = tuple(eval_config.splits if splits is None else splits)
+    names = tuple(eval_config.get("evaluators", DEFAULT_EVALUATORS))
+    built = [EVALUATORS[name](eval_config, dataset, splits, seed) for name in names]
+    built = [e for e in built if e is not None and e.splits]
+    for evaluator in built:
+        what = "config.eval.query_gallery" if isinstance(evaluator, QueryGalleryEvaluator) else (
+            "config.eval.splits"
+        )  # fmt: skip
+        check_splits(dataset, evaluator.splits, what=what)
+    return built
+
+
+def run_evaluators(evaluators, embed: Callable[[str], np.ndarray], *, progress=False) -> dict:
+    """Embeds each split the evaluators read (once) with `embed(split name) -> [N, D]`,
+    runs them, and merges their results per key (see the module docstring)."""
+    names = list(dict.fromkeys(s for e in evaluators for s in e.splits))
+    embeddings = {}
+    for name in tqdm(names, desc="evaluating", leave=False, disable=not progress or len(names) < 2):
+        embeddings[name] = embed(name)
+        # NaN rows mean a diverged model: say so here rather than deep inside the metrics.
+        as_embeddings(embeddings[name], name=f"embeddings of split {name!r}")
+    results: dict = {}
+    for evaluator in evaluators:
+        for key, value in evaluator.run(embeddings).items():
+            results.setdefault(key, {}).update(value)
+    return results
+
+
+def check_eval_config(eval_config) -> None:
+    """Raises ConfigError naming the `config.eval` key the evaluation cannot use (split
+    names are checked against the data by `check_splits`, once it is loaded)."""
+    from himl.errors import ConfigError
+    from himl.eval.knn import METRICS
+
+    ks = tuple(eval_config.ks)
+    if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
+        raise ConfigError(f"config.eval.ks must be a non-empty list of ints >= 1, got {ks}")
+    if eval_config.metric not in METRICS:
+        raise ConfigError(
+            f"unknown config.eval.metric {eval_config.metric!r}; valid: {', '.join(METRICS)}"
+        )
+    for key in ("batch_size", "block_size"):
+        if not eval_config[key] >= 1:
+            raise ConfigError(f"config.eval.{key} must be >= 1, got {eval_config[key]}")
+    if eval_config.query_gallery and len(eval_config.query_gallery) != 2:
+        raise ConfigError(
+            "config.eval.query_gallery must be empty or (query split, gallery split), got "
+            f"{tuple(eval_config.query_gallery)}"
+        )
+    for name in eval_config.get("evaluators", DEFAULT_EVALUATORS):
+        if name not in EVALUATORS:
+            raise ConfigError(
+                f"unknown evaluator {name!r} in config.eval.evaluators; valid: "
+                f"{', '.join(EVALUATORS)}"
+            )
+    if not eval_config.get("every", 0) >= 0:
+        raise ConfigError(f"config.eval.every must be >= 0, got {eval_config.every}")
+
+
+def check_splits(dataset: Dataset, names, *, what: str = "config.eval.splits") -> None:
+    """Raises EvalInputError unless every split in `names` exists in `dataset` and is
+    non-empty: called before any split is embedded."""
+    for name in names:
+        if name not in dataset.splits:
+            raise EvalInputError(
+                f"dataset {dataset.name!r} has no split {name!r} (named by {what}); it has "
+                f"{', '.join(sorted(dataset.splits))}"
+            )
+        if len(dataset.split(name)) == 0:
+            raise EvalInputError(f"split {name!r} of {dataset.name!r} ({what}) is empty")

@@ -1,0 +1,67 @@
+"""The evaluation-mode embedding function: compiled once per model and input shape.
+
+    embed = EmbeddingFunction(model, batch_size=500)
+    vectors = embed(variables, images)        # images [N, H, W, C] uint8 (or float in [0, 1])
+
+Every batch is padded to `batch_size` (one compiled shape for any N) and split over the
+local devices; `images` may be any array-like that slices (`LazyImages` decodes only the
+slice asked for), so a large split never sits in memory at once. Used by training-time
+evaluation, `himl-eval` and `himl.load_embedder`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+
+def _apply(model, variables, images):
+    return model.apply(variables, images, train=False).astype(np.float32)
+
+
+class EmbeddingFunction:
+    """`fn(variables, images) -> [N, D] float32` for a Flax embedding network.
+
+    Args:
+      model: the network (`himl.models.registry.build_model`).
+      batch_size: images per compiled call, rounded up to a multiple of the local devices.
+    """
+
+    def __init__(self, model, *, batch_size: int = 128):
+        devices = jax.local_devices()
+        self.batch_size = -(-batch_size // len(devices)) * len(devices)
+        mesh = Mesh(np.array(devices), ("data",))
+        self._sharding, self._replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+        self._fn = jax.jit(functools.partial(_apply, model))  # one trace per input shape
+
+    def replicate(self, variables):
+        """`variables` copied to every device the batches are split over (a no-op for
+        variables already there)."""
+        return jax.device_put(variables, self._replicated)
+
+    def batch(self, variables, images: np.ndarray) -> np.ndarray:
+        """Embeddings of at most `batch_size` images (uint8 are scaled to [0, 1])."""
+        n = len(images)
+        x = np.asarray(images)
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        if n < self.batch_size:
+            x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), np.float32)])
+        out = self._fn(self.replicate(variables), jax.device_put(x, self._sharding))
+        return np.asarray(out, np.float32)[:n]
+
+    def __call__(self, variables, images, *, progress: bool = False, desc="embedding"):
+        """Embeddings `[N, D]` float32 of `images` (any slicing array-like), in batches."""
+        variables = self.replicate(variables)
+        starts = range(0, len(images), self.batch_size)
+        chunks = [
+            self.batch(variables, images[s : s + self.batch_size])
+            for s in tqdm(starts, desc=desc, leave=False, disable=not progress, unit="batch")
+        ]
+        if not chunks:
+            raise ValueError("no images to embed")
+        return np.concatenate(chunks)

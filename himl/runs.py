@@ -1,0 +1,177 @@
+"""A `himl-train` work directory as the tools that read it see it (himl-eval, himl-embed).
+
+    config = load_run_config(workdir)                    # its config.json (+ newer fields)
+    variables, step = restore_model_variables(model, config, workdir, step=None)
+
+A work directory holds `config.json` and `checkpoints/<step>/` (orbax). Readers need only
+the embedding network, so `restore_model_variables` restores the model's parameters and
+batch statistics alone: no optimizer, no loss variables, no dependence on the number of
+devices the run was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+from himl.errors import ConfigError, UserError
+
+
+class RunError(UserError, ValueError):
+    """A work directory, config file or checkpoint that cannot be read."""
+
+
+def read_config_json(path: Path) -> dict | None:
+    """The dict in a run's `config.json` (None when absent); one line if it is garbled."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f"line {err.lineno} column {err.colno}" if hasattr(err, "lineno") else "its bytes"
+        raise RunError(
+            f"{path} is not valid JSON ({err.__class__.__name__} at {where}): restore it, or "
+            "use another --workdir"
+        ) from err
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} holds a {type(saved).__name__}, not a config object")
+    return saved
+
+
+def _fill_missing(saved: dict, defaults: dict, prefix: str = "") -> list[str]:
+    added = []
+    for key, value in defaults.items():
+        if key not in saved:
+            saved[key] = value
+            added.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            added += _fill_missing(saved[key], value, f"{prefix}{key}.")
+    return added
+
+
+def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config a training run saved in its workdir.
+
+    Fields added to himl after the run was made are taken from `configs/default.py`, and
+    named on stderr, so older work directories stay evaluable.
+    """
+    from himl.configs import default
+
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"--workdir {workdir} is a file, not a directory")
+    path = workdir / "config.json"
+    saved = read_config_json(path)
+    if saved is None:
+        raise ConfigError(f"{path} not found: is {workdir} a himl-train work directory?")
+    added = _fill_missing(saved, default.get_config().to_dict())
+    if added:
+        print(f"note: {path} predates fields {added}; using their defaults", file=sys.stderr)
+    return ml_collections.ConfigDict(saved)
+
+
+def split_checkpoint_path(path: Path, step: int | None) -> tuple[Path, int | None]:
+    """`(workdir, step)` of a work directory or of a checkpoint `<workdir>/checkpoints/<step>`."""
+    path = Path(path).expanduser()
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        if step is not None and step != int(path.name):
+            raise ConfigError(f"--step={step} contradicts the checkpoint path {path}")
+        return path.parent.parent, int(path.name)
+    return path, step
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    """The steps saved in `<workdir>/checkpoints`, ascending."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def leaf_specs(tree) -> dict[str, tuple]:
+    """`{"params/model/conv0/kernel": (shape, dtype)}` for a state or its saved metadata
+    (which stores dataclasses and named tuples as dicts, hence names, not key types)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+        for path, leaf in leaves
+    }
+
+
+def _check_model_shapes(path: Path, item, step: int) -> None:
+    """Raises RunError naming the first model array whose shape or dtype differs between
+    the checkpoint's metadata and this config's model (nothing is restored)."""
+    try:
+        saved = leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
+    except Exception:  # unreadable metadata: the restore below reports the checkpoint
+        return
+    for key, spec in leaf_specs(item).items():
+        if key not in saved:
+            raise RunError(
+                f"checkpoint step {step} has no {key}: it was written by another model config"
+            )
+        if saved[key] != spec:
+            raise RunError(
+                f"checkpoint step {step} in {path.parent.parent} has {key} of shape/dtype "
+                f"{saved[key]}, this config makes {spec}: it was written by another model "
+                "config (left untouched)"
+            )
+
+
+def restore_model_variables(model, input_shape, workdir: Path, step: int | None = None):
+    """`(variables, step)`: the model's `params` (and `batch_stats`) of checkpoint `step`
+    (default: the latest), read with a partial restore; everything else stays on disk.
+
+    Args:
+      model: the Flax embedding network the run trained (`build_model(config.model)`).
+      input_shape: `(H, W, C)` of its input, to know the variables' shapes.
+    """
+    workdir = Path(workdir)
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        raise RunError(f"no checkpoint in {workdir / 'checkpoints'}: train first (himl-train)")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise RunError(f"no checkpoint for step {step} in {workdir / 'checkpoints'}; have {steps}")
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
+    item = {"params": {"model": abstract["params"]}}
+    if abstract.get("batch_stats"):
+        item["batch_stats"] = {"model": abstract["batch_stats"]}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), item)
+    path = workdir / "checkpoints" / str(step) / "default"
+    _check_model_shapes(path, item, step)
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            out = checkpointer.restore(
+                path,
+                args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=restore_args, partial_restore=True
+                ),
+            )
+    except Exception as err:  # orbax raises many types; all mean "not this model's data"
+        intact = [s for s in steps if s != step]
+        hint = f"; other steps: {intact} (--step)" if intact else ""
+        raise RunError(
+            f"cannot read the model of checkpoint {path.parent} (truncated or corrupt, or "
+            f"written by another model config; left untouched){hint}"
+        ) from err
+    variables = {"params": out["params"]["model"]}
+    if "batch_stats" in out:
+        variables["batch_stats"] = out["batch_stats"]["model"]
+    return variables, step
