@@ -48,6 +48,7 @@ def test_every_row_has_its_published_number_and_a_known_config():
         assert (REPO / row.config.split(":")[0]).is_file()
         assert row.source and row.metric and row.code
         assert (row.measured is None) == bool(row.blocked)
+        assert (row.probe is not None) == (row.measured == ("probe", "accuracy"))
 
 
 @pytest.mark.parametrize("dataset", sorted(HIST_OFFICIAL))
@@ -106,7 +107,8 @@ def test_himulcone_row_carries_the_official_settings():
 def test_wall_time_estimate_is_images_over_the_assumed_rates():
     cub = ((40 + 1) * 183 * 32 / 1000 + 3 * 5_924 / 3000) / 3600
     assert pt.estimate_hours(pt.BY_NAME["hist_cub"]) == pytest.approx(cub)
-    inshop = (5000 * 512 * 2 / 1000 + 3 * (14_218 + 12_612) / 3000) / 3600
+    eval_images = 3 * (14_218 + 12_612) + 25_882 + 14_218 + 12_612  # 3 evaluations + probe
+    inshop = (5000 * 512 * 2 / 1000 + eval_images / 3000) / 3600
     assert pt.estimate_hours(pt.BY_NAME["himulcone_inshop_seen"]) == pytest.approx(inshop)
 
 
@@ -237,6 +239,11 @@ def test_row_command_runs_on_fixture_files(name, tmp_path):
     assert re.search(rf"^{name}: published {row.published:.2f} ", result.stdout, re.M)
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert metrics["checkpoint_step"] == 2
+    if row.probe is not None:  # In-Shop fixture: 5 train images, 3 query + gallery, 2 categories
+        metrics["probe"] = json.loads((workdir / "eval" / "probe.json").read_text())
+        probe = metrics["probe"]
+        assert (probe["num_train"], probe["num_test"], probe["num_classes"]) == (5, 3, 2)
+        assert (probe["level"], probe["checkpoint_step"]) == ("category", 2)
     assert pt.measured_value(row, metrics) == pytest.approx(float(measured[1]), abs=0.01)
     # The run used the row's config (its loss and data), not a default one.
     saved = json.loads((workdir / "config.json").read_text())
