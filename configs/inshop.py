@@ -15,6 +15,8 @@ Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks 
 "himulcone": the official code's settings (`HIMULCONE_OFFICIAL`, below).
 """
 
+import ml_collections
+
 from himl.configs.benchmark import apply_arg, get_benchmark_config
 
 # salesforce/hierarchicalContrastiveLearning: the README's training command (lr 0.5,
@@ -36,6 +38,18 @@ HIMULCONE_OFFICIAL = dict(
 # evaluation: Resize(224) + CenterCrop(224), i.e. no extra crop (In-Shop images are square).
 HIMULCONE_AUGMENTATION = dict(
     image_size=224, crop_scale=(0.8, 1.0), color_jitter=0.4, eval_crop=1.0, num_views=2
+)
+
+
+# Official --feature-extract (its default: the README command does not pass the flag): only
+# layer3, layer4 and the head train. In himl's ResNet-50, conv1/bn1 are stem_conv/stem_bn and
+# layer1, layer2 are stage0_block{0-2}, stage1_block{0-3}: learning-rate multiplier 0. Their
+# batch-norm statistics still update, as in torch's train mode.
+HIMULCONE_FROZEN = (
+    "model_stem_conv",
+    "model_stem_bn",
+    *(f"model_stage0_block{i}" for i in range(3)),
+    *(f"model_stage1_block{i}" for i in range(4)),
 )
 
 
@@ -63,6 +77,8 @@ def himulcone_official(config):
     config.optimizer.name = "sgd"  # torch SGD, momentum 0.9
     config.optimizer.learning_rate = o["learning_rate"]
     config.optimizer.weight_decay = o["weight_decay"]
+    frozen = {group: 0.0 for group in HIMULCONE_FROZEN}
+    config.optimizer.lr_multipliers = ml_collections.ConfigDict({"model": 1.0, **frozen})
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = o["warm_epochs"] * o["steps_per_epoch"]
     config.train.steps = o["epochs"] * o["steps_per_epoch"]

@@ -94,8 +94,6 @@ HIMULCONE_SOURCE = (
     "of the paper, best result listed), NOT checked against the paper's tables"
 )
 HIMULCONE_DIFFERENCES = (
-    "official trains only layer3, layer4 and the head (--feature-extract default); himl "
-    "trains the whole backbone",
     "official head: MLP 2048-2048-128, probe on the 2048-d encoder features; himl: linear "
     "512-d embedding",
     "himl's 'sgd' has no weight decay (official 1e-4); cosine decays to 0 (official to "
