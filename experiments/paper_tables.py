@@ -11,11 +11,15 @@ carries the official code's settings: configs/hist.py, configs/inshop.py), the p
 number with its source, and what is known to differ from the official code. `--set` appends
 config overrides after the row's own (smaller runs; the smoke tests use it).
 
-Expected wall time is an ESTIMATE, not a measurement (no GPU was available when this table
-was written): images processed (steps x batch x views of the config) / `ASSUMED_TRAIN_IPS`,
-plus the evaluations (untrained + trained in himl-train, once more in himl-eval) /
-`ASSUMED_EVAL_IPS`. Replace the assumptions with `experiments/bench_accelerator.py` numbers
-from your machine.
+Expected wall time is an ESTIMATE, not a measurement of a run (no GPU was available when
+this table was written). Training: images processed (steps x batch x views of the config) at
+the slower of an ASSUMED GPU rate and the host's decoding rate (`num_workers` grain workers x
+the per-core rate of himl's augmentation); evaluation (untrained + trained in himl-train,
+once more in himl-eval, plus a row's probe) at the slower of an ASSUMED GPU rate and one
+core's decoding rate (the evaluator decodes in the main process). The per-core rates are
+MEASURED by `--measure_host` (written to `HOST_RATES`; re-run it on your machine):
+
+    python experiments/paper_tables.py --measure_host
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -33,11 +38,12 @@ sys.path.insert(0, str(REPO))  # `python experiments/paper_tables.py` from a che
 
 from himl.errors import UserError  # noqa: E402
 
-# Assumptions behind the wall-time estimates (one H100, ResNet-50, 224 x 224, float32/TF32,
-# images decoded and augmented by 4 grain workers): NOT measured here.
-ASSUMED_TRAIN_IPS = 1000.0  # training images (views) per second, forward + backward
-ASSUMED_EVAL_IPS = 3000.0  # evaluation images per second, forward only
+# GPU rates behind the wall-time estimates (one H100, ResNet-50, 224 x 224, float32/TF32):
+# ASSUMED, NOT measured here.
+ASSUMED_GPU_TRAIN_IPS = 1000.0  # training images (views) per second, forward + backward
+ASSUMED_GPU_EVAL_IPS = 3000.0  # evaluation images per second, forward only
 EVALUATIONS = 3  # himl-train evaluates untrained and trained; himl-eval once more
+HOST_RATES = REPO / "experiments" / "results" / "paper_tables_host_rates.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,13 +221,58 @@ def load_config(row: Row, overrides=()):
     return fv.config
 
 
+def measure_host_rates(n: int = 200) -> dict:
+    """Images per second on one core for himl's train augmentation (with and without colour
+    jitter) and evaluation transform, on a 500 x 375 JPEG (CUB's typical size)."""
+    import io
+    import platform
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from himl.data.images import eval_transform, train_transform
+
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 255, (47, 63, 3), dtype=np.uint8)  # photo-like JPEG size
+    buffer = io.BytesIO()
+    Image.fromarray(smooth).resize((500, 375), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+
+    def rate(transform) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            transform(Image.open(io.BytesIO(data)).convert("RGB"))
+        return n / (time.perf_counter() - start)
+
+    crop = dict(size=224, scale=(0.08, 1.0), ratio=(0.75, 1.3333))
+    return {
+        "train_no_jitter": rate(lambda im: train_transform(im, rng, **crop, jitter=0.0)),
+        "train_jitter": rate(lambda im: train_transform(im, rng, **crop, jitter=0.4)),
+        "eval": rate(lambda im: eval_transform(im, 224, 0.875)),
+        "images": n,
+        "jpeg": "500 x 375, quality 90",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at the start",
+    }
+
+
+def host_rates() -> dict:
+    if not HOST_RATES.is_file():
+        raise PaperTableError(f"{HOST_RATES} missing: run paper_tables.py --measure_host")
+    return json.loads(HOST_RATES.read_text())
+
+
 def estimate_hours(row: Row) -> float:
-    """Expected wall time on one H100 in hours: an ESTIMATE from the ASSUMED_* rates."""
+    """Expected wall time on one H100 in hours: an ESTIMATE (see the module docstring)."""
     config = load_config(row)
+    host = host_rates()
+    per_worker = host["train_jitter" if config.data.color_jitter > 0 else "train_no_jitter"]
+    train_ips = min(ASSUMED_GPU_TRAIN_IPS, max(config.data.num_workers, 1) * per_worker)
+    eval_ips = min(ASSUMED_GPU_EVAL_IPS, host["eval"])
     train_images = config.train.steps * config.data.batch_size * config.data.num_views
     eval_images = EVALUATIONS * row.eval_images + row.probe_images
-    seconds = train_images / ASSUMED_TRAIN_IPS + eval_images / ASSUMED_EVAL_IPS
-    return seconds / 3600.0
+    return (train_images / train_ips + eval_images / eval_ips) / 3600.0
 
 
 def _hours_minutes(hours: float) -> str:
@@ -245,8 +296,8 @@ def table_text() -> str:
             f"{config.data.batch_size} x {config.data.num_views} view(s)); settings of {row.code}"
         )
         lines.append(
-            f"{'':35s}expected wall time: ~{_hours_minutes(estimate_hours(row))} (ESTIMATE: "
-            f"{ASSUMED_TRAIN_IPS:.0f} train / {ASSUMED_EVAL_IPS:.0f} eval images/s assumed)"
+            f"{'':35s}expected wall time: ~{_hours_minutes(estimate_hours(row))} (ESTIMATE, "
+            f"{config.data.num_workers} workers; see --help)"
         )
         for difference in row.differences:
             lines.append(f"{'':35s}differs: {difference}")
@@ -363,8 +414,13 @@ def run_row(row, *, manual_dir, pretrained, workdir, extra=(), dry_run=False) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--list", action="store_true", help="print the rows")
+    parser.add_argument(
+        "--measure_host", action="store_true", help=f"measure the decoding rates -> {HOST_RATES}"
+    )
     parser.add_argument("--row", choices=sorted(BY_NAME), help="run this row")
     parser.add_argument("--manual_dir", default="", help="folder of the dataset's files")
     parser.add_argument("--pretrained", default="", help="ImageNet ResNet-50 weights file")
@@ -378,9 +434,14 @@ def main(argv=None) -> int:
         help="extra config override, after the row's (repeatable)",
     )
     args = parser.parse_args(argv)
-    if not args.list and not args.row:
-        parser.error("give --list or --row")
+    if not (args.list or args.row or args.measure_host):
+        parser.error("give --list, --row or --measure_host")
     try:
+        if args.measure_host:
+            rates = measure_host_rates()
+            HOST_RATES.parent.mkdir(parents=True, exist_ok=True)
+            HOST_RATES.write_text(json.dumps(rates, indent=2) + "\n")
+            print(json.dumps(rates, indent=2))
         if args.list:
             print(table_text())
         if args.row:
