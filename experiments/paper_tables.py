@@ -105,6 +105,10 @@ HIMULCONE_DIFFERENCES = (
     "himl's 'sgd' has no weight decay (official 1e-4); cosine decays to 0 (official to "
     "lr x 1e-3); colour jitter always applied (official p = 0.8)",
     "official starts from a SupCon-format checkpoint (--ckpt); himl from ImageNet weights",
+    "official train/val/test list files are made by the user (not published) and drop the "
+    "'repeating product ids'; himl uses In-Shop's list_eval_partition.txt train split",
+    "official DDP computes the loss per GPU on 512 / #GPUs samples (no all-gather); himl on "
+    "the global batch of 512",
     "probe: official trains a linear layer with SGD on its own train/test list files; here "
     "L-BFGS logistic regression on the L2-normalised embedding, In-Shop train -> query + "
     "gallery images",
