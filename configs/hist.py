@@ -15,7 +15,8 @@ lambda_s 1; embedding 512 with the HIST head (GAP + GMP, linear, LayerNorm); one
 sample. The official sampler is uniform random (`--IPC 0`); the nearest M-per-class batch is
 one sample per class (`samples_per_class = 1`). The backbone is himl's ResNet-50 with the
 HIST head. The official backbone is ImageNet-pretrained (torchvision's resnet50) with its
-batch-norm statistics frozen (`freeze_bn`, set here for the dataset variants); himl
+batch-norm statistics frozen (`freeze_bn`, set here for CUB and Cars; the README's SOP
+command passes `--bn-freeze 0`), and the official augmentation (`OFFICIAL_AUGMENTATION`); himl
 downloads nothing, so pass the file you have (e.g. torchvision's resnet50-0676ba61.pth):
 
   himl-train --config=configs/hist.py:cub --config.model.pretrained=FILE --config.data.manual_dir=D
@@ -44,6 +45,7 @@ OFFICIAL = {
         weight_decay=5e-5,
         lr_decay_step=5,
         steps_per_epoch=183,
+        bn_freeze=True,
     ),
     "cars": dict(
         tau=32.0,
@@ -55,6 +57,7 @@ OFFICIAL = {
         weight_decay=1e-4,
         lr_decay_step=10,
         steps_per_epoch=251,
+        bn_freeze=True,
     ),
     "sop": dict(
         tau=16.0,
@@ -66,10 +69,21 @@ OFFICIAL = {
         weight_decay=1e-4,
         lr_decay_step=10,
         steps_per_epoch=1860,
+        bn_freeze=False,  # the README's SOP command passes --bn-freeze 0
     ),
 }
 WARM_EPOCHS = 1  # official --warm 1: backbone frozen for the first epoch
 BATCH_SIZE = 32  # official --batch-size default
+# Official ResNet transforms (code/dataset/utils.py make_transform): torchvision's
+# RandomResizedCrop(224) defaults (area 0.08-1, aspect 3/4-4/3) + horizontal flip, no colour
+# jitter; evaluation Resize(256) + CenterCrop(224), i.e. a 224/256 = 0.875 centre crop.
+OFFICIAL_AUGMENTATION = dict(
+    image_size=224,
+    crop_scale=(0.08, 1.0),
+    crop_ratio=(0.75, 1.3333),
+    color_jitter=0.0,
+    eval_crop=0.875,
+)
 
 
 def _hist_groups(config, lr: float, lr_ds: float, lr_hgnn_factor: float) -> None:
@@ -111,7 +125,8 @@ def get_config(arg: str = "embedded") -> ml_collections.ConfigDict:
     config.loss.hist.hgnn_hidden = 512
     config.model.embedding_dim = 512
     config.model.head = "hist"
-    config.model.freeze_bn = True  # official --bn-freeze 1 (with pretrained weights)
+    config.model.freeze_bn = o["bn_freeze"]  # official --bn-freeze (1: CUB, Cars; 0: SOP)
+    config.data.update(OFFICIAL_AUGMENTATION)
     config.data.batch_size = BATCH_SIZE
     config.data.samples_per_class = 1
     config.data.num_views = 1
