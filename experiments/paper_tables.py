@@ -345,27 +345,22 @@ def measured_value(row: Row, metrics: dict) -> float | None:
 
 def probe_accuracy(workdir: Path, probe: Probe) -> dict:
     """`probe` on the latest checkpoint of `workdir` (himl.eval.linear_probe's dict)."""
-    from himl.eval.evaluator import embed_split
+    import himl
+    from himl.data.registry import load_dataset
     from himl.eval.probe import linear_probe
-    from himl.eval.run import load_run_config, restore_params
-    from himl.train.experiment import build_experiment
 
-    config = load_run_config(workdir)
-    exp = build_experiment(config, pretrained=False)  # every variable comes from the checkpoint
-    if probe.level not in exp.dataset.level_names:
+    embedder = himl.load_embedder(workdir)  # the model's variables only
+    config, step = embedder.config, embedder.step
+    dataset = load_dataset(config.data)
+    if probe.level not in dataset.level_names:
         raise PaperTableError(
-            f"probe level {probe.level!r} is not a level of {exp.dataset.name}: "
-            f"{exp.dataset.level_names}"
+            f"probe level {probe.level!r} is not a level of {dataset.name}: {dataset.level_names}"
         )
-    level = exp.dataset.level_names.index(probe.level)
-    params, batch_stats, step = restore_params(exp, workdir, None)
+    level = dataset.level_names.index(probe.level)
     sides = []
     for name in (probe.train_split, probe.test_split):
-        split = exp.dataset.split(name)
-        emb = embed_split(
-            exp.model, params, batch_stats, split, batch_size=config.eval.batch_size, progress=False
-        )
-        sides += [emb, split.labels[:, level]]
+        split = dataset.split(name)
+        sides += [embedder.embed(split.images), split.labels[:, level]]
     result = linear_probe(*sides, seed=config.seed)
     return {**result, "checkpoint_step": step, **dataclasses.asdict(probe)}
 

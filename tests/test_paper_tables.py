@@ -53,7 +53,7 @@ def test_every_row_has_its_published_number_and_a_known_config():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_every_row_config_validates(name):
-    from himl.train.config_lib import validate_config
+    from himl.config_lib import validate_config
 
     config = pt.load_config(pt.BY_NAME[name], ["--config.data.manual_dir=/data/somewhere"])
     validate_config(config)
