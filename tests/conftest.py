@@ -22,3 +22,38 @@ def tiny_config():
     from himl.configs import tiny
 
     return tiny.get_config()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow (end to end, subprocesses); .ci/run does",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The contributors' fast lane: tests marked slow are skipped unless --slow is given."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (as .ci/run does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """`(workdir, config)` of one tiny trained run shared by the tests that read a work
+    directory (himl-eval, himl-embed, load_embedder): configs/tiny.py, 8 steps,
+    checkpoints at steps 4 and 8, no evaluation while training. Treat it as read-only
+    (copy it to change it)."""
+    from himl.configs import tiny
+    from himl.train.loop import train_and_evaluate
+
+    config = tiny.get_config()
+    config.train.steps = 8
+    config.eval.splits = ()
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    train_and_evaluate(config, workdir, progress=False)
+    return workdir, config

@@ -15,22 +15,14 @@ from himl.errors import UserError
 from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
 from himl.runs import restore_model_variables
-from himl.train.loop import train_and_evaluate
 
 REPO = Path(__file__).parents[1]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny trained work directory (checkpoints at steps 4 and 8) and its config."""
-    from himl.configs import tiny
-
-    config = tiny.get_config()
-    config.train.steps = 8
-    config.eval.splits = ()
-    workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(config, workdir, progress=False)
-    return workdir, config
+@pytest.fixture
+def run(tiny_run):
+    """The shared tiny trained run (conftest.py)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,14 @@ from himl.eval import hierarchical_metrics
 from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
 from himl.runs import restore_model_variables
-from himl.train.loop import train_and_evaluate
 
 REPO = pathlib.Path(__file__).parents[1]
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    from himl.configs import tiny
-
-    config = tiny.get_config()
-    config.train.steps = 4
-    config.eval.splits = ()
-    workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(config, workdir, progress=False)
-    return workdir, config
+@pytest.fixture
+def trained_workdir(tiny_run):
+    """The shared tiny trained run (conftest.py)."""
+    return tiny_run
 
 
 def _eval(*args):
@@ -46,7 +39,7 @@ def test_eval_binary_json_matches_library(trained_workdir, tmp_path):
     result = _eval(f"--workdir={workdir}", "--splits=unseen", f"--out={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["checkpoint_step"] == 4
+    assert written["checkpoint_step"] == 8
     assert written["config"]["model"]["embedding_dim"] == config.model.embedding_dim
     for plot in ("unseen_recall_at_k.png", "unseen_embedding_2d.png", "unseen_retrievals.png"):
         assert (tmp_path / plot).stat().st_size > 1000

@@ -100,16 +100,10 @@ def test_real_truncated_gzip_is_named(tmp_path):
 # --- himl-eval ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    from himl.configs import tiny
-    from himl.train.loop import train_and_evaluate
-
-    config = tiny.get_config()
-    config.train.steps, config.eval.splits = 2, ()
-    workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(config, workdir, progress=False)
-    return workdir
+@pytest.fixture
+def trained_workdir(tiny_run):
+    """The shared tiny trained run (conftest.py)."""
+    return tiny_run[0]
 
 
 def test_eval_checks_every_split_before_embedding_any(trained_workdir, monkeypatch):

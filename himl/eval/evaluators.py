@@ -149,15 +149,15 @@ def build_evaluators(eval_config, dataset: Dataset, *, seed: int = 0, splits=Non
     """The evaluators `eval_config.evaluators` names, over `splits` (default
     `eval_config.splits`). Every split they read is checked to exist and be non-empty,
     before anything is embedded."""
+    what = "config.eval.splits" if splits is None else "--splits"
     splits = tuple(eval_config.splits if splits is None else splits)
     names = tuple(eval_config.get("evaluators", DEFAULT_EVALUATORS))
     built = [EVALUATORS[name](eval_config, dataset, splits, seed) for name in names]
     built = [e for e in built if e is not None and e.splits]
     for evaluator in built:
-        what = "config.eval.query_gallery" if isinstance(evaluator, QueryGalleryEvaluator) else (
-            "config.eval.splits"
-        )  # fmt: skip
-        check_splits(dataset, evaluator.splits, what=what)
+        query_gallery = isinstance(evaluator, QueryGalleryEvaluator)
+        check_splits(dataset, evaluator.splits,
+                     what="config.eval.query_gallery" if query_gallery else what)  # fmt: skip
     return built
 
 

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation (matplotlib, headless "Agg" backend).
+"""PNG plots of an evaluation (matplotlib `Figure`s drawn off-screen: no pyplot state and
+no global backend switch, so importing this module changes nothing in a notebook).
 
 - `plot_recall_at_k`: Recall@K against K (log2 axis), one curve per run or level.
 - `plot_embedding_2d`: a 2-D projection (PCA, or t-SNE) coloured by coarse and fine labels.
@@ -13,11 +14,8 @@ from __future__ import annotations
 import os
 import re
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 _RECALL = re.compile(r"^recall@(\d+)$")
 
@@ -26,7 +24,6 @@ def _save(fig, path) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -40,7 +37,8 @@ def plot_recall_at_k(results: dict, path, *, title: str = "Recall@K") -> str:
     """
     if any(_RECALL.match(str(k)) for k in results):
         results = {"": results}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for name, res in results.items():
         if not isinstance(res, dict):
             continue
@@ -102,7 +100,8 @@ def plot_embedding_2d(
         keep = np.sort(np.random.default_rng(seed).choice(len(x), max_points, replace=False))
         x, coarse, fine = x[keep], coarse[keep], fine[keep]
     xy = project_2d(x, method=method, seed=seed)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))
+    axes = fig.subplots(1, 2)
     for ax, labels, name in ((axes[0], coarse, "coarse"), (axes[1], fine, "fine")):
         _, ids = np.unique(labels, return_inverse=True)
         ax.scatter(xy[:, 0], xy[:, 1], c=ids, cmap="tab20", s=4, linewidths=0)
@@ -158,9 +157,8 @@ def plot_retrieval_grid(
         rng = np.random.default_rng(seed)
         query_ids = rng.choice(len(q_lab), min(num_queries, len(q_lab)), replace=False)
     query_ids = np.asarray(query_ids).ravel()
-    fig, axes = plt.subplots(
-        len(query_ids), top + 1, figsize=(1.4 * (top + 1), 1.5 * len(query_ids)), squeeze=False
-    )
+    fig = Figure(figsize=(1.4 * (top + 1), 1.5 * len(query_ids)))
+    axes = fig.subplots(len(query_ids), top + 1, squeeze=False)
     for row, q in enumerate(query_ids):
         cells = [(query_images[q], "black", f"query {q_lab[q]}")]
         for j in idx[q, :top]:

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 
 from himl.models.heads import embedding_head
 
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406])
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225])
+# Plain tuples: a module constant must not start the JAX backend at import.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -73,7 +74,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         if images.shape[-1] == 3:
-            x = (images - IMAGENET_MEAN) / IMAGENET_STD
+            x = (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
         else:
             x = (images - 0.5) / 0.5
         x = nn.Conv(
