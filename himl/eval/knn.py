@@ -58,15 +58,7 @@ def as_embeddings(x, *, name: str = "embeddings") -> jax.Array:
       ValueError: wrong rank or dimension 0 (a programming error).
       EvalInputError: empty split, or the count of NaN / inf rows (a data/model problem).
     """
-    if x is None:
-        raise ValueError(f"{name} is None")
-    shape = np.shape(x)
-    if len(shape) != 2:
-        raise ValueError(f"{name} must have shape [N, D], got {tuple(shape)}")
-    if shape[0] == 0:
-        raise EvalInputError(f"{name} is empty (0 rows): nothing to evaluate")
-    if shape[1] == 0:
-        raise ValueError(f"{name} has dimension 0")
+    _check_shape(x, name)
     x = jnp.asarray(x, dtype=jnp.float32)
     _check_finite(jnp, x, name)
     return x
@@ -75,6 +67,13 @@ def as_embeddings(x, *, name: str = "embeddings") -> jax.Array:
 def as_host_embeddings(x, *, name: str = "embeddings") -> np.ndarray:
     """`as_embeddings` that keeps the array in host memory (NumPy float32): what the
     sharded search slices onto the devices, without a full copy on any one device."""
+    _check_shape(x, name)
+    x = np.asarray(x, dtype=np.float32)
+    _check_finite(np, x, name)
+    return x
+
+
+def _check_shape(x, name: str) -> None:
     if x is None:
         raise ValueError(f"{name} is None")
     shape = np.shape(x)
@@ -84,9 +83,6 @@ def as_host_embeddings(x, *, name: str = "embeddings") -> np.ndarray:
         raise EvalInputError(f"{name} is empty (0 rows): nothing to evaluate")
     if shape[1] == 0:
         raise ValueError(f"{name} has dimension 0")
-    x = np.asarray(x, dtype=np.float32)
-    _check_finite(np, x, name)
-    return x
 
 
 def _check_finite(xp, x, name: str) -> None:
