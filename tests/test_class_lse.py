@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himl.losses import class_lse
 from himl.losses.class_lse import MASKED_LOGIT, class_logsumexp
 
 
@@ -63,24 +62,3 @@ def test_empty_class_is_masked_and_has_finite_gradient():
         lambda z: jnp.sum(jnp.where(lse > MASKED_LOGIT, class_logsumexp(z, col_class, 2), 0))
     )(z)
     assert np.all(np.isfinite(np.asarray(g)))
-
-
-@pytest.mark.parametrize("block", [4, 5])  # 13 rows: padded last block / also padded
-def test_default_cpu_blocks_keep_logits(monkeypatch, block):
-    """chunk_size=None on the CPU: row blocks whose logits the backward pass reuses."""
-    monkeypatch.setattr(class_lse, "CPU_BLOCK_ROWS", block)
-    assert class_lse.block_rows(None, 13) == block
-    rng = np.random.default_rng(2)
-    z = rng.normal(size=(13, 4)).astype(np.float32)
-    z = 4.0 * z / np.linalg.norm(z, axis=1, keepdims=True)
-    col_class = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1, 1, 0, 0, 0], np.int32)
-    got = class_logsumexp(jnp.asarray(z), jnp.asarray(col_class), 3)
-    np.testing.assert_allclose(got, numpy_reference(z, col_class, 3), rtol=2e-6, atol=1e-5)
-    weights = jnp.asarray(rng.normal(size=(13, 3)).astype(np.float32))
-    # The residuals hold the [R, R] logits (not recomputed) only when no chunk_size is given.
-    _, res = class_lse._fwd(jnp.asarray(z), jnp.asarray(col_class), 3, None)
-    assert res[2] is not None and res[2].shape == (13, 13)
-    assert class_lse._fwd(jnp.asarray(z), jnp.asarray(col_class), 3, block)[1][2] is None
-    g = jax.grad(lambda z: jnp.sum(weights * class_logsumexp(z, col_class, 3)))(z)
-    want = jax.grad(lambda z: jnp.sum(weights * naive(z, jnp.asarray(col_class), 3)))(z)
-    np.testing.assert_allclose(g, want, rtol=1e-4, atol=4e-4)

@@ -10,10 +10,8 @@ gradient from one product `W_I z`, with no transpose and no accumulation over bl
 (the flash-attention trick). Autodiff instead needs `G^T z`, which XLA's CPU backend
 computes through a slow strided transpose.
 
-Without `chunk_size` the `[R, R]` logits are kept for the backward pass (computed in
-256-row blocks on the CPU), so forward + backward costs two `[R, R, D]` products. With
-`chunk_size=c` the `[R, R]` matrix is never stored: c rows at a time are computed, reduced
-and recomputed in the backward pass (memory O(R * (c + C + D)), three products).
+With `chunk_size=c` the `[R, R]` matrix is never stored: c rows at a time are computed,
+reduced and recomputed in the backward pass (memory O(R * (c + C + D))).
 """
 
 from __future__ import annotations
@@ -126,8 +124,8 @@ def class_logsumexp(z, col_class, num_classes, chunk_size=None):
       z: `[R, D]` float32 (e.g. normalised embeddings divided by `sqrt(temperature)`).
       col_class: `[R]` int32 in `0 .. num_classes-1`, the class of each column.
       num_classes: static C.
-      chunk_size: rows per block (memory O(R * chunk_size)), or None: `[R, R]` memory, the
-        logits computed in 256-row blocks on the CPU, all rows at once on accelerators.
+      chunk_size: rows per block (memory O(R * chunk_size)), or None: 256-row blocks on
+        the CPU, all rows at once (`[R, R]` memory) on accelerators.
 
     Returns:
       `[R, C]` float32, `lse[i, c] = log sum_{k != i, col_class[k] = c} exp(s_ik)`, and
@@ -154,21 +152,17 @@ def _fwd(z, col_class, num_classes, chunk_size):
     norms = jnp.sqrt(jnp.sum(z * z, axis=1))
     bound = norms * jnp.max(norms)
     onehot = jax.nn.one_hot(col_class, num_classes, dtype=jnp.float32)
-    rows = block_rows(chunk_size, r)
-    if rows is None:  # keep the logits for the backward pass: one product fewer
+    chunk_size = block_rows(chunk_size, r)
+    if chunk_size is None:  # keep the logits for the backward pass: one product fewer
         s = dot_similarity(z, z)
         lse = _block_lse(s, jnp.arange(r), bound, onehot)
         return lse, (z, col_class, s, lse)
 
     def block(rows, zi, bound_i):
-        s_i = dot_similarity(zi, z)
-        return _block_lse(s_i, rows, bound_i, onehot), s_i
+        return _block_lse(dot_similarity(zi, z), rows, bound_i, onehot)
 
-    lse, s = map_rows(block, r, rows, z, bound)
-    # Default CPU blocks (no chunk_size asked for): keep the `[R, R]` logits, as the dense
-    # pass does, so the backward pass needs one product instead of two. An explicit
-    # chunk_size asks for bounded memory: the logits are recomputed there.
-    return lse, (z, col_class, s if chunk_size is None else None, lse)
+    lse = map_rows(block, r, chunk_size, z, bound)
+    return lse, (z, col_class, None, lse)
 
 
 def _bwd(num_classes, chunk_size, res, a):
@@ -179,13 +173,9 @@ def _bwd(num_classes, chunk_size, res, a):
         s_i = dot_similarity(zi, z) if s_i is None else s_i
         return _block_grad(s_i, rows, z, col_class, lse_i, lse_t, a_i, a_t)
 
-    r = z.shape[0]
-    rows = block_rows(chunk_size, r)
-    if s is None:
-        return map_rows(block, r, rows, z, lse, a), None
-    if rows is None:
-        return block(jnp.arange(r), z, lse, a, s), None
-    return map_rows(block, r, rows, z, lse, a, s), None
+    if s is not None:
+        return block(jnp.arange(z.shape[0]), z, lse, a, s), None
+    return map_rows(block, z.shape[0], block_rows(chunk_size, z.shape[0]), z, lse, a), None
 
 
 class_logsumexp.defvjp(_fwd, _bwd)
