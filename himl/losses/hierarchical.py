@@ -28,9 +28,7 @@ official reduction keeps each row. The only `[R, R]` work (R = N * V rows) is on
 the logits: a log-sum-exp per *depth class* (rows kept up to level l), from which every
 level's denominator follows (`himl.losses.class_lse`, with a transpose-free backward pass);
 sums over positives are `x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped
-pass. By default the logits are kept for the backward pass (two `[R, R, D]` products per
-forward + backward); `chunk_size=c` computes c rows at a time and recomputes them in the
-backward pass (bounded memory, one product more).
+pass. `chunk_size=c` computes c rows at a time and recomputes them in the backward pass.
 """
 
 from __future__ import annotations
@@ -247,8 +245,9 @@ _ARGS_DOC = """
         equations have no such factor.
       chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
         pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
-        value and gradient. None: the `[R, R]` logits are kept for the backward pass
-        (computed in cache-sized 256-row blocks on the CPU, in one pass on accelerators).
+        value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
+        there; recomputed in the backward pass, which measured as fast as keeping them),
+        the dense `[R, R]` pass on accelerators.
 
     Returns:
       Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
