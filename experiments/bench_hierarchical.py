@@ -10,9 +10,23 @@ With `--official PATH` (a checkout of salesforce/hierarchicalContrastiveLearning
 torch) the official `HMLC` loss is timed in the same process on the same inputs, forward
 + backward, after checking that both give the same value (reference mode only).
 
+`--products` also times the `[R, D] x [D, R]` logit product alone (R = N * V), in JAX as
+the loss computes it (`class_lse.map_rows`, the default CPU blocks) and in torch (one
+`matmul`), to show how much of each step is matrix products. himl's default CPU step runs three
+such products (logits, logits again in the backward pass, the gradient `W z`). Any exact
+forward + backward needs the multiply-adds of 1.5 (half the symmetric logits, and the
+gradient `W z` with a dense `W`), so `speedup_bound = official_ms / (1.5 * product_ms)`
+bounds the speedup any implementation could reach at this matrix-product speed. The
+official code runs three (forward, and the two input gradients of its level-1 product;
+its later levels are 16x and 64x smaller).
+
   python experiments/bench_hierarchical.py --official ~/src/hierarchicalContrastiveLearning \\
       --torch-threads 2 --out experiments/results/bench_hierarchical_cpu.json
   python experiments/bench_hierarchical.py --sizes 1024 4096 --chunk-size 512
+
+On a shared, loaded machine wall-clock ratios swing by 2-10x from run to run (torch's
+thread barriers stall when a core is taken away). `--single-thread --clock cpu` times the
+CPU seconds of both codes on one thread each: their work, nearly independent of the load.
 """
 
 from __future__ import annotations
@@ -23,15 +37,23 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# XLA reads its thread settings when its CPU backend starts: `--single-thread` must be
+# applied before jax is imported.
+SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+if "--single-thread" in sys.argv:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_FLAGS}".strip()
 
-from himl.benchmarking import median_time
-from himl.losses import hicone, himulcon, himulcone
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from himl.distances import dot_similarity  # noqa: E402
+from himl.losses import hicone, himulcon, himulcone  # noqa: E402
+from himl.losses.class_lse import block_rows, map_rows  # noqa: E402
 
 LOSSES = {"himulcon": himulcon, "hicone": hicone, "himulcone": himulcone}
 # The official HMLC's `loss_type` for each loss (its training script uses torch.exp).
@@ -60,6 +82,35 @@ def load_official(path: str):
     return module.HMLC
 
 
+# `--clock cpu`: CPU seconds of this process (all its threads) instead of wall-clock. With
+# `--single-thread` this is the work a call takes, nearly unaffected by other processes
+# sharing the cores (which only stretch the wall-clock time).
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
+
+def call_times(fn, repeats, budget_s):
+    """`(median s, min s, calls)` of `fn()` after one warm-up call.
+
+    As `himl.benchmarking.median_time`: fewer calls (>= 3) when `repeats` would exceed
+    `budget_s`.
+
+    The minimum is kept too: on a shared machine it is the call least disturbed by other
+    processes (torch's thread barriers suffer more from that than XLA's thread pool).
+    """
+    fn()  # warm-up
+    first = time.perf_counter()
+    fn()
+    first = time.perf_counter() - first
+    calls = repeats if first * repeats <= budget_s else max(3, int(budget_s / max(first, 1e-9)))
+    times = []
+    for _ in range(calls):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return float(np.median(times)), min(times), calls
+
+
 def time_official(hmlc_cls, loss, x, y, temperature, repeats, budget_s):
     import torch
     import torch.nn.functional as F
@@ -77,8 +128,31 @@ def time_official(hmlc_cls, loss, x, y, temperature, repeats, budget_s):
         return float(value.detach())
 
     value = step()
-    seconds, calls, _ = median_time(step, repeats, budget_s)
-    return value, seconds, calls
+    return (value, *call_times(step, repeats, budget_s))
+
+
+def time_products(x, repeats, budget_s, with_torch):
+    """Milliseconds of one `[R, D] x [D, R]` logit product: JAX (as the loss blocks it), torch.
+
+    Each JAX block is reduced to its row maxima while in cache (as the loss does), so the
+    time is not that of writing `[R, R]` floats to memory.
+    """
+    z = jnp.asarray(x.reshape(-1, x.shape[-1]))
+    r = z.shape[0]
+
+    def block(rows, zi):
+        return jnp.max(dot_similarity(zi, z), axis=1)
+
+    product = jax.jit(lambda z: map_rows(block, r, block_rows(None, r), z))
+    out = {"product_ms": call_times(lambda: jax.block_until_ready(product(z)), repeats,
+                                    budget_s)[0] * 1e3}  # fmt: skip
+    if with_torch:
+        import torch
+
+        zt = torch.tensor(np.asarray(z))
+        seconds = call_times(lambda: torch.matmul(zt, zt.T), repeats, budget_s)[0]
+        out["official_product_ms"] = seconds * 1e3
+    return out
 
 
 def bench(args, size, official):
@@ -95,17 +169,26 @@ def bench(args, size, official):
     compiled = step.lower(xj, yj).compile()
     row = {"N": size, "rows": size * args.views, "compile_s": time.perf_counter() - t0}
     value = float(jax.block_until_ready(compiled(xj, yj))[0])
-    seconds, calls, _ = median_time(
+    seconds, fastest, calls = call_times(
         lambda: jax.block_until_ready(compiled(xj, yj)), args.repeats, args.budget_s
     )
-    row.update(himl_ms=seconds * 1e3, himl_calls=calls, value=value)
+    row.update(himl_ms=seconds * 1e3, himl_min_ms=fastest * 1e3, himl_calls=calls, value=value)
     if official is not None:
-        ref, ref_s, ref_calls = time_official(
+        ref, ref_s, ref_fastest, ref_calls = time_official(
             official, args.loss, x, y, args.temperature, args.repeats, args.budget_s
         )
         row.update(official_value=ref, official_ms=ref_s * 1e3, official_calls=ref_calls)
+        row["official_min_ms"] = ref_fastest * 1e3
         row["rel_diff"] = abs(value - ref) / max(abs(ref), 1e-30)
         row["speedup"] = ref_s / seconds
+        row["speedup_of_min"] = ref_fastest / fastest
+    if args.products:
+        row.update(time_products(x, args.repeats, args.budget_s, official is not None))
+        row["himl_product_share"] = 3 * row["product_ms"] / row["himl_ms"]
+        if official is not None:
+            row["official_product_share"] = 3 * row["official_product_ms"] / row["official_ms"]
+            # No exact step needs fewer multiply-adds than 1.5 products (see the top).
+            row["speedup_bound"] = row["official_ms"] / (1.5 * row["product_ms"])
     return row
 
 
@@ -126,10 +209,17 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=30.0, help="timing budget per size")
     p.add_argument("--official", default=None, help="path of an official-code checkout")
     p.add_argument("--torch-threads", type=int, default=None)
+    p.add_argument("--products", action="store_true", help="also time the logit product")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="what is timed")
+    p.add_argument("--single-thread", action="store_true", help="XLA and torch on one thread each")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     if args.official is not None and args.mode != "reference":
         p.error("--official compares reference mode only")
+    global clock
+    clock = CLOCK[args.clock]
+    if args.single_thread:
+        args.torch_threads = 1
     official = None if args.official is None else load_official(args.official)
     if official is not None and args.torch_threads:
         import torch
@@ -151,7 +241,24 @@ def main(argv=None):
             f" {_fmt(row.get('himl_growth'), '6.1f'):>6s}"
             f" {_fmt(row.get('official_ms'), '11.1f'):>11s}"
             f" {_fmt(row.get('official_growth'), '6.1f'):>6s}"
-            f" {_fmt(row.get('speedup'), '7.1f'):>7s} {_fmt(row.get('rel_diff'), '8.1e'):>8s}",
+            f" {_fmt(row.get('speedup'), '7.1f'):>7s} {_fmt(row.get('rel_diff'), '8.1e'):>8s}"
+            + f" (min: {row['himl_min_ms']:.2f} ms"
+            + (
+                f", official {row['official_min_ms']:.1f}, x{row['speedup_of_min']:.1f})"
+                if "official_min_ms" in row
+                else ")"
+            )
+            + (
+                f" product ms {row['product_ms']:.2f} (himl share {row['himl_product_share']:.0%})"
+                if "product_ms" in row
+                else ""
+            )
+            + (
+                f" torch product ms {row['official_product_ms']:.2f} (official share"
+                f" {row['official_product_share']:.0%}, bound {row['speedup_bound']:.1f}x)"
+                if "official_product_ms" in row
+                else ""
+            ),
             flush=True,
         )
     if args.out:
@@ -162,6 +269,7 @@ def main(argv=None):
             "cpus": os.cpu_count(),
             "load_average_after": os.getloadavg(),
             "args": {k: v for k, v in vars(args).items() if k != "out"},
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
         }
         if official is not None:
             import torch

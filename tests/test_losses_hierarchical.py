@@ -441,3 +441,25 @@ def test_default_blocks_equal_one_dense_pass():
         (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(f))(x, y) for f in fns)
         np.testing.assert_allclose(v0, v1, rtol=1e-6)
         np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-7)
+
+
+def test_benchmark_command_runs_and_reports_the_loss_value(tmp_path):
+    """experiments/bench_hierarchical.py at toy sizes: its values are the loss's, JSON out."""
+    import importlib.util
+    import json
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "bench_hierarchical.py"
+    spec = importlib.util.spec_from_file_location("bench_hierarchical", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    rows = bench.main(
+        ["--sizes", "8", "16", "--repeats", "2", "--products", "--clock", "cpu", "--out", str(out)]
+    )
+    assert [r["N"] for r in json.loads(out.read_text())["rows"]] == [8, 16]
+    for row in rows:
+        x, y = bench.hierarchical_batch(row["N"], 128)
+        assert row["value"] == pytest.approx(float(himulcone(x, y)), rel=1e-6)
+        assert 0 < row["himl_min_ms"] <= row["himl_ms"] and row["product_ms"] > 0
+    assert rows[1]["himl_growth"] > 0 and "speedup" not in rows[1]

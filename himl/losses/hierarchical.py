@@ -246,7 +246,8 @@ _ARGS_DOC = """
       chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
         pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
         value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
-        there), the dense `[R, R]` pass on accelerators.
+        there; recomputed in the backward pass, which measured as fast as keeping them),
+        the dense `[R, R]` pass on accelerators.
 
     Returns:
       Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
