@@ -29,6 +29,48 @@ the logits: a log-sum-exp per *depth class* (rows kept up to level l), from whic
 level's denominator follows (`himl.losses.class_lse`, with a transpose-free backward pass);
 sums over positives are `x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped
 pass. `chunk_size=c` computes c rows at a time and recomputes them in the backward pass.
+
+The three losses share their arguments, results and modes:
+
+    Args:
+      embeddings: `[N, V, D]` (V augmented views per sample) or `[N, D]` (V = 1); any
+        float dtype, computed in float32. Rows are L2-normalised here (the official code
+        expects normalised features, so its numbers are unchanged).
+      labels: `[N, L]` integer label rows, column 0 coarsest, column L-1 finest (e.g. an
+        instance id, which is never used to group). Rows must form a tree.
+      temperature: softmax temperature t; default 0.07, the `--temp` default of the
+        official `train_deepfashion.py` (its README example uses 0.1).
+      mode: "reference" (official code's numbers) or "paper" (published equations).
+      base_temperature: reference mode scales every level by `t / base_temperature`, as
+        the official SupConLoss does with its fixed 0.07; unused in paper mode, whose
+        equations have no such factor.
+      chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
+        pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
+        value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
+        there; recomputed in the backward pass, which measured as fast as keeping them),
+        the dense `[R, R]` pass on accelerators.
+
+    Returns:
+      Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
+      possible with V = 1) contributes nothing there.
+
+    Raises:
+      ValueError: bad shapes or dtypes, unknown mode or level_penalty.
+
+    Modes:
+      reference: for l = 1 .. L-1, SupCon over the view-anchors still in the batch, with
+        positives sharing the label prefix of length L-l, averaged over those anchors;
+        then keep one sample per prefix (the one whose row without its last column is
+        lexicographically smallest, ties by batch index). Sum over levels, divided by L.
+      paper: the pair loss `-log(exp(s_ip) / sum_{a != i} exp(s_ia))` over the full batch,
+        averaged over the `|P_l(i)|` positives of i at level l, over the anchors that
+        have one, summed over l = 1 .. L-1 and divided by L (as the official code does).
+        Ambiguities resolved here: the paper's `sum_i` is taken as a mean over anchors
+        (as in every SupCon implementation); levels are indexed from the finest grouping
+        (the paper's lambda_l = F(l) needs l >= 1); positives at level l are all samples
+        sharing the prefix, not only those whose lowest common ancestor is at l; the
+        finest level l = 1 has no finer level, so HiConE leaves it unclamped; the
+        normaliser `1/|L|` counts the L label columns.
 """
 
 from __future__ import annotations
@@ -230,49 +272,6 @@ def _hierarchical_loss(
     return _paper_loss(x, groups, temperature, penalty, clamp, chunk_size)
 
 
-_ARGS_DOC = """
-    Args:
-      embeddings: `[N, V, D]` (V augmented views per sample) or `[N, D]` (V = 1); any
-        float dtype, computed in float32. Rows are L2-normalised here (the official code
-        expects normalised features, so its numbers are unchanged).
-      labels: `[N, L]` integer label rows, column 0 coarsest, column L-1 finest (e.g. an
-        instance id, which is never used to group). Rows must form a tree.
-      temperature: softmax temperature t; default 0.07, the `--temp` default of the
-        official `train_deepfashion.py` (its README example uses 0.1).
-      mode: "reference" (official code's numbers) or "paper" (published equations).
-      base_temperature: reference mode scales every level by `t / base_temperature`, as
-        the official SupConLoss does with its fixed 0.07; unused in paper mode, whose
-        equations have no such factor.
-      chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
-        pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
-        value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
-        there; recomputed in the backward pass, which measured as fast as keeping them),
-        the dense `[R, R]` pass on accelerators.
-
-    Returns:
-      Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
-      possible with V = 1) contributes nothing there.
-
-    Raises:
-      ValueError: bad shapes or dtypes, unknown mode or level_penalty.
-
-    Modes:
-      reference: for l = 1 .. L-1, SupCon over the view-anchors still in the batch, with
-        positives sharing the label prefix of length L-l, averaged over those anchors;
-        then keep one sample per prefix (the one whose row without its last column is
-        lexicographically smallest, ties by batch index). Sum over levels, divided by L.
-      paper: the pair loss `-log(exp(s_ip) / sum_{a != i} exp(s_ia))` over the full batch,
-        averaged over the `|P_l(i)|` positives of i at level l, over the anchors that
-        have one, summed over l = 1 .. L-1 and divided by L (as the official code does).
-        Ambiguities resolved here: the paper's `sum_i` is taken as a mean over anchors
-        (as in every SupCon implementation); levels are indexed from the finest grouping
-        (the paper's lambda_l = F(l) needs l >= 1); positives at level l are all samples
-        sharing the prefix, not only those whose lowest common ancestor is at l; the
-        finest level l = 1 has no finer level, so HiConE leaves it unclamped; the
-        normaliser `1/|L|` counts the L label columns.
-"""
-
-
 def himulcon(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -309,6 +308,7 @@ def hicone(
     Reference mode clamps each level's loss by the largest loss of the finer levels;
     paper mode clamps each pair's loss by the largest of the anchor's finer-level pair
     losses. No level penalty (the paper's HiConE has none), so no `level_penalty`.
+    Arguments, result and modes: the module docstring (shared by the three losses).
     """
     return _hierarchical_loss(
         embeddings, labels, "hicone", temperature=temperature, mode=mode,
@@ -330,15 +330,10 @@ def himulcone(
     """HiMulConE (Eq. 7): the HiConE clamp first, then the HiMulCon weight `lambda(l)`.
 
     This is the official training default (`--loss hmce`, `layer_penalty=torch.exp`).
+    Arguments, result and modes: the module docstring (shared by the three losses).
     """
     return _hierarchical_loss(
         embeddings, labels, "himulcone", temperature=temperature, mode=mode,
         level_penalty=level_penalty, base_temperature=base_temperature, clamp=True,
         chunk_size=chunk_size,
     )  # fmt: skip
-
-
-for _fn in (himulcon, hicone, himulcone):
-    if _fn.__doc__:  # None under `python -OO`
-        _fn.__doc__ += _ARGS_DOC
-del _fn
