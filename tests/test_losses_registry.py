@@ -157,3 +157,22 @@ def test_hyperparameters_come_from_the_loss_and_its_initialiser():
     assert default_hparams("proxy_nca") == {"softmax_scale": 1.0}
     with pytest.raises(ValueError, match="not both"):
         LossInfo(hist, "flat", init_params=init_hist, init_variables=init_hist)
+
+
+def test_the_train_step_names_no_loss():
+    """`himl/train` binds losses only through the table: no string literal in the objective
+    or the step names a registered loss (a new loss needs no edit there)."""
+    import ast
+    import pathlib
+
+    import himl.train
+
+    root = pathlib.Path(himl.train.__file__).parent
+    for module in ("objective.py", "state.py", "loop.py"):
+        tree = ast.parse((root / module).read_text())
+        named = {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        assert not named & set(LOSSES), (module, named & set(LOSSES))

@@ -118,8 +118,8 @@ class LossInfo:
         _, fn_kw = self._split(hparams)
         if self.has_state:
             return self.fn(embeddings, labels, variables, train=train, **fn_kw)
-        loss = self.fn(embeddings, labels, **variables["params"], **fn_kw)
-        return loss, variables["batch_stats"]
+        loss = self.fn(embeddings, labels, **variables.get("params", {}), **fn_kw)
+        return loss, variables.get("batch_stats", {})
 
 
 def _keywords(fn) -> set[str]:
