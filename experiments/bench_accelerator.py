@@ -123,16 +123,15 @@ def bench_losses(args, platform_kind):
             row = {"loss": name, "B": b, "D": args.dim}
             try:
                 x, y, num_classes = _inputs(info, b if info.labels == "flat" else b // 2, args.dim)
-                params = {}
-                if info.init_params is not None:
-                    params = info.init_params(
-                        jax.random.key(0), num_classes=num_classes, embedding_dim=args.dim
-                    )
+                variables = info.init(
+                    jax.random.key(0), num_classes=num_classes, embedding_dim=args.dim
+                )
+                params = variables["params"]
                 kw = _chunk_kwargs(name, b, args.chunk_size)
                 row.update(kw)
 
-                def loss(x, params, y, kw=kw, fn=info.fn):
-                    return fn(x, y, **params, **kw)
+                def loss(x, params, y, kw=kw, info=info, variables=variables):
+                    return info.apply({**variables, "params": params}, x, y, **kw)[0]
 
                 xj, yj = jnp.asarray(x), jnp.asarray(y)
                 step, row["compile_s"] = _compile(

@@ -1,6 +1,6 @@
 """Forward + backward speed of the HIST loss head (distributions + hypergraph + HGNN).
 
-For each (B, C): `jit(value_and_grad)` of `himl.losses.hist_loss` with respect to the
+For each (B, C): `jit(value_and_grad)` of `himl.losses.hist` with respect to the
 embeddings `[B, D]`, the class distributions `[C, D]` and the HGNN parameters (hidden 512,
 official default), HGNN batch norm in train mode. Reference, timed the same way in the same
 process: a jitted JAX transcription of the official algorithm's data flow (ljin0429/HIST
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himl.benchmarking import median_time
-from himl.losses.hist import hist_loss, init_hist
+from himl.losses.hist import hist, init_hist
 from himl.models.hgnn import HGNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +62,10 @@ def bench_one(b, c, d, hidden, repeats, with_ref):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(b, d)).astype(np.float32))
     y = jnp.asarray(rng.choice(c, max(b // 4, 1), replace=c < b // 4).repeat(4)[:b], jnp.int32)
-    params = init_hist(jax.random.key(0), num_classes=c, embedding_dim=d, hgnn_hidden=hidden)
+    variables = init_hist(jax.random.key(0), num_classes=c, embedding_dim=d, hgnn_hidden=hidden)
+    params = variables["params"]
     row = {"B": b, "C": c, "D": d, "hidden": hidden}
-    fns = {"himl": lambda x, p, y: hist_loss(x, y, **p, hgnn_hidden=hidden)}
+    fns = {"himl": lambda x, p, y: hist(x, y, {**variables, "params": p})[0]}
     if with_ref:
         cols = np.unique(np.asarray(y))
         fns["ref"] = lambda x, p, y: official_style_loss(x, y, cols, **p, hidden=hidden)

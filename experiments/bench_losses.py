@@ -1,7 +1,7 @@
 """Forward + backward speed of every registered loss, against references in the same process.
 
 For each loss of `himl.losses.LOSSES` and each (B, D): `jit(value_and_grad)` with respect to
-the embeddings (and the loss's parameters, for entries with `init_params`). Reported:
+the embeddings (and the loss's parameters, for entries that have any). Reported:
 compile time (lower + compile, separately), and the median of >= `--repeats` steady-state
 calls after warm-up (`jax.block_until_ready`). References, timed the same way in the same
 process: the slow NumPy loop references of `tests/test_losses_classic.py` (value only,
@@ -95,12 +95,11 @@ def _time_pml(factory, x, y, num_classes, repeats):
 def bench_one(name, b, d, args, refs, pml):
     info = LOSSES[name]
     x, y, num_classes = _inputs(info, b, d)
-    params = {}
-    if info.init_params is not None:
-        params = info.init_params(jax.random.key(0), num_classes=num_classes, embedding_dim=d)
+    variables = info.init(jax.random.key(0), num_classes=num_classes, embedding_dim=d)
+    params = variables["params"]
 
     def loss(x, params, y):
-        return info.fn(x, y, **params)
+        return info.apply({**variables, "params": params}, x, y)[0]
 
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     xj, yj = jnp.asarray(x), jnp.asarray(y)

@@ -7,6 +7,9 @@ embeddings give finite values *and* finite gradients.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -78,6 +81,11 @@ def euclidean_distance(
     return safe_sqrt(squared_euclidean_distance(a, b, normalize=normalize))
 
 
+def at_least_f32(x: jax.Array) -> jax.Array:
+    """bf16/f16 -> float32; float32 and float64 unchanged."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def mahalanobis_diag_distance(
     a: jax.Array, b: jax.Array | None = None, *, s2: jax.Array
 ) -> jax.Array:
@@ -87,20 +95,25 @@ def mahalanobis_diag_distance(
       a: `[N, D]`; b: `[M, D]` (default `a`).
       s2: positive variances, `[D]` (one metric) or `[M, D]` (one per reference row, as HIST's
         per-class variances). Inputs are used as given (normalise them first if wanted).
+
+    Computed as three `[N, D] x [D, M]` products (no `[N, M, D]` tensor) at full precision
+    (the expansion subtracts nearly equal terms, so reduced-precision matmuls would show),
+    in float32 (float64 inputs stay float64), clamped at 0 against rounding.
     """
     b_ = a if b is None else b
-    s2 = jnp.asarray(s2, jnp.float32)
+    s2 = jnp.asarray(s2)
     if s2.ndim not in (1, 2) or s2.shape[-1] != a.shape[-1]:
         raise ValueError(f"mahalanobis: s2 must be [D] or [M, D], got {s2.shape}")
     if s2.ndim == 2 and s2.shape[0] != b_.shape[0]:
         raise ValueError(f"mahalanobis: s2 {s2.shape} does not match {b_.shape[0]} rows")
-    inv = 1.0 / s2
-    af, bf = a.astype(jnp.float32), b_.astype(jnp.float32)
-    inv2 = jnp.broadcast_to(inv, bf.shape)
+    dtype = jnp.promote_types(jnp.result_type(a, b_, s2), jnp.float32)
+    af, bf = a.astype(dtype), b_.astype(dtype)
+    inv = jnp.broadcast_to(1.0 / s2.astype(dtype), bf.shape)
+    hi = jax.lax.Precision.HIGHEST
     d2 = (
-        jnp.square(af) @ inv2.T
-        - 2.0 * dot_similarity(af, bf * inv2)
-        + jnp.sum(jnp.square(bf) * inv2, axis=-1)[None, :]
+        jnp.einsum("nd,md->nm", jnp.square(af), inv, precision=hi)
+        - 2.0 * jnp.einsum("nd,md->nm", af, bf * inv, precision=hi)
+        + jnp.sum(jnp.square(bf) * inv, axis=-1)[None, :]
     )
     d2 = jnp.maximum(d2, 0.0)
     if b is None and s2.ndim == 1:
@@ -108,19 +121,28 @@ def mahalanobis_diag_distance(
     return d2
 
 
-# name -> (function, is_similarity). A similarity is "inverted" in PML's sense: larger
-# means closer, so every margin inequality flips.
+class _Measure(NamedTuple):
+    fn: Callable[..., jax.Array]
+    # A similarity is "inverted" in PML's sense: larger means closer, so every margin
+    # inequality flips.
+    is_similarity: bool
+    # Needs a metric (`s2=`) that the caller learns or supplies: not a plain `distance=`.
+    needs_metric: bool = False
+
+
 _MEASURES = {
-    "euclidean": (euclidean_distance, False),
-    "squared_euclidean": (squared_euclidean_distance, False),
-    "cosine": (cosine_similarity, True),
-    "dot": (dot_similarity, True),
-    "mahalanobis": (mahalanobis_diag_distance, False),
+    "euclidean": _Measure(euclidean_distance, False),
+    "squared_euclidean": _Measure(squared_euclidean_distance, False),
+    "cosine": _Measure(cosine_similarity, True),
+    "dot": _Measure(dot_similarity, True),
+    "mahalanobis": _Measure(mahalanobis_diag_distance, False, needs_metric=True),
 }
 MEASURES = tuple(_MEASURES)
+# The measures a loss's `distance=` hyperparameter can name.
+LOSS_MEASURES = tuple(name for name, m in _MEASURES.items() if not m.needs_metric)
 
 
-def _lookup(name: str):
+def _lookup(name: str) -> _Measure:
     if name not in _MEASURES:
         raise ValueError(f"unknown distance {name!r}; valid names: {', '.join(MEASURES)}")
     return _MEASURES[name]
@@ -128,7 +150,7 @@ def _lookup(name: str):
 
 def is_similarity(name: str) -> bool:
     """True if `name` is a similarity (larger = closer; PML's `is_inverted`)."""
-    return _lookup(name)[1]
+    return _lookup(name).is_similarity
 
 
 def pairwise(name: str, a: jax.Array, b: jax.Array | None = None, **kwargs) -> jax.Array:
@@ -137,7 +159,7 @@ def pairwise(name: str, a: jax.Array, b: jax.Array | None = None, **kwargs) -> j
     `kwargs` go to the measure (`s2=` for "mahalanobis", `normalize=` for the euclidean
     ones). Example: `pairwise("euclidean", x)` is PML's `LpDistance()(x)`.
     """
-    fn, _ = _lookup(name)
+    fn = _lookup(name).fn
     if a.ndim != 2 or (b is not None and (b.ndim != 2 or b.shape[-1] != a.shape[-1])):
         raise ValueError(
             f"pairwise({name!r}): need [N, D] and [M, D], got {a.shape} and "

@@ -1,10 +1,14 @@
 """Pure-functional metric-learning losses: `fn(embeddings, labels, **hparams) -> scalar`.
 
-Pick one by name with `get_loss(name)`; `LOSSES` lists them all.
+Losses with learnable parameters take them as keyword arguments (`proxies=`, from
+`init_proxy_anchor` and co.); HIST, which also has batch statistics, takes the variables
+from `init_hist` and returns `(loss, batch_stats)`. Pick one by name with `get_loss(name)`
+or `loss_info(name)` (which creates and applies any loss's variables the same way);
+`LOSSES` lists them all. The masked reductions they share are in `himl.losses.reductions`.
 """
 
 from himl.losses.hierarchical import hicone, himulcon, himulcone
-from himl.losses.hist import hist_loss, init_hist
+from himl.losses.hist import HistOutputs, hist, hist_outputs, init_hist
 from himl.losses.pair import contrastive, multi_similarity, triplet_margin
 from himl.losses.proxy import (
     init_normalized_softmax,
@@ -20,6 +24,7 @@ from himl.losses.tuple import lifted_structure, npairs
 
 __all__ = [
     "LOSSES",
+    "HistOutputs",
     "LossInfo",
     "contrastive",
     "default_hparams",
@@ -27,7 +32,8 @@ __all__ = [
     "hicone",
     "himulcon",
     "himulcone",
-    "hist_loss",
+    "hist",
+    "hist_outputs",
     "init_hist",
     "init_normalized_softmax",
     "init_proxy_anchor",

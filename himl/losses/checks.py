@@ -1,9 +1,16 @@
-"""Shape and dtype checks shared by the losses; they run at trace time (static shapes)."""
+"""Argument checks shared by the losses, with one wording for each kind of mistake.
+
+They run at trace time (static shapes, Python hyperparameters), so a bad argument raises
+one ValueError naming the loss and the argument before anything is computed.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from himl.distances import LOSS_MEASURES
 
 
 def check_embeddings_and_labels(embeddings, labels, loss_name: str, *, label_rank: int = 1):
@@ -41,3 +48,50 @@ def check_positive(loss_name: str, **hparams) -> None:
     for name, value in hparams.items():
         if isinstance(value, int | float) and not value > 0:
             raise ValueError(f"{loss_name}: {name} must be > 0, got {value}")
+
+
+def check_choice(loss_name: str, what: str, value, valid) -> None:
+    """Raises ValueError `"<loss>: unknown <what> <value>; valid: ..."` unless `value` is
+    one of `valid` (a mining scheme, a distance name, a mode)."""
+    if value not in valid:
+        raise ValueError(f"{loss_name}: unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def check_distance(loss_name: str, distance: str) -> None:
+    """A loss's `distance=` must name a measure of `himl.distances` that needs no learned
+    metric (`LOSS_MEASURES`)."""
+    check_choice(loss_name, "distance", distance, LOSS_MEASURES)
+
+
+def check_chunk_size(loss_name: str, chunk_size) -> None:
+    """`chunk_size` (rows computed at a time) must be a positive int, or None (dense)."""
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise ValueError(
+            f"{loss_name}: chunk_size must be a positive int or None, got {chunk_size!r}"
+        )
+
+
+def check_class_labels(labels: jax.Array, num_classes: int, loss_name: str) -> None:
+    """Raises ValueError if concrete `labels` are not class indices in `[0, num_classes)`
+    (a loss with one parameter row per class would silently pick a wrong or clipped row).
+    Traced labels cannot be checked here: see `nan_unless_class_labels`."""
+    concrete = not isinstance(labels, jax.core.Tracer) and getattr(
+        labels, "is_fully_addressable", True
+    )
+    if concrete and labels.size:
+        values = np.asarray(labels)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{loss_name}: labels must be class indices in [0, {num_classes}), "
+                f"got labels in [{lo}, {hi}]"
+            )
+
+
+def nan_unless_class_labels(loss: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """`loss`, or NaN if any label is outside `[0, num_classes)`: under jit such a label
+    cannot raise, and one-hot / take would otherwise give a finite, wrong loss."""
+    in_range = jnp.all((labels >= 0) & (labels < num_classes))
+    return jnp.where(in_range, loss, jnp.nan)

@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from himl.distances import dot_similarity
-
-# Stands in for -inf (as himl.losses.supcon.MASKED_LOGIT): exp() of it is 0 in float32.
-MASKED_LOGIT = -1e30
+from himl.losses.reductions import MASKED_LOGIT  # stands in for -inf: exp() of it is 0
 
 
 def _pick(index, table, axis):

@@ -81,9 +81,14 @@ import jax
 import jax.numpy as jnp
 
 from himl.distances import dot_similarity, l2_normalize
-from himl.losses.checks import check_embeddings_and_labels
+from himl.losses.checks import (
+    check_choice,
+    check_chunk_size,
+    check_embeddings_and_labels,
+    check_positive,
+)
 from himl.losses.class_lse import block_rows, class_logsumexp, map_rows
-from himl.losses.supcon import MASKED_LOGIT
+from himl.losses.reductions import MASKED_LOGIT
 
 MODES = ("reference", "paper")
 
@@ -240,21 +245,12 @@ def _hierarchical_loss(
 ):  # fmt: skip
     embeddings, labels = jnp.asarray(embeddings), jnp.asarray(labels)
     check_embeddings_and_labels(embeddings, labels, name, label_rank=2)
-    if mode not in MODES:
-        raise ValueError(f"{name}: unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if level_penalty not in LEVEL_PENALTIES:
-        raise ValueError(
-            f"{name}: unknown level_penalty {level_penalty!r}; valid: {', '.join(LEVEL_PENALTIES)}"
-        )
+    check_choice(name, "mode", mode, MODES)
+    check_choice(name, "level_penalty", level_penalty, tuple(LEVEL_PENALTIES))
     if labels.shape[1] < 1:
         raise ValueError(f"{name}: labels need at least one column, got {labels.shape}")
-    for what, value in (("temperature", temperature), ("base_temperature", base_temperature)):
-        if isinstance(value, (int, float)) and value <= 0:
-            raise ValueError(f"{name}: {what} must be positive, got {value}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"{name}: chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_positive(name, temperature=temperature, base_temperature=base_temperature)
+    check_chunk_size(name, chunk_size)
     if embeddings.ndim == 2:
         embeddings = embeddings[:, None, :]
     n, views, dim = embeddings.shape

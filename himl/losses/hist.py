@@ -1,5 +1,15 @@
 """HIST: the hypergraph-induced semantic tuplet loss (Lim et al., CVPR 2022; seed 001).
 
+Usage, like any loss with state (the registry entry describes it the same way):
+
+    variables = init_hist(rng, num_classes=C, embedding_dim=D)      # hgnn_hidden=512
+    loss, batch_stats = hist(embeddings, labels, variables)         # train=True
+    variables = {**variables, "batch_stats": batch_stats}
+    out = hist_outputs(embeddings, labels, variables)  # H, G, logits, ... for inspection
+
+`variables` is `{"params": {"means", "log_vars", "hgnn"}, "batch_stats": {"hgnn"}}`; the
+HGNN's width is read from its parameters, never repeated.
+
 Semantics of the official code (ljin0429/HIST, `code/hist.py` classes `CDs2Hg` and `HGNN`,
 `code/train.py`), in pure functions of explicit arrays:
 
@@ -32,43 +42,30 @@ from __future__ import annotations
 
 import math
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from himl.distances import l2_normalize
-from himl.losses.checks import check_positive, flatten_views
+from himl.distances import at_least_f32, l2_normalize, mahalanobis_diag_distance
+from himl.losses.checks import (
+    check_class_labels,
+    check_positive,
+    flatten_views,
+    nan_unless_class_labels,
+)
 from himl.models.hgnn import HGNN
 
 _HI = jax.lax.Precision.HIGHEST
 
 
-def _at_least_f32(x: jax.Array) -> jax.Array:
-    """bf16/f16 -> float32; float32 and float64 unchanged."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def class_variances(log_vars: jax.Array) -> jax.Array:
-    """`s2 = exp(relu6(log_vars))`, in `[1, e^6]`."""
-    return jnp.exp(jax.nn.relu6(log_vars))
-
-
 def hist_distances(x: jax.Array, means: jax.Array, log_vars: jax.Array) -> jax.Array:
     """Squared diagonal Mahalanobis distances `[N, C]` of normalised `x [N, D]` to the
-    normalised `means [C, D]` with variances `exp(relu6(log_vars))`.
-
-    Computed as three `[N, D] x [D, C]` products (no `[N, C, D]` tensor), in float32 at full
-    precision, clamped at 0 against rounding.
-    """
-    xh = l2_normalize(_at_least_f32(x))
-    muh = l2_normalize(_at_least_f32(means))
-    inv = jnp.exp(-jax.nn.relu6(_at_least_f32(log_vars)))  # 1 / s2
-    d2 = (
-        jnp.einsum("nd,cd->nc", jnp.square(xh), inv, precision=_HI)
-        - 2.0 * jnp.einsum("nd,cd->nc", xh, muh * inv, precision=_HI)
-        + jnp.sum(jnp.square(muh) * inv, axis=-1)[None, :]
-    )
-    return jnp.maximum(d2, 0.0)
+    normalised `means [C, D]` with per-class variances `s2 = exp(relu6(log_vars))`
+    (`himl.distances.mahalanobis_diag_distance`, float32 or wider)."""
+    s2 = jnp.exp(jax.nn.relu6(at_least_f32(log_vars)))
+    xh, muh = l2_normalize(at_least_f32(x)), l2_normalize(at_least_f32(means))
+    return mahalanobis_diag_distance(xh, muh, s2=s2)
 
 
 def hypergraph_incidence(d2: jax.Array, labels: jax.Array, *, alpha: float) -> jax.Array:
@@ -96,11 +93,17 @@ def hypergraph_laplacian(h: jax.Array) -> jax.Array:
     return jnp.einsum("ne,me->nm", hs * de_inv[None, :], hs, precision=_HI)
 
 
-def init_hist_variables(
+def init_hist(
     rng: jax.Array, *, num_classes: int, embedding_dim: int, hgnn_hidden: int = 512
 ) -> dict:
-    """`{"params": {"means", "log_vars", "hgnn"}, "batch_stats": {"hgnn": ...}}` for C
-    classes and D-dim embeddings, initialised as in the official code."""
+    """HIST's variables for C classes and D-dim embeddings, initialised as the official code:
+
+        {"params": {"means": [C, D], "log_vars": [C, D], "hgnn": HGNN parameters},
+         "batch_stats": {"hgnn": the HGNN's running statistics}}
+
+    `hgnn_hidden` is the HGNN's hidden width (official `--hgnn-hidden`, 512).
+    """
+    check_positive("hist", num_classes=num_classes, hgnn_hidden=hgnn_hidden)
     k_mu, k_var, k_hgnn = jax.random.split(rng, 3)
     std = math.sqrt(2.0 / num_classes)  # kaiming_normal_(mode="fan_out") of a [C, D] tensor
     shape = (num_classes, embedding_dim)
@@ -120,111 +123,139 @@ def init_hist_variables(
     }
 
 
-def init_hist(
-    rng: jax.Array, *, num_classes: int, embedding_dim: int, hgnn_hidden: int = 512
-) -> dict:
-    """The learnable arrays `{"means", "log_vars", "hgnn"}` passed to `hist_loss`."""
-    return init_hist_variables(
-        rng, num_classes=num_classes, embedding_dim=embedding_dim, hgnn_hidden=hgnn_hidden
-    )["params"]
+@flax.struct.dataclass
+class HistOutputs:
+    """Everything one HIST evaluation computes (a pytree: return it from `jit`).
 
-
-def hist_loss_and_aux(
-    embeddings: jax.Array,
-    labels: jax.Array,
-    means: jax.Array,
-    log_vars: jax.Array,
-    hgnn: dict,
-    hgnn_batch_stats: dict | None = None,
-    *,
-    tau: float = 32.0,
-    alpha: float = 0.9,
-    lambda_s: float = 1.0,
-    hgnn_hidden: int = 512,
-    train: bool = True,
-) -> tuple[jax.Array, dict]:
-    """`L_D + lambda_s L_CE` and `{"distribution", "ce", "batch_stats"}`.
-
-    `batch_stats` are the HGNN's updated running statistics in train mode (its batch norm
-    normalises with the batch's own statistics, so the loss does not depend on
-    `hgnn_batch_stats` then) and `hgnn_batch_stats` unchanged with `train=False`.
+    Shapes for N samples (embeddings `[B, V, D]` count as N = B * V) and C classes:
+      loss: `L_D + lambda_s * L_CE`, scalar (NaN if a label is outside 0..C-1).
+      distribution: `L_D`, the distribution (softmax over -tau * distances) loss.
+      ce: `L_CE`, the HGNN's cross-entropy.
+      distances: `[N, C]` squared Mahalanobis distances to the class distributions.
+      incidence: `[N, C]` the semantic-tuplet hypergraph H (absent classes' columns 0).
+      propagation: `[N, N]` the HGNN propagation matrix G.
+      logits: `[N, C]` the HGNN's class logits.
+      batch_stats: the new `variables["batch_stats"]` (unchanged with `train=False`).
     """
-    check_positive("hist", tau=tau, hgnn_hidden=hgnn_hidden)
-    x, y = flatten_views(embeddings, labels, "hist")
-    num_classes = means.shape[0]
-    if means.shape != (num_classes, x.shape[1]) or log_vars.shape != means.shape:
+
+    loss: jax.Array
+    distribution: jax.Array
+    ce: jax.Array
+    distances: jax.Array
+    incidence: jax.Array
+    propagation: jax.Array
+    logits: jax.Array
+    batch_stats: dict
+
+
+def _check_variables(variables, embedding_dim: int) -> tuple[dict, dict, int]:
+    """`(params, batch_stats, num_classes)` of `init_hist`'s variables, or a ValueError."""
+    if not isinstance(variables, dict) or set(variables) != {"params", "batch_stats"}:
+        got = sorted(variables) if isinstance(variables, dict) else type(variables).__name__
         raise ValueError(
-            f"hist: means and log_vars must be [num_classes, {x.shape[1]}], got "
+            f"hist: variables must be init_hist's {{'params', 'batch_stats'}}, got {got}"
+        )
+    params, stats = variables["params"], variables["batch_stats"]
+    if set(params) != {"means", "log_vars", "hgnn"} or set(stats) != {"hgnn"}:
+        raise ValueError(
+            f"hist: variables must hold params means, log_vars, hgnn and batch_stats hgnn "
+            f"(see init_hist), got params {sorted(params)}, batch_stats {sorted(stats)}"
+        )
+    means, log_vars = params["means"], params["log_vars"]
+    num_classes = means.shape[0]
+    if means.shape != (num_classes, embedding_dim) or log_vars.shape != means.shape:
+        raise ValueError(
+            f"hist: means and log_vars must be [num_classes, {embedding_dim}], got "
             f"{means.shape} and {log_vars.shape}"
         )
-    width = hgnn["theta1"]["kernel"].shape[-1]
-    if width != hgnn_hidden:
-        raise ValueError(
-            f"hist: hgnn_hidden={hgnn_hidden} but the HGNN parameters are {width} wide"
-        )
-    y = y.astype(jnp.int32)
-    d2 = hist_distances(x, means, log_vars)
-    distribution = optax.softmax_cross_entropy_with_integer_labels(-tau * d2, y).mean()
-    g = hypergraph_laplacian(hypergraph_incidence(d2, y, alpha=alpha))
-    module = HGNN(num_classes=num_classes, hidden=hgnn_hidden)
-    variables = {"params": hgnn}
-    if hgnn_batch_stats is not None:
-        variables["batch_stats"] = hgnn_batch_stats
-    if train:
-        logits, updates = module.apply(
-            variables, _at_least_f32(x), g, train=True, mutable=["batch_stats"]
-        )
-        new_stats = updates["batch_stats"]
-    else:
-        logits = module.apply(variables, _at_least_f32(x), g, train=False)
-        new_stats = hgnn_batch_stats
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss = distribution + lambda_s * ce
-    # A label outside 0..C-1 cannot raise under jit: make the loss NaN, not a wrong number.
-    loss = jnp.where(jnp.all((y >= 0) & (y < num_classes)), loss, jnp.nan)
-    return loss, {"distribution": distribution, "ce": ce, "batch_stats": new_stats}
+    return params, stats, num_classes
 
 
-def hist_loss(
+def hist_outputs(
     embeddings: jax.Array,
     labels: jax.Array,
-    means: jax.Array,
-    log_vars: jax.Array,
-    hgnn: dict,
-    hgnn_batch_stats: dict | None = None,
+    variables: dict,
     *,
+    train: bool = True,
     tau: float = 32.0,
     alpha: float = 0.9,
     lambda_s: float = 1.0,
-    hgnn_hidden: int = 512,
-) -> jax.Array:
-    """The HIST loss (HGNN batch norm in train mode) of embeddings `[B, D]` or `[B, V, D]`
-    with class indices `labels [B]` in `0..C-1`, given the class distributions
-    `means`, `log_vars` `[C, D]` and the HGNN parameters `hgnn` (see `init_hist`).
+) -> HistOutputs:
+    """HIST's loss and its intermediate arrays (`HistOutputs`); `hist` returns its loss.
 
-    Hyperparameters (official defaults of `code/train.py`): `tau` softmax scale of the
-    distribution loss (32; CUB/Cars 32, SOP 16), `alpha` hardness of the incidence (0.9;
-    CUB 1.1, Cars 0.9, SOP 2.0), `lambda_s` weight of the HGNN cross-entropy (1),
-    `hgnn_hidden` the HGNN's hidden width (512; must match `hgnn`).
+    `train=True` runs the HGNN's batch norm in train mode (normalising with the batch's own
+    statistics, so the loss does not depend on the running ones) and returns the updated
+    running statistics; `train=False` uses them and returns them unchanged.
+    """
+    check_positive("hist", tau=tau)
+    x, y = flatten_views(embeddings, labels, "hist")
+    params, stats, num_classes = _check_variables(variables, x.shape[1])
+    check_class_labels(y, num_classes, "hist")
+    y = y.astype(jnp.int32)
+    d2 = hist_distances(x, params["means"], params["log_vars"])
+    distribution = optax.softmax_cross_entropy_with_integer_labels(-tau * d2, y).mean()
+    h = hypergraph_incidence(d2, y, alpha=alpha)
+    g = hypergraph_laplacian(h)
+    hidden = params["hgnn"]["theta1"]["kernel"].shape[-1]
+    module = HGNN(num_classes=num_classes, hidden=hidden)
+    hgnn_vars = {"params": params["hgnn"], "batch_stats": stats["hgnn"]}
+    if train:
+        logits, updates = module.apply(
+            hgnn_vars, at_least_f32(x), g, train=True, mutable=["batch_stats"]
+        )
+        new_stats = {"hgnn": updates["batch_stats"]}
+    else:
+        logits = module.apply(hgnn_vars, at_least_f32(x), g, train=False)
+        new_stats = stats
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss = nan_unless_class_labels(distribution + lambda_s * ce, y, num_classes)
+    return HistOutputs(
+        loss=loss,
+        distribution=distribution,
+        ce=ce,
+        distances=d2,
+        incidence=h,
+        propagation=g,
+        logits=logits,
+        batch_stats=new_stats,
+    )
+
+
+def hist(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    variables: dict,
+    *,
+    train: bool = True,
+    tau: float = 32.0,
+    alpha: float = 0.9,
+    lambda_s: float = 1.0,
+) -> tuple[jax.Array, dict]:
+    """The HIST loss and the new batch statistics: `(loss, batch_stats)`.
+
+    Args:
+      embeddings: `[B, D]` or `[B, V, D]` (each view a sample with its label).
+      labels: `[B]` class indices in `0..C-1` (outside: ValueError, or a NaN loss under jit).
+      variables: `init_hist`'s `{"params", "batch_stats"}` (C classes, D dimensions).
+      train: batch norm of the HGNN in train mode (the official training) or eval mode.
+      tau: softmax scale of the distribution loss (official 32; CUB/Cars 32, SOP 16).
+      alpha: hardness of the incidence (0.9; CUB 1.1, Cars 0.9, SOP 2.0).
+      lambda_s: weight of the HGNN cross-entropy (1).
+
+    Returns:
+      Scalar float32 loss and `batch_stats` to put back into `variables` (unchanged with
+      `train=False`).
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> p = init_hist(jax.random.key(0), num_classes=3, embedding_dim=4, hgnn_hidden=8)
+      >>> v = init_hist(jax.random.key(0), num_classes=3, embedding_dim=4, hgnn_hidden=8)
       >>> x = jax.random.normal(jax.random.key(1), (6, 4))
-      >>> loss = hist_loss(x, jnp.array([0, 0, 1, 1, 2, 2]), **p, hgnn_hidden=8)
+      >>> loss, stats = hist(x, jnp.array([0, 0, 1, 1, 2, 2]), v)
+      >>> v = {**v, "batch_stats": stats}  # the running statistics moved
       >>> bool(jnp.isfinite(loss))
       True
     """
-    loss, _ = hist_loss_and_aux(
-        embeddings,
-        labels,
-        means,
-        log_vars,
-        hgnn,
-        hgnn_batch_stats,
-        tau=tau,
-        alpha=alpha,
-        lambda_s=lambda_s,
-        hgnn_hidden=hgnn_hidden,
+    out = hist_outputs(
+        embeddings, labels, variables, train=train, tau=tau, alpha=alpha, lambda_s=lambda_s
     )
-    return loss
+    return out.loss, out.batch_stats

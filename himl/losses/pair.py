@@ -19,20 +19,16 @@ import jax
 import jax.numpy as jnp
 
 from himl.distances import is_similarity, pairwise
-from himl.losses.checks import check_positive, flatten_views
-from himl.losses.supcon import MASKED_LOGIT
+from himl.losses.checks import check_choice, check_distance, check_positive, flatten_views
+from himl.losses.reductions import masked_logsumexp, mean_over_nonzero
 from himl.mining import batch_hard, label_masks, triplet_sums_chunked, triplet_sums_sorted
 
-LOSS_DISTANCES = ("euclidean", "squared_euclidean", "cosine", "dot")
 TRIPLET_MINING = ("all", "batch_hard", "semi_hard")
 
 
 def prepare(embeddings, labels, loss_name: str, distance: str):
     """Checks inputs; returns `(mat [N, N] float32, is_similarity, pos_mask, neg_mask)`."""
-    if distance not in LOSS_DISTANCES:
-        raise ValueError(
-            f"{loss_name}: unknown distance {distance!r}; valid: {', '.join(LOSS_DISTANCES)}"
-        )
+    check_distance(loss_name, distance)
     x, y = flatten_views(embeddings, labels, loss_name)
     mat = pairwise(distance, x.astype(jnp.float32))
     pos, neg = label_masks(y)
@@ -42,12 +38,6 @@ def prepare(embeddings, labels, loss_name: str, distance: str):
 def _margin(x, y, inverted: bool):
     """PML `BaseDistance.margin`: `x - y` for a distance, `y - x` for a similarity."""
     return y - x if inverted else x - y
-
-
-def _avg_nonzero(values, mask):
-    """AvgNonZero over the masked entries: sum / number of entries > 0 (0 if none)."""
-    values = jnp.where(mask, values, 0.0)
-    return jnp.sum(values) / jnp.maximum(jnp.sum(values > 0), 1)
 
 
 def contrastive(
@@ -85,7 +75,7 @@ def contrastive(
     mat, inv, pos, neg = prepare(embeddings, labels, "contrastive", distance)
     pos_loss = jax.nn.relu(_margin(mat, pos_margin, inv))
     neg_loss = jax.nn.relu(_margin(neg_margin, mat, inv))
-    return _avg_nonzero(pos_loss, pos) + _avg_nonzero(neg_loss, neg)
+    return mean_over_nonzero(pos_loss, pos) + mean_over_nonzero(neg_loss, neg)
 
 
 def triplet_margin(
@@ -131,10 +121,7 @@ def triplet_margin(
       >>> float(triplet_margin(x, jnp.array([0, 0, 1, 1])))
       0.0
     """
-    if mining not in TRIPLET_MINING:
-        raise ValueError(
-            f"triplet_margin: unknown mining {mining!r}; valid: {', '.join(TRIPLET_MINING)}"
-        )
+    check_choice("triplet_margin", "mining", mining, TRIPLET_MINING)
     if mining != "all" and swap:
         raise ValueError("triplet_margin: swap is only supported with mining='all'")
     mat, inv, pos, neg = prepare(embeddings, labels, "triplet_margin", distance)
@@ -146,7 +133,7 @@ def triplet_margin(
 
     if mining == "batch_hard":
         d_ap, d_an, valid = batch_hard(d, pos, neg)
-        return _avg_nonzero(violation(d_ap, d_an), valid)
+        return mean_over_nonzero(violation(d_ap, d_an), valid)
     if not (swap or smooth_loss):
         total, count = triplet_sums_sorted(d, pos, neg, margin, semi_hard=mining == "semi_hard")
         return total / jnp.maximum(count, 1)
@@ -161,15 +148,6 @@ def triplet_margin(
 
     total, count = triplet_sums_chunked(d, pos, neg, per_triplet)
     return total / jnp.maximum(count, 1)
-
-
-def _logsumexp_add_one(z, mask):
-    """PML `lmu.logsumexp(z, keep_mask=mask, add_one=True)` per row: `log(1 + sum_mask e^z)`,
-    0 for a row with an empty mask. Stable, finite gradients."""
-    masked = jnp.where(mask, z, MASKED_LOGIT)
-    m = jax.lax.stop_gradient(jnp.maximum(jnp.max(masked, axis=1), 0.0))
-    s = jnp.exp(-m) + jnp.sum(jnp.where(mask, jnp.exp(masked - m[:, None]), 0.0), axis=1)
-    return jnp.where(jnp.any(mask, axis=1), jnp.log(s) + m, 0.0)
 
 
 def multi_similarity(
@@ -207,8 +185,9 @@ def multi_similarity(
     """
     check_positive("multi_similarity", alpha=alpha, beta=beta)
     mat, inv, pos, neg = prepare(embeddings, labels, "multi_similarity", distance)
-    pos_term = _logsumexp_add_one(alpha * _margin(mat, base, inv), pos) / alpha
-    neg_term = _logsumexp_add_one(beta * _margin(base, mat, inv), neg) / beta
+    # PML lmu.logsumexp(..., add_one=True) per anchor: log(1 + sum e^z), 0 for an empty set.
+    pos_term = masked_logsumexp(alpha * _margin(mat, base, inv), pos, 1, add_one=True) / alpha
+    neg_term = masked_logsumexp(beta * _margin(base, mat, inv), neg, 1, add_one=True) / beta
     has_pairs = jnp.any(pos) | jnp.any(neg)
     return jnp.where(has_pairs, jnp.mean(pos_term + neg_term), 0.0)
 

@@ -18,32 +18,15 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from himl.distances import cosine_similarity, squared_euclidean_distance
-from himl.losses.checks import check_positive, flatten_views
-from himl.losses.supcon import MASKED_LOGIT
-
-
-def masked_logsumexp(
-    x: jax.Array, mask: jax.Array, axis: int, *, add_one: bool = False
-) -> jax.Array:
-    """PML's `lmu.logsumexp`: log-sum-exp of the entries kept by `mask` along `axis`.
-
-    With `add_one`, a zero logit is appended first (`log(1 + sum exp)`). A slice with no
-    kept entry gives 0 (as in PML), and its gradient is 0 rather than NaN.
-    """
-    masked = jnp.where(mask, x, MASKED_LOGIT)
-    row_max = jnp.max(masked, axis=axis, keepdims=True)
-    if add_one:
-        row_max = jnp.maximum(row_max, 0.0)
-    row_max = jax.lax.stop_gradient(row_max)
-    total = jnp.sum(jnp.where(mask, jnp.exp(masked - row_max), 0.0), axis=axis, keepdims=True)
-    if add_one:
-        total = total + jnp.exp(-row_max)
-    any_kept = jnp.any(mask, axis=axis, keepdims=True)
-    out = jnp.log(jnp.where(any_kept, total, 1.0)) + row_max
-    return jnp.squeeze(jnp.where(any_kept, out, 0.0), axis=axis)
+from himl.losses.checks import (
+    check_class_labels,
+    check_positive,
+    flatten_views,
+    nan_unless_class_labels,
+)
+from himl.losses.reductions import masked_logsumexp, masked_mean
 
 
 def _check_proxies(x: jax.Array, y: jax.Array, proxies, loss_name: str) -> jax.Array:
@@ -58,14 +41,7 @@ def _check_proxies(x: jax.Array, y: jax.Array, proxies, loss_name: str) -> jax.A
         raise ValueError(f"{loss_name}: proxies must be floating point, got {proxies.dtype}")
     if proxies.shape[0] == 0:
         raise ValueError(f"{loss_name}: proxies must hold at least one class")
-    concrete = not isinstance(y, jax.core.Tracer) and getattr(y, "is_fully_addressable", True)
-    if concrete and y.size:
-        lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
-        if lo < 0 or hi >= proxies.shape[0]:
-            raise ValueError(
-                f"{loss_name}: labels must be class indices in [0, {proxies.shape[0]}) "
-                f"(one proxy per class), got labels in [{lo}, {hi}]"
-            )
+    check_class_labels(y, proxies.shape[0], loss_name)
     return proxies.astype(jnp.float32)
 
 
@@ -73,13 +49,6 @@ def _prepare(embeddings, labels, proxies, loss_name):
     x, y = flatten_views(embeddings, labels, loss_name)
     p = _check_proxies(x, y, proxies, loss_name)
     return x.astype(jnp.float32), y, p
-
-
-def _nan_unless_labels_in_range(loss: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
-    """`loss`, or NaN if any label is outside `[0, num_classes)`: under jit such a label
-    cannot raise, and one-hot / take would otherwise return a finite, wrong loss."""
-    in_range = jnp.all((y >= 0) & (y < num_classes))
-    return jnp.where(in_range, loss, jnp.nan)
 
 
 def proxy_anchor(
@@ -125,9 +94,9 @@ def proxy_anchor(
     pos_mask = jax.nn.one_hot(y, num_classes, dtype=jnp.bool_)
     pos_term = masked_logsumexp(-alpha * (cos - margin), pos_mask, 0, add_one=True)
     neg_term = masked_logsumexp(alpha * (cos + margin), ~pos_mask, 0, add_one=True)
-    num_with_pos = jnp.sum(jnp.any(pos_mask, axis=0))
-    loss = jnp.sum(pos_term) / jnp.maximum(num_with_pos, 1) + jnp.sum(neg_term) / num_classes
-    return _nan_unless_labels_in_range(loss, y, num_classes)
+    # mean over the classes present in the batch (C+) and over all C classes
+    loss = masked_mean(pos_term, jnp.any(pos_mask, axis=0)) + jnp.mean(neg_term)
+    return nan_unless_class_labels(loss, y, num_classes)
 
 
 def proxy_nca(
@@ -169,7 +138,7 @@ def proxy_nca(
     dist2 = squared_euclidean_distance(x, p)  # normalises both
     log_prob = jax.nn.log_softmax(-softmax_scale * dist2, axis=1)
     own = jnp.take_along_axis(log_prob, y[:, None], axis=1)[:, 0]
-    return _nan_unless_labels_in_range(-jnp.mean(own), y, p.shape[0])
+    return nan_unless_class_labels(-jnp.mean(own), y, p.shape[0])
 
 
 def normalized_softmax(
@@ -205,7 +174,7 @@ def normalized_softmax(
     x, y, p = _prepare(embeddings, labels, proxies, "normalized_softmax")
     log_prob = jax.nn.log_softmax(cosine_similarity(x, p) / temperature, axis=1)
     own = jnp.take_along_axis(log_prob, y[:, None], axis=1)[:, 0]
-    return _nan_unless_labels_in_range(-jnp.mean(own), y, p.shape[0])
+    return nan_unless_class_labels(-jnp.mean(own), y, p.shape[0])
 
 
 def init_proxy_anchor(rng: jax.Array, *, num_classes: int, embedding_dim: int) -> dict:

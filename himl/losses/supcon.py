@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 
 from himl.distances import cosine_similarity, dot_similarity, is_similarity, l2_normalize, pairwise
-from himl.losses.checks import flatten_views
+from himl.losses.checks import check_chunk_size, check_distance, check_positive, flatten_views
+from himl.losses.reductions import (  # noqa: F401 (MASKED_LOGIT re-exported)
+    MASKED_LOGIT,
+    masked_logsumexp,
+    masked_mean,
+    mean_over_nonzero,
+)
 from himl.mining import label_masks
-
-# Stands in for -inf in masked log-sum-exps: exp() of it is 0 in float32, and unlike -inf
-# it keeps rows with no kept entry (and their gradients) finite.
-MASKED_LOGIT = -1e30
 
 
 def masked_supcon(
@@ -36,24 +38,10 @@ def masked_supcon(
       `(losses [N], has_positive [N])`, float32 losses, 0 where an anchor has no positive.
     """
     logits = logits.astype(jnp.float32)
-    masked = jnp.where(denom_mask, logits, MASKED_LOGIT)
-    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=1, keepdims=True))
-    shifted = masked - row_max
-    log_denominator = jnp.log(jnp.sum(jnp.where(denom_mask, jnp.exp(shifted), 0.0), axis=1))
-    # A row with no kept entry has log(0) = -inf; it has no positive either, so give it 0.
-    log_denominator = jnp.where(jnp.isfinite(log_denominator), log_denominator, 0.0)
-    log_prob = shifted - log_denominator[:, None]
-    num_pos = jnp.sum(pos_mask, axis=1)
-    has_positive = num_pos > 0
-    sum_log_prob = jnp.sum(jnp.where(pos_mask, log_prob, 0.0), axis=1)
-    losses = -sum_log_prob / jnp.maximum(num_pos, 1)
-    return jnp.where(has_positive, losses, 0.0), has_positive
-
-
-def mean_over_nonzero(losses: jax.Array) -> jax.Array:
-    """PML's `AvgNonZeroReducer`: mean of the strictly positive entries, 0 if there are none."""
-    count = jnp.sum(losses > 0)
-    return jnp.sum(losses) / jnp.maximum(count, 1)
+    # An anchor with an empty denominator has no positive either: its 0 is never used.
+    log_denominator = masked_logsumexp(logits, denom_mask, axis=1)
+    log_prob = logits - log_denominator[:, None]
+    return -masked_mean(log_prob, pos_mask, axis=1), jnp.any(pos_mask, axis=1)
 
 
 def supcon(
@@ -86,7 +74,8 @@ def supcon(
       True
     """
     x, y = flatten_views(embeddings, labels, "supcon")
-    _check_temperature(temperature, "supcon")
+    check_positive("supcon", temperature=temperature)
+    check_chunk_size("supcon", chunk_size)
     if chunk_size is not None:
         return _supcon_chunked(x, y, temperature, chunk_size)
     n = x.shape[0]
@@ -99,15 +88,8 @@ def supcon(
     return jnp.where(has_pairs, mean_over_nonzero(losses), 0.0)
 
 
-def _check_temperature(temperature, loss_name: str) -> None:
-    if isinstance(temperature, int | float) and not temperature > 0:
-        raise ValueError(f"{loss_name}: temperature must be > 0, got {temperature}")
-
-
 def _supcon_chunked(x: jax.Array, y: jax.Array, temperature: float, chunk_size: int):
     """Row-blocked SupCon: `lax.map` over blocks of `chunk_size` anchors, each rematerialised."""
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"supcon: chunk_size must be a positive int or None, got {chunk_size}")
     n, d = x.shape
     c = min(chunk_size, n)
     blocks = -(-n // c)
@@ -133,9 +115,6 @@ def _supcon_chunked(x: jax.Array, y: jax.Array, temperature: float, chunk_size: 
     losses, has_pos, has_neg = jax.lax.map(block, (xb, yb, rb))
     has_pairs = jnp.any(has_pos) & jnp.any(has_neg)
     return jnp.where(has_pairs, mean_over_nonzero(losses.reshape(-1)), 0.0)
-
-
-NTXENT_DISTANCES = ("cosine", "dot", "euclidean", "squared_euclidean")
 
 
 def ntxent(
@@ -172,23 +151,15 @@ def ntxent(
       >>> float(ntxent(x, jnp.array([0, 0, 1, 1]))) < 1e-5
       True
     """
-    if distance not in NTXENT_DISTANCES:
-        raise ValueError(
-            f"ntxent: unknown distance {distance!r}; valid: {', '.join(NTXENT_DISTANCES)}"
-        )
-    _check_temperature(temperature, "ntxent")
+    check_distance("ntxent", distance)
+    check_positive("ntxent", temperature=temperature)
     x, y = flatten_views(embeddings, labels, "ntxent")
     mat = pairwise(distance, x.astype(jnp.float32))
     logits = (mat if is_similarity(distance) else -mat) / temperature
     pos, neg = label_masks(y)
-    has_neg = jnp.any(neg, axis=1)
-    masked = jnp.where(neg, logits, MASKED_LOGIT)
-    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=1))
-    total = jnp.sum(jnp.where(neg, jnp.exp(masked - row_max[:, None]), 0.0), axis=1)
-    log_neg = jnp.log(jnp.where(has_neg, total, 1.0)) + row_max
-    log_neg = jnp.where(has_neg, log_neg, MASKED_LOGIT)
+    # log sum_{n in N(a)} exp(l_an); "-inf" (MASKED_LOGIT) for an anchor with no negative.
+    log_neg = masked_logsumexp(logits, neg, axis=1, empty=MASKED_LOGIT)
     # -log(e^x / (e^x + e^L)) = softplus(L - x); L = -1e30 (no negative) gives 0.
     pair_losses = jax.nn.softplus(log_neg[:, None] - logits)
-    num_pos = jnp.sum(pos)
-    loss = jnp.sum(jnp.where(pos, pair_losses, 0.0)) / jnp.maximum(num_pos, 1)
-    return jnp.where((num_pos > 0) & jnp.any(neg), loss, 0.0)
+    loss = masked_mean(pair_losses, pos)
+    return jnp.where(jnp.any(pos) & jnp.any(neg), loss, 0.0)

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 
 from himl.distances import dot_similarity, euclidean_distance, l2_normalize
 from himl.losses.checks import flatten_views
-from himl.losses.proxy import masked_logsumexp
-from himl.losses.supcon import MASKED_LOGIT
+from himl.losses.reductions import masked_logsumexp, masked_mean
 
 
 def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
@@ -49,10 +48,9 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     # First True of each row = the second sample of the class for a first-occurrence anchor.
     pos_idx = jnp.argmax(positive, axis=1)
     logits = dot_similarity(xn, xn[pos_idx])  # [anchor i, positive of anchor j]
-    masked = jnp.where(is_anchor[None, :], logits, MASKED_LOGIT)
-    losses = jax.nn.logsumexp(masked, axis=1) - jnp.diagonal(logits)
-    num_pairs = jnp.sum(is_anchor)
-    return jnp.sum(jnp.where(is_anchor, losses, 0.0)) / jnp.maximum(num_pairs, 1)
+    # cross-entropy of anchor k over the positives of all anchors, target its own (k)
+    losses = masked_logsumexp(logits, is_anchor[None, :], axis=1) - jnp.diagonal(logits)
+    return masked_mean(losses, is_anchor)
 
 
 def lifted_structure(
@@ -100,6 +98,4 @@ def lifted_structure(
     neg_lse = masked_logsumexp(neg_margin - dist, neg_mask, 1)  # [N]
     pair = jnp.logaddexp(neg_lse[:, None], neg_lse[None, :]) + dist - pos_margin
     losses = jnp.square(jax.nn.relu(pair)) / 2.0
-    num_pos = jnp.sum(pos_mask)
-    value = jnp.sum(jnp.where(pos_mask, losses, 0.0)) / jnp.maximum(num_pos, 1)
-    return jnp.where(jnp.any(neg_mask), value, 0.0)
+    return jnp.where(jnp.any(neg_mask), masked_mean(losses, pos_mask), 0.0)

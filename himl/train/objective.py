@@ -2,7 +2,9 @@
 
 The train step calls every objective the same way, whether it is a plain loss (SupCon,
 HiMulConE), one with learnable parameters (proxies), or one with its own network and
-batch statistics (HIST): `init` makes its variables, `apply` returns the loss.
+batch statistics (HIST): `init` makes its variables, `apply` returns the loss and the new
+batch statistics. The loss table (`himl.losses.registry`) says which kind a loss is; this
+module only binds it to the config and the dataset's classes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import numpy as np
 
 from himl.data.dataset import Dataset
 from himl.losses import loss_info
-from himl.losses.hist import hist_loss_and_aux, init_hist_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,58 +41,25 @@ def class_index_table(dataset: Dataset) -> np.ndarray:
 
 
 def build_objective(loss_config, dataset: Dataset) -> Objective:
-    """The objective `loss_config.name` with hyperparameters `loss_config[name]`."""
+    """The objective `loss_config.name` with hyperparameters `loss_config[name]`.
+
+    Every registered loss is bound the same way (`LossInfo.init` / `LossInfo.apply`);
+    losses with flat labels get the dense class indices of the training split's classes,
+    so a loss with one parameter row per class (proxies, HIST) indexes its rows with them.
+    """
     name = loss_config.name
     info = loss_info(name)
     hparams = dict(loss_config[name])
     table = class_index_table(dataset)
     num_classes = int(table.max()) + 1
     class_level = dataset.class_level
-    if name == "hist":
-        return _hist_objective(hparams, table, num_classes, class_level)
 
     def init(rng, embedding_dim):
-        params = {}
-        if info.init_params is not None:
-            params = info.init_params(rng, num_classes=num_classes, embedding_dim=embedding_dim)
-        return {"params": params, "batch_stats": {}}
+        return info.init(rng, num_classes=num_classes, embedding_dim=embedding_dim, **hparams)
 
     def apply(variables, embeddings, labels, *, train=True):
-        del train  # plain losses behave the same in training and evaluation
-        # Flat losses get dense class indices: proxy losses index their [C, D] parameters.
         flat = info.labels == "flat"
         y = jnp.asarray(table)[labels[:, class_level]] if flat else labels
-        return info.fn(embeddings, y, **variables["params"], **hparams), variables["batch_stats"]
+        return info.apply(variables, embeddings, y, train=train, **hparams)
 
     return Objective(name=name, init=init, apply=apply)
-
-
-def _hist_objective(hparams: dict, table: np.ndarray, num_classes: int, class_level: int):
-    """HIST: class distributions and an HGNN (with batch statistics) over the C training
-    classes. `apply(train=True)` runs the HGNN's batch norm in train mode and returns its
-    updated running statistics; `train=False` uses them and returns them unchanged."""
-
-    def init(rng, embedding_dim):
-        return init_hist_variables(
-            rng,
-            num_classes=num_classes,
-            embedding_dim=embedding_dim,
-            hgnn_hidden=hparams["hgnn_hidden"],
-        )
-
-    def apply(variables, embeddings, labels, *, train=True):
-        params, stats = variables["params"], variables["batch_stats"]
-        y = jnp.asarray(table)[labels[:, class_level]]
-        loss, aux = hist_loss_and_aux(
-            embeddings,
-            y,
-            params["means"],
-            params["log_vars"],
-            params["hgnn"],
-            stats["hgnn"],
-            train=train,
-            **hparams,
-        )
-        return loss, {"hgnn": aux["batch_stats"]}
-
-    return Objective(name="hist", init=init, apply=apply)
