@@ -8,7 +8,10 @@ scikit-learn's L-BFGS solver is deterministic, so the result depends only on the
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from himl.eval.knn import as_embeddings
@@ -44,7 +47,9 @@ def linear_probe(
 
     Returns:
       {"accuracy", "train_accuracy", "num_train", "num_test", "num_classes",
-       "num_test_unseen"} (test samples whose class has no training sample count as errors).
+       "num_test_unseen", "converged"} (test samples whose class has no training sample
+       count as errors; "converged" is False when L-BFGS stopped at `max_iter`, reported
+       here rather than as a scikit-learn warning).
     """
     tr = as_embeddings(train_emb, name="train_emb")
     te = as_embeddings(test_emb, name="test_emb")
@@ -55,14 +60,19 @@ def linear_probe(
     classes = np.unique(y_tr)
     scale = np.sqrt(tr.shape[1]) if normalize else 1.0
     x_tr, x_te = _prepare(tr, normalize) * scale, _prepare(te, normalize) * scale
+    converged = True
     if len(classes) == 1:
         pred_tr = np.full(len(y_tr), classes[0])
         pred_te = np.full(len(y_te), classes[0])
     else:
         clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
-        clf.fit(x_tr, y_tr)
+        with warnings.catch_warnings(record=True) as caught:  # reported in the result instead
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf.fit(x_tr, y_tr)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         pred_tr, pred_te = clf.predict(x_tr), clf.predict(x_te)
     return {
+        "converged": converged,
         "accuracy": float(np.mean(pred_te == y_te)),
         "train_accuracy": float(np.mean(pred_tr == y_tr)),
         "num_train": int(len(y_tr)),
