@@ -14,6 +14,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from himl.data.registry import DATASETS as DATASET_TABLE
 from himl.errors import ConfigError, UserError
 from himl.losses import LOSSES, default_hparams
 from himl.losses.registry import check_hparams
@@ -23,21 +24,14 @@ from himl.models.registry import (  # noqa: F401 (MODELS, MODEL_DTYPES re-export
     MODELS,
     check_model_config,
 )
+from himl.train.optim import OPTIMIZERS as OPTIMIZER_TABLE
+from himl.train.optim import SCHEDULES as SCHEDULE_TABLE
 
-DATASETS = (
-    "embedded",
-    "fashion_mnist",
-    "custom",
-    "cub",
-    "cars",
-    "sop",
-    "inshop",
-    "imagenet",
-    "omniglot",
-)
-OPTIMIZERS = ("adam", "adam_l2", "adamw", "sgd")
+# The names each section accepts come from the tables that implement them.
+DATASETS = tuple(DATASET_TABLE)
+OPTIMIZERS = tuple(OPTIMIZER_TABLE)
+SCHEDULES = tuple(SCHEDULE_TABLE)
 MODEL_HEADS = HEADS
-SCHEDULES = ("constant", "cosine", "step")
 
 
 def _field(value):

@@ -269,9 +269,11 @@ def test_undecodable_image_names_the_file(tree, tmp_path):
     bad.write_bytes(b"not a png")
     rows[0] = (str(bad), *rows[0][1:])
     ds = load_custom(_write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows), **GRAY_28)
-    split = next(s for s in ds.splits.values() if str(bad) in
-                 [s.images.source.name(int(i)) for i in s.images.indices])  # fmt: skip
-    with pytest.raises(UserError, match=f"cannot decode image {bad}"):
+    split = next(s for s in ds.splits.values()
+                 if str(bad) in [str(s.images.source.root / s.images.source.files[int(i)])
+                                 for i in s.images.indices])  # fmt: skip
+    # The file and the manifest row that lists it.
+    with pytest.raises(UserError, match=f"cannot decode image {bad} \\(.*m.csv:2\\)"):
         split.images[: len(split)]
 
 

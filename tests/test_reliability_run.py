@@ -214,6 +214,22 @@ def test_changing_a_setting_that_does_not_change_batches_resumes(config, tmp_pat
     assert train_and_evaluate(config, tmp_path, progress=False)["step"] == 8
 
 
+def test_a_run_saved_before_new_model_fields_resumes(config, tmp_path):
+    """config.json of an older himl lacks fields added since (model.dtype, pretrained...):
+    the run still resumes; a changed field it does have is still refused."""
+    config.train.steps = 4
+    train_and_evaluate(config, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("dtype", "pretrained", "freeze_bn"):
+        del saved["model"][key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config.train.steps = 8
+    assert train_and_evaluate(config, tmp_path, progress=False)["step"] == 8
+    config.train.steps, config.model.embedding_dim = 12, 8
+    with pytest.raises(ConfigError, match="config.model = "):
+        train_and_evaluate(config, tmp_path, progress=False)
+
+
 def test_removed_checkpoints_start_over_out_loud(config, tmp_path, capsys):
     train_and_evaluate(config, tmp_path, progress=False)
     old_metrics = (tmp_path / "metrics.jsonl").read_text()

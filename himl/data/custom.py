@@ -546,7 +546,7 @@ def build_dataset(
         images_of = lambda idx: table.images[idx]
     else:
         channels = int(options.get("channels", 3))
-        source = FileSource(table.root, table.files)
+        source = FileSource(table.root, table.files, where=table.where)
         images_of = lambda idx: LazyImages(
             source, idx, size=image_size, channels=channels, crop_fraction=eval_crop
         )

@@ -116,18 +116,24 @@ class FileSource:
     extracted (e.g. Omniglot).
     """
 
-    def __init__(self, root, files):
+    def __init__(self, root, files, where=None):
+        """`where`: optional `[N]` locations of the files' listings (e.g. "list.csv:12"),
+        named with the file in error messages."""
         self.root, self.files = Path(root), tuple(files)
+        self.where = tuple(where) if where is not None else None
         self._zips = {}
 
     def __getstate__(self):
-        return {"root": self.root, "files": self.files, "_zips": {}}
+        return {"root": self.root, "files": self.files, "where": self.where, "_zips": {}}
 
     def __len__(self) -> int:
         return len(self.files)
 
     def name(self, i: int) -> str:
-        return str(self.root / self.files[i])
+        path = str(self.root / self.files[i])
+        if self.where is None or self.where[i] == path:
+            return path
+        return f"{path} ({self.where[i]})"
 
     def __getitem__(self, i: int) -> bytes:
         archive, _, member = self.files[i].partition("::")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from himl.data.dataset import Dataset
 from himl.data.embedded import load_embedded, load_fashion_mnist
+from himl.data.real import READERS
 
 IN_MEMORY_SHAPES = {"embedded": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
+# Every dataset name `config.data.name` accepts (the readers' table included).
+DATASETS = (*IN_MEMORY_SHAPES, "custom", *READERS)
 
 
 def load_dataset(data_config) -> Dataset:
@@ -17,12 +20,11 @@ def load_dataset(data_config) -> Dataset:
         from himl.data.custom import load_from_config
 
         return load_from_config(data_config)
-    from himl.data.real import READERS, load_real
+    from himl.data.real import load_real
 
     if data_config.name in READERS:
         return load_real(data_config)
-    valid = ", ".join(("embedded", "fashion_mnist", "custom", *READERS))
-    raise ValueError(f"unknown dataset {data_config.name!r}; valid: {valid}")
+    raise ValueError(f"unknown dataset {data_config.name!r}; valid: {', '.join(DATASETS)}")
 
 
 def input_spec(data_config) -> tuple[tuple[int, int, int], float]:

@@ -31,35 +31,50 @@ import optax
 TOP_LEVEL_GROUPS = ("model", "loss")
 
 
+def _step_decay(opt_config, lr, total_steps, begin):
+    """The HIST schedule: multiply by decay_factor every decay_every steps."""
+    every = opt_config.decay_every or max(total_steps, 1)
+    return optax.exponential_decay(
+        lr, every, opt_config.decay_factor, transition_begin=begin, staircase=True
+    )
+
+
+# name -> (opt_config, rate, steps after warm-up, total steps, begin) -> optax.Schedule
+SCHEDULES = {
+    "constant": lambda opt, lr, main_steps, total, begin: optax.constant_schedule(lr),
+    "cosine": lambda opt, lr, main_steps, total, begin: optax.cosine_decay_schedule(lr, main_steps),
+    "step": lambda opt, lr, main_steps, total, begin: _step_decay(opt, lr, total, begin),
+}
+
+
 def schedule(opt_config, total_steps: int, scale: float = 1.0, begin: int = 0) -> optax.Schedule:
-    """The config's schedule at `scale` times its rate; the "step" schedule's decays start
-    `begin` steps later."""
+    """The config's schedule at `scale` times its rate (after a linear warm-up from 0); the
+    "step" schedule's decays start `begin` steps later."""
     lr = opt_config.learning_rate * scale
     warmup = min(opt_config.warmup_steps, max(total_steps - 1, 0))
-    if opt_config.schedule == "constant":
-        main = optax.constant_schedule(lr)
-    elif opt_config.schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
-    else:  # "step": the HIST schedule, multiply by decay_factor every decay_every steps
-        every = opt_config.decay_every or max(total_steps, 1)
-        main = optax.exponential_decay(
-            lr, every, opt_config.decay_factor, transition_begin=begin, staircase=True
-        )
+    main_steps = max(total_steps - warmup, 1)
+    main = SCHEDULES[opt_config.schedule](opt_config, lr, main_steps, total_steps, begin)
     if warmup == 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
+def _coupled_l2(opt_config, transform):
+    """torch.optim-style weight decay: `weight_decay * params` added to the gradient."""
+    return optax.chain(optax.add_decayed_weights(opt_config.weight_decay), transform)
+
+
+# name -> (opt_config, learning rate or schedule) -> optax.GradientTransformation
+OPTIMIZERS = {
+    "adam": lambda opt, lr: optax.adam(lr),
+    "adam_l2": lambda opt, lr: _coupled_l2(opt, optax.adam(lr)),  # torch.optim.Adam
+    "adamw": lambda opt, lr: optax.adamw(lr, weight_decay=opt.weight_decay),
+    "sgd": lambda opt, lr: _coupled_l2(opt, optax.sgd(lr, momentum=0.9)),  # torch.optim.SGD
+}
+
+
 def _optimizer(opt_config, learning_rate) -> optax.GradientTransformation:
-    if opt_config.name == "adam":
-        return optax.adam(learning_rate)
-    if opt_config.name == "adam_l2":  # torch.optim.Adam(weight_decay=...): coupled L2
-        return optax.chain(
-            optax.add_decayed_weights(opt_config.weight_decay), optax.adam(learning_rate)
-        )
-    if opt_config.name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=opt_config.weight_decay)
-    return optax.sgd(learning_rate, momentum=0.9)
+    return OPTIMIZERS[opt_config.name](opt_config, learning_rate)
 
 
 class FrozenState(NamedTuple):

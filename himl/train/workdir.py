@@ -102,6 +102,8 @@ class Workdir:
             old, new = _select(self.saved_config, key), _select(new_config, key)
             if old is _MISSING:  # a field added after the run was made
                 continue
+            if isinstance(old, dict) and isinstance(new, dict):
+                new = {k: v for k, v in new.items() if k in old}  # fields added since
             if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
                 raise ConfigError(
                     f"{self.path} holds a run with config.{key} = {old}, this run has {new}; "
