@@ -102,8 +102,7 @@ HIMULCONE_SOURCE = (
 HIMULCONE_DIFFERENCES = (
     "official head: MLP 2048-2048-128, probe on the 2048-d encoder features; himl: linear "
     "512-d embedding",
-    "himl's 'sgd' has no weight decay (official 1e-4); cosine decays to 0 (official to "
-    "lr x 1e-3); colour jitter always applied (official p = 0.8)",
+    "cosine decays to 0 (official to lr x 1e-3); colour jitter always applied (official p = 0.8)",
     "official starts from a SupCon-format checkpoint (--ckpt); himl from ImageNet weights",
     "official train/val/test list files are made by the user (not published) and drop the "
     "'repeating product ids'; himl uses In-Shop's list_eval_partition.txt train split",

@@ -110,7 +110,7 @@ def test_groups_by_parameter_path():
 def _opt_config(**kw):
     cfg = default.get_config().optimizer
     cfg.schedule, cfg.warmup_steps = "constant", 0
-    cfg.name = "sgd"
+    cfg.name, cfg.weight_decay = "sgd", 0.0  # plain momentum SGD: the rates are what is tested
     for k, v in kw.items():
         cfg[k] = v
     return cfg
