@@ -4,7 +4,7 @@ For each loss of `himl.losses.LOSSES` and each (B, D): `jit(value_and_grad)` wit
 the embeddings (and the loss's parameters, for entries that have any). Reported:
 compile time (lower + compile, separately), and the median of >= `--repeats` steady-state
 calls after warm-up (`jax.block_until_ready`). References, timed the same way in the same
-process: the slow NumPy loop references of `tests/test_losses_classic.py` (value only,
+process: the slow NumPy loop references of `tests/references/pair.py` (value only,
 B <= `--ref-max-batch`), and pytorch-metric-learning (forward + backward) when `torch` and
 `pytorch_metric_learning` import. Labels: 4 samples per class; hierarchical losses get
 3-level label rows `[B, 3]` and two views `[B, 2, D]`.
@@ -16,7 +16,6 @@ B <= `--ref-max-batch`), and pytorch-metric-learning (forward + backward) when `
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import repo_paths  # noqa: F401  (puts tests/ on sys.path for `references`)
+from references.pair import CLASSIC_REFS
 
 from himl.benchmarking import median_time
 from himl.losses import LOSSES
@@ -47,16 +48,6 @@ def _inputs(info, b: int, d: int, seed: int = 0):
         y = cls.astype(np.int32)
         num_classes = int(cls.max()) + 1
     return x, y, num_classes
-
-
-def _numpy_refs():
-    path = ROOT / "tests" / "test_losses_classic.py"
-    if not path.exists():
-        return {}
-    spec = importlib.util.spec_from_file_location("_classic_refs", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return {name: ref for name, (_, ref) in mod.REFS.items()}
 
 
 def _pml_factories():
@@ -143,7 +134,7 @@ def main(argv=None):
     unknown = [n for n in names if n not in LOSSES]
     if unknown:
         p.error(f"unknown losses {unknown}; valid: {sorted(LOSSES)}")
-    refs = _numpy_refs()
+    refs = CLASSIC_REFS
     pml = None if args.no_pml else _pml_factories()
     if pml is not None and args.torch_threads:
         import torch

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
+from references.proxy import ref_normalized_softmax, ref_proxy_anchor, ref_proxy_nca
 
 from himl.losses import default_hparams, loss_info
 from himl.losses.proxy import (
@@ -22,60 +23,6 @@ from himl.losses.proxy import (
     proxy_anchor,
     proxy_nca,
 )
-
-# ----------------------------------------------------------------------------------------
-# Slow float64 references written from the definitions (PML's reductions), plain loops.
-
-
-def _unit(v):
-    v = np.asarray(v, np.float64)
-    n = math.sqrt(float(np.sum(v * v)))
-    return v / max(n, 1e-12)
-
-
-def ref_proxy_anchor(x, y, proxies, margin=0.1, alpha=32.0):
-    num_classes = len(proxies)
-    pos_total, neg_total, with_pos = 0.0, 0.0, 0
-    for c in range(num_classes):
-        pc = _unit(proxies[c])
-        pos_sum, neg_sum, has_pos, has_neg = 0.0, 0.0, False, False
-        for i in range(len(x)):
-            cos = float(np.dot(_unit(x[i]), pc))
-            if y[i] == c:
-                pos_sum += math.exp(-alpha * (cos - margin))
-                has_pos = True
-            else:
-                neg_sum += math.exp(alpha * (cos + margin))
-                has_neg = True
-        if has_pos:
-            pos_total += math.log(1.0 + pos_sum)
-            with_pos += 1
-        if has_neg:
-            neg_total += math.log(1.0 + neg_sum)
-    return pos_total / with_pos + neg_total / num_classes
-
-
-def ref_proxy_nca(x, y, proxies, softmax_scale=1.0):
-    losses = []
-    for i in range(len(x)):
-        xi = _unit(x[i])
-        logits = [-softmax_scale * float(np.sum((xi - _unit(p)) ** 2)) for p in proxies]
-        top = max(logits)
-        log_z = top + math.log(sum(math.exp(v - top) for v in logits))
-        losses.append(log_z - logits[y[i]])
-    return sum(losses) / len(losses)
-
-
-def ref_normalized_softmax(x, y, proxies, temperature=0.05):
-    losses = []
-    for i in range(len(x)):
-        xi = _unit(x[i])
-        logits = [float(np.dot(xi, _unit(p))) / temperature for p in proxies]
-        top = max(logits)
-        log_z = top + math.log(sum(math.exp(v - top) for v in logits))
-        losses.append(log_z - logits[y[i]])
-    return sum(losses) / len(losses)
-
 
 CASES = [
     ("proxy_anchor", proxy_anchor, ref_proxy_anchor, init_proxy_anchor),

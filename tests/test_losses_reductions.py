@@ -8,36 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
+from references.reductions import ref_logsumexp, ref_softmax_grad
 
 from himl.losses.reductions import MASKED_LOGIT, masked_logsumexp, masked_mean, mean_over_nonzero
-
-
-# ---------------------------------------------------------------- references (loops)
-def ref_logsumexp(x, mask, axis, add_one=False, empty=0.0):
-    """Row (axis=1) or column (axis=0) loop: log(sum of exp of the kept entries)."""
-    x = np.asarray(x, np.float64)
-    mask = np.broadcast_to(mask, x.shape)
-    if axis == 0:
-        x, mask = x.T, mask.T
-    out = []
-    for i in range(x.shape[0]):
-        kept = [x[i, j] for j in range(x.shape[1]) if mask[i, j]]
-        terms = [1.0] * add_one + [math.exp(v) for v in kept]
-        out.append(math.log(math.fsum(terms)) if kept else empty)
-    return np.array(out)
-
-
-def ref_softmax_grad(x, mask, add_one=False):
-    """d/dx of the row log-sum-exp: the softmax over the kept entries (0 elsewhere)."""
-    g = np.zeros_like(x, dtype=np.float64)
-    for i in range(x.shape[0]):
-        kept = [j for j in range(x.shape[1]) if mask[i, j]]
-        if not kept:
-            continue
-        total = math.fsum([1.0] * add_one + [math.exp(x[i, j]) for j in kept])
-        for j in kept:
-            g[i, j] = math.exp(x[i, j]) / total
-    return g
 
 
 def _data(shape=(6, 9), seed=0):

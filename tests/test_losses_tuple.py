@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -12,63 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
+from references.tuples import ref_lifted, ref_npairs
 
 from himl.losses import default_hparams, loss_info
 from himl.losses.tuple import lifted_structure, npairs
-
-# ----------------------------------------------------------------------------------------
-# Slow float64 references written from the definitions (PML's reductions), plain loops.
-
-
-def _unit(v):
-    v = np.asarray(v, np.float64)
-    n = math.sqrt(float(np.sum(v * v)))
-    return v / max(n, 1e-12)
-
-
-def ref_npairs(x, y):
-    # One pair per class: its first sample in batch order and its second one.
-    pairs, seen = [], set()
-    for i in range(len(y)):
-        if y[i] in seen:
-            continue
-        seen.add(y[i])
-        others = [j for j in range(len(y)) if j != i and y[j] == y[i]]
-        if others:
-            pairs.append((i, others[0]))
-    if not pairs:
-        return 0.0
-    losses = []
-    for a, _ in pairs:
-        logits = [float(np.dot(_unit(x[a]), _unit(x[p]))) for _, p in pairs]
-        top = max(logits)
-        log_z = top + math.log(sum(math.exp(v - top) for v in logits))
-        losses.append(log_z - logits[len(losses)])
-    return sum(losses) / len(losses)
-
-
-def ref_lifted(x, y, pos_margin=0.0, neg_margin=1.0):
-    n = len(y)
-
-    def dist(i, j):
-        return math.sqrt(float(np.sum((_unit(x[i]) - _unit(x[j])) ** 2)))
-
-    if all(y[i] == y[0] for i in range(n)):
-        return 0.0
-    losses = []
-    for i in range(n):
-        for j in range(n):
-            if i == j or y[i] != y[j]:
-                continue
-            total = 0.0
-            for a in (i, j):
-                for k in range(n):
-                    if y[k] != y[a]:
-                        total += math.exp(neg_margin - dist(a, k))
-            value = math.log(total) + dist(i, j) - pos_margin
-            losses.append(max(value, 0.0) ** 2 / 2)
-    return sum(losses) / len(losses) if losses else 0.0
-
 
 CASES = [("npairs", npairs, ref_npairs), ("lifted_structure", lifted_structure, ref_lifted)]
 IDS = [c[0] for c in CASES]
