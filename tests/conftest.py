@@ -9,6 +9,7 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -57,3 +58,14 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
     train_and_evaluate(config, workdir, progress=False)
     return workdir, config
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A writable copy of `tiny_run` for tests that damage or resume a trained work
+    directory: `(workdir, config)`, the config a copy too (8 steps done: set
+    `config.train.steps` higher to resume)."""
+    workdir, config = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy, config.copy_and_resolve_references()

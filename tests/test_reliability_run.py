@@ -3,6 +3,7 @@ lost or replaced, nothing in a workdir changes before a run is known valid, ever
 path closes the checkpoint manager after its save in flight."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -136,22 +137,22 @@ def test_workdir_that_is_a_file(config, tmp_path):
     assert path.read_text() == "notes"
 
 
-def test_garbled_config_json_is_named_and_left_alone(config, tmp_path):
-    train_and_evaluate(config, tmp_path, progress=False)
-    (tmp_path / "config.json").write_text('{"seed": 0, "data": {')
-    before = _snapshot(tmp_path)
+def test_garbled_config_json_is_named_and_left_alone(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    (workdir / "config.json").write_text('{"seed": 0, "data": {')
+    before = _snapshot(workdir)
     with pytest.raises(WorkdirError, match="config.json is not valid JSON"):
-        train_and_evaluate(config, tmp_path, progress=False)
-    assert _snapshot(tmp_path) == before
+        train_and_evaluate(config, workdir, progress=False)
+    assert _snapshot(workdir) == before
 
 
-def test_checkpoints_without_config_json_are_refused(config, tmp_path):
-    train_and_evaluate(config, tmp_path, progress=False)
-    (tmp_path / "config.json").unlink()
-    before = _snapshot(tmp_path)
+def test_checkpoints_without_config_json_are_refused(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    (workdir / "config.json").unlink()
+    before = _snapshot(workdir)
     with pytest.raises(WorkdirError, match="config.json is missing"):
-        train_and_evaluate(config, tmp_path, progress=False)
-    assert _snapshot(tmp_path) == before
+        train_and_evaluate(config, workdir, progress=False)
+    assert _snapshot(workdir) == before
 
 
 def test_run_failing_before_training_leaves_nothing_and_the_fix_runs(config, tmp_path):
@@ -177,19 +178,18 @@ def test_run_failing_before_training_leaves_nothing_and_the_fix_runs(config, tmp
         ("model.embedding_dim", 8),
     ],
 )
-def test_refused_resume_changes_nothing(config, tmp_path, key, value):
-    config.train.steps = 4
-    train_and_evaluate(config, tmp_path, progress=False)
-    before = _snapshot(tmp_path)
+def test_refused_resume_changes_nothing(tiny_run_copy, key, value):
+    workdir, config = tiny_run_copy
+    before = _snapshot(workdir)
     *parents, leaf = key.split(".")
     section = config
     for part in parents:
         section = section[part]
     section[leaf] = value
-    config.train.steps = 8
+    config.train.steps = 12
     with pytest.raises(UserError, match=f"config.{key.split('.')[0]}"):
-        train_and_evaluate(config, tmp_path, progress=False)
-    assert _snapshot(tmp_path) == before
+        train_and_evaluate(config, workdir, progress=False)
+    assert _snapshot(workdir) == before
 
 
 def test_batch_settings_are_what_the_batcher_reads(config):
@@ -207,41 +207,37 @@ def test_batch_settings_are_what_the_batcher_reads(config):
     assert "data.samples_per_class" not in resume_keys(settings.keys_read)
 
 
-def test_changing_a_setting_that_does_not_change_batches_resumes(config, tmp_path):
-    config.train.steps = 4
-    train_and_evaluate(config, tmp_path, progress=False)
-    config.train.steps, config.data.num_workers, config.data.image_size = 8, 2, 64
-    assert train_and_evaluate(config, tmp_path, progress=False)["step"] == 8
+def test_changing_a_setting_that_does_not_change_batches_resumes(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    config.train.steps, config.data.num_workers, config.data.image_size = 12, 2, 64
+    assert train_and_evaluate(config, workdir, progress=False)["step"] == 12
 
 
-def test_a_run_saved_before_new_model_fields_resumes(config, tmp_path):
+def test_a_run_saved_before_new_model_fields_resumes(tiny_run_copy):
     """config.json of an older himl lacks fields added since (model.dtype, pretrained...):
     the run still resumes; a changed field it does have is still refused."""
-    config.train.steps = 4
-    train_and_evaluate(config, tmp_path, progress=False)
-    saved = json.loads((tmp_path / "config.json").read_text())
+    workdir, config = tiny_run_copy
+    saved = json.loads((workdir / "config.json").read_text())
     for key in ("dtype", "pretrained", "freeze_bn"):
         del saved["model"][key]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    config.train.steps = 8
-    assert train_and_evaluate(config, tmp_path, progress=False)["step"] == 8
-    config.train.steps, config.model.embedding_dim = 12, 8
+    (workdir / "config.json").write_text(json.dumps(saved))
+    config.train.steps = 12
+    assert train_and_evaluate(config, workdir, progress=False)["step"] == 12
+    config.train.steps, config.model.embedding_dim = 16, 8
     with pytest.raises(ConfigError, match="config.model = "):
-        train_and_evaluate(config, tmp_path, progress=False)
+        train_and_evaluate(config, workdir, progress=False)
 
 
-def test_removed_checkpoints_start_over_out_loud(config, tmp_path, capsys):
-    train_and_evaluate(config, tmp_path, progress=False)
-    old_metrics = (tmp_path / "metrics.jsonl").read_text()
-    import shutil
-
-    shutil.rmtree(tmp_path / "checkpoints")
-    train_and_evaluate(config, tmp_path, progress=False)
+def test_removed_checkpoints_start_over_out_loud(tiny_run_copy, capsys):
+    workdir, config = tiny_run_copy
+    old_metrics = (workdir / "metrics.jsonl").read_text()
+    shutil.rmtree(workdir / "checkpoints")
+    train_and_evaluate(config, workdir, progress=False)
     err = capsys.readouterr().err
     assert "holds no checkpoint: starting over from step 0" in err
-    assert (tmp_path / "previous-1" / "metrics.jsonl").read_text() == old_metrics
-    assert (tmp_path / "previous-1" / "config.json").exists()
-    assert _steps(tmp_path)[-1] == 8
+    assert (workdir / "previous-1" / "metrics.jsonl").read_text() == old_metrics
+    assert (workdir / "previous-1" / "config.json").exists()
+    assert _steps(workdir)[-1] == 8
 
 
 def test_config_json_of_a_run_that_never_saved_does_not_block(config, tmp_path):
@@ -283,21 +279,21 @@ def test_resumed_run_does_not_repeat_the_untrained_evaluation(config, tmp_path, 
 # --- damaged checkpoints ------------------------------------------------------------------
 
 
-def test_truncated_checkpoint_offers_the_previous_intact_step(config, tmp_path):
-    train_and_evaluate(config, tmp_path, progress=False)
-    assert _steps(tmp_path)[-2:] == [4, 8]
-    for path in (tmp_path / "checkpoints" / "8").rglob("*"):
+def test_truncated_checkpoint_offers_the_previous_intact_step(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    assert _steps(workdir)[-2:] == [4, 8]
+    for path in (workdir / "checkpoints" / "8").rglob("*"):
         if path.is_file() and path.stat().st_size > 200:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    before = _snapshot(tmp_path)
+    before = _snapshot(workdir)
     config.train.steps = 12
     with pytest.raises(CheckpointError) as err:
-        train_and_evaluate(config, tmp_path, progress=False)
+        train_and_evaluate(config, workdir, progress=False)
     message = str(err.value)
     assert "checkpoint step 8" in message and "step 4 is intact" in message
     for internal in ("orbax", "tensorstore", "Error:", "Traceback", "\n"):
         assert internal not in message
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(workdir) == before
     # Doing what the message says resumes from step 4.
-    (tmp_path / "checkpoints" / "8").rename(tmp_path / "damaged-8")
-    assert train_and_evaluate(config, tmp_path, progress=False)["step"] == 12
+    (workdir / "checkpoints" / "8").rename(workdir / "damaged-8")
+    assert train_and_evaluate(config, workdir, progress=False)["step"] == 12

@@ -162,25 +162,22 @@ def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
     chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
 
 
-def test_resume_refuses_a_different_model(tiny_config, tmp_path):
-    tiny_config.train.steps = 4
-    tiny_config.eval.splits = ()
-    train_and_evaluate(tiny_config, tmp_path, progress=False)
-    tiny_config.model.embedding_dim = 8
+def test_resume_refuses_a_different_model(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    config.train.steps = 12
+    config.model.embedding_dim = 8
     with pytest.raises(ConfigError, match="config.model"):
-        train_and_evaluate(tiny_config, tmp_path, progress=False)
+        train_and_evaluate(config, workdir, progress=False)
 
 
-def test_corrupted_checkpoint_is_reported_and_left_alone(tiny_config, tmp_path):
-    tiny_config.train.steps = 4
-    tiny_config.eval.splits = ()
-    train_and_evaluate(tiny_config, tmp_path, progress=False)
-    files = sorted(p for p in (tmp_path / "checkpoints").rglob("*") if p.is_file())
+def test_corrupted_checkpoint_is_reported_and_left_alone(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    files = sorted(p for p in (workdir / "checkpoints").rglob("*") if p.is_file())
     victims = [p for p in files if p.stat().st_size > 100]
     for p in victims:
         p.write_bytes(b"\0garbage" * 8)
     before = {p: p.read_bytes() for p in files}
-    tiny_config.train.steps = 8
+    config.train.steps = 12
     with pytest.raises(CheckpointError, match="left untouched"):
-        train_and_evaluate(tiny_config, tmp_path, progress=False)
+        train_and_evaluate(config, workdir, progress=False)
     assert {p: p.read_bytes() for p in files} == before
