@@ -21,27 +21,9 @@ With a split column, evaluate the splits it has (`--config.eval.splits=test` or
 import ml_collections
 
 from himl.configs import default
+from himl.data.defaults import custom_data_config
 
 ARGS = ("dml", "seen_unseen", "small")
-
-
-def custom_data_config(protocol: str = "dml") -> ml_collections.ConfigDict:
-    """`config.data.custom`: where the data is and how it is split."""
-    return ml_collections.ConfigDict(
-        {
-            "source": "",  # manifest (.csv/.tsv/.jsonl), image-folder tree or .npz
-            "levels": (),  # label columns / level names, coarse to fine (default: all)
-            "path_column": "path",
-            "split_column": "split",  # used when the manifest has it
-            "unique_labels": False,  # True: "a/other" and "b/other" are different labels
-            "channels": 3,  # 1 decodes image files as grayscale
-            "protocol": protocol,  # when the source has no split column: dml | seen_unseen
-            "split_level": -1,  # the level whose classes are divided (-1: the finest)
-            "test_fraction": 0.5,  # dml: test classes; seen_unseen: unseen classes per group
-            "seen_test_fraction": 0.2,  # seen_unseen: held-out images of each seen class
-            "split_seed": 0,  # the split does not change with config.seed
-        }
-    )
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -10,6 +10,7 @@ Arg "fashion_mnist" trains on the full Fashion-MNIST IDX files instead (same spl
 import ml_collections
 
 from himl.config_lib import config_arg, loss_config
+from himl.data.defaults import data_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -17,27 +18,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist" if arg == "fashion_mnist" else "embedded"
-    config.data.manual_dir = ""  # folder of the IDX files for name=fashion_mnist
-    config.data.batch_size = 64  # samples per step (global, over all devices)
-    config.data.samples_per_class = 16
-    config.data.num_views = 2  # augmented views per sample (instance-level positives)
-    config.data.sampler = "m_per_class"  # or "hierarchical" (a partner at every level)
-    config.data.augmentation = "pad_crop"  # in-memory default; "dml" for image datasets
-    config.data.train_split = "train"  # "train_no_val" to select models on "val"
-    # Image datasets (himl.data.real): decoded lazily, read through grain.
-    config.data.data_dir = ""  # non-empty: prepare array_record (TFDS builder) here once
-    config.data.image_size = 224  # side of the square crops fed to the model
-    config.data.eval_crop = 0.875  # evaluation: resize to image_size / eval_crop, centre crop
-    config.data.crop_scale = (0.16, 1.0)  # random resized crop: area fraction range
-    config.data.crop_ratio = (0.75, 1.3333)  # random resized crop: aspect ratio range
-    config.data.color_jitter = 0.3  # brightness/contrast/saturation factor range 1 +- this
-    config.data.val_fraction = 0.2  # last fraction of train classes carved out as "val"
-    config.data.num_workers = 0  # grain worker processes decoding + augmenting batches
-    # Reader choices (himl.data.real.READER_OPTIONS); empty = the dataset's default.
-    config.data.label_layout = ""  # inshop: "official" (seed code) | "gender"
-    config.data.split_protocol = ""  # omniglot: "characters" | "alphabets"
+    # Every config.data field, with its comment: himl/data/defaults.py.
+    config.data = data_config("fashion_mnist" if arg == "fashion_mnist" else "embedded")
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"

@@ -5,8 +5,9 @@
     ds = himl.data.load("custom", source="photos/", levels=("department", "category"))
     ds.split("train").images[:8]  # [8, 224, 224, 3] uint8, decoded on demand
 
-The data config is `configs/default.py`'s data section with `name` and the given fields
-set, read by `himl.data.registry.load_dataset` (the same path `himl-train` takes).
+The data config is `config.data` at its defaults (`himl.data.defaults`, which
+`configs/default.py` starts from) with `name` and the given fields set, read by
+`himl.data.registry.load_dataset` (the same path `himl-train` takes).
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ class UnknownFieldError(UserError, TypeError):
 
 
 def default_data(name: str, **data_fields):
-    """`configs/default.py`'s data section with `name` and `data_fields` set (ConfigDict).
+    """`config.data` at its defaults with `name` and `data_fields` set (ConfigDict).
 
     Raises:
       UnknownFieldError: for a field that `config.data` does not have.
     """
-    from himl.configs import default
+    from himl.data.defaults import custom_data_config, data_config
 
-    data = default.get_config().data
+    data = data_config(name)
     if name == "custom":  # its own section: `load("custom", source="photos/", levels=...)`
-        from himl.configs.custom import custom_data_config
-
         data.custom = custom_data_config()
         for key in set(data_fields) & set(data.custom.keys()):
             data.custom[key] = data_fields.pop(key)
@@ -39,7 +38,6 @@ def default_data(name: str, **data_fields):
             f"himl.data.load: config.data has no field {unknown[0]!r}; "
             f"fields: {', '.join(sorted(data.keys()))}"
         )
-    data.name = name
     data.update(data_fields)
     return data
 
