@@ -71,21 +71,20 @@ def _split_train_test(
     fields = ordered(files, labels, np.where(is_test, "test", "train"), ("train", "test"))
     train = part_range(fields["parts"], "train")
     train_no_val, val = carve_val(fields["labels"], train, class_level, val_fraction)
-    return Records(
-        name=name,
-        root=root,
-        files=fields["files"],
-        labels=fields["labels"],
+    splits = {
+        "train": train,
+        "train_no_val": train_no_val,
+        "val": val,
+        "test": part_range(fields["parts"], "test"),
+    }
+    return Records.from_fields(
+        name,
+        root,
+        fields,
         level_names=level_names,
         class_level=class_level,
         class_names=class_names,
-        parts=fields["parts"],
-        splits={
-            "train": train,
-            "train_no_val": train_no_val,
-            "val": val,
-            "test": part_range(fields["parts"], "test"),
-        },
+        splits=splits,
     )
 
 

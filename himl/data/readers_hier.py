@@ -67,20 +67,6 @@ SUPERCLASSES = Path(__file__).parent / "imagenet_superclasses.json"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-def _records(name, root, fields, level_names, class_level, class_names, splits) -> Records:
-    return Records(
-        name=name,
-        root=root,
-        files=fields["files"],
-        labels=fields["labels"],
-        level_names=level_names,
-        class_level=class_level,
-        class_names=class_names,
-        parts=fields["parts"],
-        splits=splits,
-    )
-
-
 INSHOP_HEADER = ("image_name", "item_id", "evaluation_status")
 INSHOP_STATUSES = ("train", "query", "gallery")
 # img/<GENDER>/<Category>/id_<8 digits>/<variation>_<image>_<view>.jpg
@@ -210,7 +196,15 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
         "test": part_range(parts, "query", "gallery"),
     }
     class_names = {k: f"{category_of[i]}/{i}" for k, i in enumerate(item_ids)}
-    return _records("inshop", images_root, fields, INSHOP_LAYOUTS[layout], 1, class_names, splits)
+    return Records.from_fields(
+        "inshop",
+        images_root,
+        fields,
+        level_names=INSHOP_LAYOUTS[layout],
+        class_level=1,
+        class_names=class_names,
+        splits=splits,
+    )
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -284,7 +278,15 @@ def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
         "unseen_train": train[unseen[train]],
     }
     names = {class_of[w]: mapping[w]["name"] for w in wnids}
-    return _records("imagenet", root, fields, ("superclass", "class", "image"), 1, names, splits)
+    return Records.from_fields(
+        "imagenet",
+        root,
+        fields,
+        level_names=("superclass", "class", "image"),
+        class_level=1,
+        class_names=names,
+        splits=splits,
+    )
 
 
 OMNIGLOT_BACKGROUND = ("images_background",)  # 30 alphabets, 964 characters
@@ -422,4 +424,12 @@ def read_omniglot(
     fields = ordered(files, labels, part_of, ("train", "seen_test", "unseen"))
     splits = {p: part_range(fields["parts"], p) for p in fields["parts"]}
     names = {i: f"{a}/{c}" for i, (a, c) in enumerate(characters)}
-    return _records("omniglot", root, fields, ("alphabet", "character", "image"), 1, names, splits)
+    return Records.from_fields(
+        "omniglot",
+        root,
+        fields,
+        level_names=("alphabet", "character", "image"),
+        class_level=1,
+        class_names=names,
+        splits=splits,
+    )

@@ -57,6 +57,22 @@ class Records:
     parts: dict[str, tuple[int, int]]
     splits: dict[str, np.ndarray]
 
+    @classmethod
+    def from_fields(cls, name, root, fields, *, level_names, class_level, class_names, splits):
+        """`Records` from the "files", "labels" and "parts" of `fields` (what `ordered`
+        returns) and the remaining attributes."""
+        return cls(
+            name=name,
+            root=root,
+            files=fields["files"],
+            labels=fields["labels"],
+            level_names=level_names,
+            class_level=class_level,
+            class_names=class_names,
+            parts=fields["parts"],
+            splits=splits,
+        )
+
     def __post_init__(self):
         if self.labels.shape != (len(self.files), len(self.level_names)):
             raise MalformedDataError(
