@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from himl.data.registry import DATASETS as DATASET_TABLE
-from himl.errors import ConfigError, UserError
+from himl.errors import ConfigError, UserError, check_choice
 from himl.losses import LOSSES, default_hparams
 from himl.losses.registry import check_hparams
 from himl.models.heads import HEADS
@@ -62,11 +62,6 @@ def config_arg(arg: str, accepted, config_file: str) -> str:
     return arg
 
 
-def _choose(value, valid, what):
-    if value not in valid:
-        raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-
-
 def validate_config(config, num_devices: int = 1) -> None:
     """Raises ConfigError (a UserError) with one line naming the key of a config that
     cannot run, before any data is loaded: each section is checked by the code that uses
@@ -88,7 +83,7 @@ def _check_top(config, **_) -> None:
 def _check_data(config, *, num_devices: int) -> None:
     from himl.data.sampling import check_data_config
 
-    _choose(config.data.name, DATASETS, "config.data.name")
+    check_choice(config.data.name, DATASETS, "config.data.name")
     check_data_config(config.data, num_devices=num_devices)
     if config.data.name == "fashion_mnist" and not config.data.manual_dir:
         raise ConfigError(
@@ -119,7 +114,7 @@ def _check_loss(config, **_) -> None:
     from himl.data.sampling import class_positives
 
     name = config.loss.name
-    _choose(name, tuple(sorted(LOSSES)), "config.loss.name")
+    check_choice(name, tuple(sorted(LOSSES)), "config.loss.name")
     expected = set(default_hparams(name))
     given = set(config.loss[name].keys())
     if given != expected:
@@ -148,8 +143,8 @@ def _check_loss(config, **_) -> None:
 
 def _check_optimizer(config, **_) -> None:
     opt = config.optimizer
-    _choose(opt.name, OPTIMIZERS, "config.optimizer.name")
-    _choose(opt.schedule, SCHEDULES, "config.optimizer.schedule")
+    check_choice(opt.name, OPTIMIZERS, "config.optimizer.name")
+    check_choice(opt.schedule, SCHEDULES, "config.optimizer.schedule")
     if not opt.learning_rate > 0:  # also catches NaN
         raise ConfigError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}")
     for key in ("weight_decay", "warmup_steps", "decay_every"):

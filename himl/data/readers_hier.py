@@ -48,6 +48,7 @@ from himl.data.records import (
     require,
     require_images,
 )
+from himl.errors import check_choice
 
 INSHOP_WHERE = (
     "Get the DeepFashion In-shop Clothes Retrieval benchmark (img.zip and "
@@ -123,10 +124,8 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
     seed paper's code instead drops the ids of a "repeating product ids" list.)
     Class level: item.
     """
-    if layout not in INSHOP_LAYOUTS:
-        raise UnknownOptionError(
-            f"In-Shop: unknown label layout {layout!r}; valid: {', '.join(INSHOP_LAYOUTS)}"
-        )
+    check_choice(layout, INSHOP_LAYOUTS, "label layout", error=UnknownOptionError,
+                 prefix="In-Shop: ")  # fmt: skip
     root = dataset_root(
         manual_dir, "Eval/list_eval_partition.txt", "In-shop Clothes Retrieval Benchmark"
     )
@@ -362,10 +361,8 @@ def read_omniglot(
         1-15) and "seen_test" (drawers 16-20). Needs `images_evaluation`.
     """
     del val_fraction  # the seen/unseen protocols have no carve
-    if protocol not in OMNIGLOT_PROTOCOLS:
-        raise UnknownOptionError(
-            f"Omniglot: unknown protocol {protocol!r}; valid: {', '.join(OMNIGLOT_PROTOCOLS)}"
-        )
+    check_choice(protocol, OMNIGLOT_PROTOCOLS, "protocol", error=UnknownOptionError,
+                 prefix="Omniglot: ")  # fmt: skip
     given = Path(manual_dir).expanduser()
     sets = (*OMNIGLOT_BACKGROUND, *OMNIGLOT_SMALL, OMNIGLOT_EVALUATION)
     root = next(

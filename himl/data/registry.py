@@ -5,6 +5,7 @@ from __future__ import annotations
 from himl.data.dataset import Dataset
 from himl.data.embedded import load_embedded, load_fashion_mnist
 from himl.data.real import READERS
+from himl.errors import check_choice
 
 IN_MEMORY_SHAPES = {"embedded": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
 # Every dataset name `config.data.name` accepts (the readers' table included).
@@ -24,7 +25,7 @@ def load_dataset(data_config) -> Dataset:
 
     if data_config.name in READERS:
         return load_real(data_config)
-    raise ValueError(f"unknown dataset {data_config.name!r}; valid: {', '.join(DATASETS)}")
+    check_choice(data_config.name, DATASETS, "dataset", error=ValueError)
 
 
 def input_spec(data_config) -> tuple[tuple[int, int, int], float]:

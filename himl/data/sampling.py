@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from himl.errors import UserError
+from himl.errors import UserError, check_choice
 
 
 class BatchConfigError(UserError, ValueError):
@@ -94,7 +94,7 @@ def make_sampler(data_config, dataset, labels, seed: int):
 
         levels = labels[:, : dataset.class_level + 1]
         return HierarchicalSampler(levels, batch_size=data_config.batch_size, seed=seed)
-    raise BatchConfigError(f"unknown sampler {data_config.sampler!r}; valid: {', '.join(SAMPLERS)}")
+    check_choice(data_config.sampler, SAMPLERS, "sampler", error=BatchConfigError)
 
 
 def _local(batch: dict, process_index: int, process_count: int) -> dict:
@@ -117,10 +117,7 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
     process_count = jax.process_count() if process_count is None else process_count
     split = dataset.split(data_config.train_split)
     sampler = make_sampler(data_config, dataset, split.labels, seed)
-    if data_config.augmentation not in AUGMENTATIONS:
-        raise BatchConfigError(
-            f"unknown augmentation {data_config.augmentation!r}; valid: {', '.join(AUGMENTATIONS)}"
-        )
+    check_choice(data_config.augmentation, AUGMENTATIONS, "augmentation", error=BatchConfigError)
     augmentation = data_config.augmentation
     if augmentation == "auto":
         augmentation = "pad_crop" if isinstance(split.images, np.ndarray) else "dml"
@@ -167,15 +164,10 @@ def check_data_config(data_config, *, num_devices: int = 1) -> None:
         raise BatchConfigError(
             f"config.data.batch_size ({batch}) must divide evenly over {num_devices} devices"
         )
-    if data_config.sampler not in SAMPLERS:
-        raise BatchConfigError(
-            f"unknown config.data.sampler {data_config.sampler!r}; valid: {', '.join(SAMPLERS)}"
-        )
-    if data_config.augmentation not in AUGMENTATIONS:
-        raise BatchConfigError(
-            f"unknown config.data.augmentation {data_config.augmentation!r}; valid: "
-            f"{', '.join(AUGMENTATIONS)}"
-        )
+    check_choice(data_config.sampler, SAMPLERS, "config.data.sampler", error=BatchConfigError)
+    check_choice(
+        data_config.augmentation, AUGMENTATIONS, "config.data.augmentation", error=BatchConfigError
+    )
     at_least = {"num_views": 1, "image_size": 1, "num_workers": 0}
     for key, low in at_least.items():
         if key in data_config and not data_config[key] >= low:

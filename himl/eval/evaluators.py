@@ -180,16 +180,13 @@ def run_evaluators(evaluators, embed: Callable[[str], np.ndarray], *, progress=F
 def check_eval_config(eval_config) -> None:
     """Raises ConfigError naming the `config.eval` key the evaluation cannot use (split
     names are checked against the data by `check_splits`, once it is loaded)."""
-    from himl.errors import ConfigError
+    from himl.errors import ConfigError, check_choice
     from himl.eval.knn import METRICS
 
     ks = tuple(eval_config.ks)
     if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
         raise ConfigError(f"config.eval.ks must be a non-empty list of ints >= 1, got {ks}")
-    if eval_config.metric not in METRICS:
-        raise ConfigError(
-            f"unknown config.eval.metric {eval_config.metric!r}; valid: {', '.join(METRICS)}"
-        )
+    check_choice(eval_config.metric, METRICS, "config.eval.metric")
     for key in ("batch_size", "block_size"):
         if not eval_config[key] >= 1:
             raise ConfigError(f"config.eval.{key} must be >= 1, got {eval_config[key]}")

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from himl import errors
 from himl.distances import LOSS_MEASURES
 
 
@@ -53,8 +54,7 @@ def check_positive(loss_name: str, **hparams) -> None:
 def check_choice(loss_name: str, what: str, value, valid) -> None:
     """Raises ValueError `"<loss>: unknown <what> <value>; valid: ..."` unless `value` is
     one of `valid` (a mining scheme, a distance name, a mode)."""
-    if value not in valid:
-        raise ValueError(f"{loss_name}: unknown {what} {value!r}; valid: {', '.join(valid)}")
+    errors.check_choice(value, valid, what, error=ValueError, prefix=f"{loss_name}: ")
 
 
 def check_distance(loss_name: str, distance: str) -> None:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from himl.distances import l2_normalize
+from himl.errors import check_choice
 
 HEADS = ("linear", "hist", "none")
 
@@ -40,8 +41,7 @@ def embedding_head(
     if head == "none":
         x = jnp.mean(features, axis=(1, 2), dtype=jnp.float32)
         return l2_normalize(x) if normalize else x
-    if head != "linear":
-        raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
+    check_choice(head, HEADS, "head", error=ValueError)
     x = nn.Dense(embedding_dim, dtype=dtype, name="embedding")(jnp.mean(features, axis=(1, 2)))
     x = x.astype(jnp.float32)
     return l2_normalize(x) if normalize else x

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from himl.errors import ConfigError, check_choice
 from himl.models.cnn import SmallCNN
 from himl.models.resnet import ResNet
 
@@ -16,6 +17,7 @@ def build_model(model_config) -> nn.Module:
     """ "small_cnn" (uses `model.widths`) or "resnet50" (uses `model.freeze_bn`); both take
     `embedding_dim`, `head` and `dtype` (compute dtype; absent in configs saved before it
     existed: float32). `model.pretrained` is loaded by `himl.train.experiment`."""
+    check_choice(model_config.name, MODELS, "model", error=ValueError)
     dtype = jnp.dtype(model_config.get("dtype", "float32"))
     if model_config.name == "small_cnn":
         return SmallCNN(
@@ -24,32 +26,22 @@ def build_model(model_config) -> nn.Module:
             head=model_config.head,
             dtype=dtype,
         )
-    if model_config.name == "resnet50":
-        return ResNet(
-            embedding_dim=model_config.embedding_dim,
-            head=model_config.head,
-            dtype=dtype,
-            freeze_bn=model_config.get("freeze_bn", False),
-        )
-    raise ValueError(f"unknown model {model_config.name!r}; valid: small_cnn, resnet50")
+    return ResNet(
+        embedding_dim=model_config.embedding_dim,
+        head=model_config.head,
+        dtype=dtype,
+        freeze_bn=model_config.get("freeze_bn", False),
+    )
 
 
 def check_model_config(model_config) -> None:
     """Raises ConfigError naming the `config.model` key that cannot build a model."""
-    from himl.errors import ConfigError
     from himl.models.heads import HEADS
 
-    if model_config.name not in MODELS:
-        raise ConfigError(
-            f"unknown config.model.name {model_config.name!r}; valid: {', '.join(MODELS)}"
-        )
-    if model_config.head not in HEADS:
-        raise ConfigError(
-            f"unknown config.model.head {model_config.head!r}; valid: {', '.join(HEADS)}"
-        )
+    check_choice(model_config.name, MODELS, "config.model.name")
+    check_choice(model_config.head, HEADS, "config.model.head")
     dtype = model_config.get("dtype", "float32")  # absent in configs saved before it
-    if dtype not in MODEL_DTYPES:
-        raise ConfigError(f"unknown config.model.dtype {dtype!r}; valid: {', '.join(MODEL_DTYPES)}")
+    check_choice(dtype, MODEL_DTYPES, "config.model.dtype")
     if not model_config.embedding_dim >= 1:
         raise ConfigError(
             f"config.model.embedding_dim must be >= 1, got {model_config.embedding_dim}"
