@@ -43,6 +43,16 @@ def list_images(folder) -> list[Path]:
     return [folder / f for f in find_images(folder)]
 
 
+def image_paths(images) -> list | None:
+    """The image files `images` names (a folder: its images; one file; a sequence of
+    paths), or None when `images` is an array of pixels."""
+    if isinstance(images, str | os.PathLike):
+        return list_images(images) if Path(images).is_dir() else [Path(images)]
+    if isinstance(images, Sequence) and images and isinstance(images[0], str | os.PathLike):
+        return list(images)
+    return None
+
+
 class Embedder:
     """A trained embedding network with the preprocessing it was trained with.
 
@@ -83,10 +93,13 @@ class Embedder:
 
     def as_batch(self, images) -> np.ndarray:
         """`[N, H, W, C]` uint8 (or float in [0, 1]) from paths or an image array."""
-        if isinstance(images, str | os.PathLike):
-            images = list_images(images) if Path(images).is_dir() else [images]
-        if isinstance(images, Sequence) and images and isinstance(images[0], str | os.PathLike):
-            return np.stack([self.load_image(p) for p in images])
+        paths = image_paths(images)
+        return self._from_paths(paths) if paths is not None else self._from_array(images)
+
+    def _from_paths(self, paths) -> np.ndarray:
+        return np.stack([self.load_image(p) for p in paths])
+
+    def _from_array(self, images) -> np.ndarray:
         array = np.asarray(images)
         h, w, c = self.input_shape
         if array.ndim == 3 and c == 1:
@@ -110,11 +123,7 @@ class Embedder:
         uint8 arrays are scaled to [0, 1] as in training; paths are decoded and
         resized/cropped batch by batch, so a large folder never sits in memory at once.
         """
-        paths = None
-        if isinstance(images, str | os.PathLike):
-            paths = list_images(images) if Path(images).is_dir() else [Path(images)]
-        elif isinstance(images, Sequence) and images and isinstance(images[0], str | os.PathLike):
-            paths = list(images)
+        paths = image_paths(images)
         count = len(paths) if paths is not None else len(images)
         if count == 0:
             raise EmbedderError("no images to embed")
@@ -122,12 +131,12 @@ class Embedder:
         for start in tqdm(range(0, count, self.batch_size), desc="embedding", leave=False,
                           disable=not progress, unit="batch"):  # fmt: skip
             part = slice(start, start + self.batch_size)
-            batch = self.as_batch(paths[part] if paths is not None else np.asarray(images[part]))
-            chunks.append(self._embed_batch(batch))
+            if paths is not None:
+                batch = self._from_paths(paths[part])
+            else:
+                batch = self._from_array(images[part])
+            chunks.append(self._embed.replicated_batch(self.variables, batch))
         return np.concatenate(chunks)
-
-    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        return self._embed.batch(self.variables, batch)
 
     def gallery(self, images, *, labels=None, progress: bool = False) -> Gallery:
         """Embeds `images` once and returns a searchable `Gallery` of them."""

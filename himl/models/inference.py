@@ -46,12 +46,17 @@ class EmbeddingFunction:
 
     def batch(self, variables, images: np.ndarray) -> np.ndarray:
         """Embeddings of at most `batch_size` images (uint8 are scaled to [0, 1])."""
+        return self.replicated_batch(self.replicate(variables), images)
+
+    def replicated_batch(self, variables, images: np.ndarray) -> np.ndarray:
+        """`batch` for variables already returned by `replicate` (no per-batch copy or
+        check: the loops over many batches replicate once)."""
         n = len(images)
         x = np.asarray(images)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
         if n < self.batch_size:
             x = np.concatenate([x, np.zeros((self.batch_size - n, *x.shape[1:]), np.float32)])
-        out = self._fn(self.replicate(variables), jax.device_put(x, self._sharding))
+        out = self._fn(variables, jax.device_put(x, self._sharding))
         return np.asarray(out, np.float32)[:n]
 
     def __call__(self, variables, images, *, progress: bool = False, desc="embedding"):
@@ -59,7 +64,7 @@ class EmbeddingFunction:
         variables = self.replicate(variables)
         starts = range(0, len(images), self.batch_size)
         chunks = [
-            self.batch(variables, images[s : s + self.batch_size])
+            self.replicated_batch(variables, images[s : s + self.batch_size])
             for s in tqdm(starts, desc=desc, leave=False, disable=not progress, unit="batch")
         ]
         if not chunks:
