@@ -10,7 +10,7 @@ import pytest
 import himl
 from himl.data.embedded import load_embedded
 from himl.data.export import write_image_tree
-from himl.embedder import EmbedderError
+from himl.embedder import EmbedderError, Gallery
 from himl.errors import UserError
 from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
@@ -91,6 +91,17 @@ def test_gallery_search_is_exact(run, unseen):
         assert set(indices[i]) == set(best) or np.allclose(cos[i, indices[i]], cos[i, best])
     # Embeddings are accepted as queries too.
     np.testing.assert_array_equal(gallery.search(q, k=5)[0], indices)
+    # Ties: every gallery row twice, the copies shuffled into other gallery blocks, so the
+    # neighbours come in pairs of equal scores. Documented order (himl.eval.knn): by score,
+    # then the smaller gallery index.
+    perm = np.random.default_rng(0).permutation(len(g))
+    source = np.concatenate([np.arange(len(g)), perm])  # the row of g each row copies
+    doubled = Gallery(embedder, g[source])
+    got, got_scores = doubled.search(q, k=6, block_size=128)
+    for i in range(len(q)):
+        want = sorted(range(len(source)), key=lambda j: (-cos[i, source[j]], j))[:6]
+        np.testing.assert_array_equal(got[i], want)
+        assert got_scores[i, 0] == got_scores[i, 1]  # the best score is a tie
 
 
 def test_errors_are_one_line(run, tmp_path):
