@@ -78,14 +78,9 @@ def _split_train_test(
         "test": part_range(fields["parts"], "test"),
     }
     return Records.from_fields(
-        name,
-        root,
-        fields,
-        level_names=level_names,
-        class_level=class_level,
-        class_names=class_names,
-        splits=splits,
-    )
+        name, root, fields, level_names=level_names, class_level=class_level,
+        class_names=class_names, splits=splits,
+    )  # fmt: skip
 
 
 def read_cub(manual_dir, *, val_fraction: float = 0.2) -> Records:

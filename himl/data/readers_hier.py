@@ -196,14 +196,9 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
     }
     class_names = {k: f"{category_of[i]}/{i}" for k, i in enumerate(item_ids)}
     return Records.from_fields(
-        "inshop",
-        images_root,
-        fields,
-        level_names=INSHOP_LAYOUTS[layout],
-        class_level=1,
-        class_names=class_names,
-        splits=splits,
-    )
+        "inshop", images_root, fields, level_names=INSHOP_LAYOUTS[layout], class_level=1,
+        class_names=class_names, splits=splits,
+    )  # fmt: skip
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -278,14 +273,9 @@ def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
     }
     names = {class_of[w]: mapping[w]["name"] for w in wnids}
     return Records.from_fields(
-        "imagenet",
-        root,
-        fields,
-        level_names=("superclass", "class", "image"),
-        class_level=1,
-        class_names=names,
-        splits=splits,
-    )
+        "imagenet", root, fields, level_names=("superclass", "class", "image"), class_level=1,
+        class_names=names, splits=splits,
+    )  # fmt: skip
 
 
 OMNIGLOT_BACKGROUND = ("images_background",)  # 30 alphabets, 964 characters
@@ -422,11 +412,6 @@ def read_omniglot(
     splits = {p: part_range(fields["parts"], p) for p in fields["parts"]}
     names = {i: f"{a}/{c}" for i, (a, c) in enumerate(characters)}
     return Records.from_fields(
-        "omniglot",
-        root,
-        fields,
-        level_names=("alphabet", "character", "image"),
-        class_level=1,
-        class_names=names,
-        splits=splits,
-    )
+        "omniglot", root, fields, level_names=("alphabet", "character", "image"), class_level=1,
+        class_names=names, splits=splits,
+    )  # fmt: skip
