@@ -37,7 +37,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.num_workers = 0  # grain worker processes decoding + augmenting batches
     # Reader choices (himl.data.real.READER_OPTIONS); empty = the dataset's default.
     config.data.label_layout = ""  # inshop: "official" (seed code) | "gender"
-    config.data.split_protocol = ""  # omniglot: "characters" | "alphabets"
+    config.data.split_protocol = ""  # omniglot: "characters" | "alphabets" | "held_out_alphabets"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"

@@ -290,7 +290,8 @@ def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
 OMNIGLOT_BACKGROUND = ("images_background",)  # 30 alphabets, 964 characters
 OMNIGLOT_SMALL = ("images_background_small1", "images_background_small2")  # its subsets
 OMNIGLOT_EVALUATION = "images_evaluation"  # 20 further alphabets, 659 characters
-OMNIGLOT_PROTOCOLS = ("characters", "alphabets")
+OMNIGLOT_PROTOCOLS = ("characters", "alphabets", "held_out_alphabets")
+HELD_OUT_EVERY = 4  # held_out_alphabets: every 4th background alphabet (name order) is unseen
 OMNIGLOT_DRAWERS = 20  # every character is drawn once by each of 20 people
 IGNORED = ("__MACOSX",)  # archive tool debris; hidden files (".DS_Store") are skipped too
 
@@ -358,6 +359,10 @@ def read_omniglot(
       "alphabets": unseen alphabets - Lake et al.'s background / evaluation split: the
         evaluation alphabets are "unseen"; the background ones give "train" (drawers
         1-15) and "seen_test" (drawers 16-20). Needs `images_evaluation`.
+      "held_out_alphabets": unseen alphabets from the background set alone, for when
+        `images_evaluation` is not at hand: every 4th background alphabet in name order
+        (the 4th, 8th, ...) is "unseen", the others split by drawer as above; the
+        evaluation set, if present, is not read.
     """
     del val_fraction  # the seen/unseen protocols have no carve
     if protocol not in OMNIGLOT_PROTOCOLS:
@@ -389,7 +394,8 @@ def read_omniglot(
             f"(the 20 evaluation alphabets) in {root}. {OMNIGLOT_WHERE}"
         )
     files, keys, drawers, evaluation = [], {}, [], []
-    for name in background + [OMNIGLOT_EVALUATION] * has_evaluation:
+    read_evaluation = has_evaluation and protocol != "held_out_alphabets"
+    for name in background + [OMNIGLOT_EVALUATION] * read_evaluation:
         for file, member in _omniglot_set(root, name):
             key = tuple(member.split("/")[1:])  # (alphabet, character, file)
             if key not in keys:  # the small sets share Greek and Latin
@@ -412,6 +418,8 @@ def read_omniglot(
     labels = np.stack([alphabet, character, np.arange(len(files))], axis=1)
     if protocol == "alphabets":
         unseen = np.array(evaluation)
+    elif protocol == "held_out_alphabets":  # `encode` numbers alphabets in name order
+        unseen = alphabet % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
     else:
         unseen_chars = []
         for a in range(len(alphabets)):
