@@ -328,17 +328,55 @@ def report(data: dict) -> str:
         for objective, sampler in cells_done(runs, dataset):
             if objective == BASELINE:
                 continue
-            cells, n = [], 0
-            for _, key, higher in COLUMNS:
-                a = values(runs, dataset, objective, sampler, key)
-                b = values(runs, dataset, BASELINE, sampler, key)
-                mean, half, n = paired_interval(a, b)
-                text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
-                if np.isfinite(half) and abs(mean) > half:
-                    text = f"**{text}**" if (mean > 0) == higher else f"_{text}_"
-                cells.append(text)
+            n = len(values(runs, dataset, objective, sampler, COLUMNS[0][1]))
+            cells = [
+                paired_text(runs, dataset, (objective, sampler), (BASELINE, sampler), key, higher)
+                for _, key, higher in COLUMNS
+            ]
             lines.append(f"| {objective} | {sampler} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def paired_text(runs, dataset, cell, base, key, higher: bool) -> str:
+    """`mean [low, high]` of the per-seed differences `cell - base` (each an (objective,
+    sampler)) of metric `key`; bold when reliably better, italic when reliably worse."""
+    a = values(runs, dataset, *cell, key)
+    b = values(runs, dataset, *base, key)
+    mean, half, n = paired_interval(a, b)
+    if n < 2:
+        return "n/a (1 seed)" if n else "n/a"
+    text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    if np.isfinite(half) and abs(mean) > half:
+        return f"**{text}**" if (mean > 0) == higher else f"_{text}_"
+    return text
+
+
+SUMMARY_COLUMNS = [COLUMNS[i] for i in (1, 0, 4, 7, 6)]  # unseen class, coarse, severity, seen
+
+
+def summary(data: dict) -> str:
+    """One markdown table over all datasets: each objective's paired difference from
+    SupCon (fine) with the same sampler, and each sampler change (hierarchical minus
+    m_per_class, same objective), on the metrics that answer the question."""
+    runs = data["runs"]
+    header = "| dataset | compared | seeds | " + " | ".join(t for t, _, _ in SUMMARY_COLUMNS)
+    lines = [header + " |", "|" + "---|" * (3 + len(SUMMARY_COLUMNS))]
+    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]:
+        done = cells_done(runs, dataset)
+        pairs = [((o, s), (BASELINE, s), f"{o} - {BASELINE} ({s})")
+                 for o, s in done if o != BASELINE and (BASELINE, s) in done]  # fmt: skip
+        pairs += [
+            ((o, "hierarchical"), (o, "m_per_class"), f"{o}: hierarchical - m_per_class")
+            for o, s in done
+            if s == "m_per_class" and (o, "hierarchical") in done
+        ]
+        for cell, base, label in pairs:
+            n = len(set(values(runs, dataset, *cell, COLUMNS[0][1]))
+                    & set(values(runs, dataset, *base, COLUMNS[0][1])))  # fmt: skip
+            texts = [paired_text(runs, dataset, cell, base, key, higher)
+                     for _, key, higher in SUMMARY_COLUMNS]  # fmt: skip
+            lines.append(f"| {dataset} | {label} | {n} | " + " | ".join(texts) + " |")
     return "\n".join(lines)
 
 
@@ -400,7 +438,8 @@ def write_outputs(data: dict, out: Path) -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(out)
-    out.with_suffix(".md").write_text(report(data) + "\n")
+    text = "## Summary: paired differences, 95% intervals over seeds\n\n" + summary(data)
+    out.with_suffix(".md").write_text(text + "\n\n## Per dataset\n\n" + report(data) + "\n")
 
 
 def main():
