@@ -198,7 +198,7 @@ ROWS = (
         code=HIMULCONE_CODE,
         dataset=(
             "DeepFashion In-Shop, unseen categories (himl's held_out_categories: 4 of 17 "
-            "categories unseen, a documented choice; the paper's lists are not published)"
+            "categories unseen, a documented choice; the paper's lists are not public)"
         ),
         metric="category top-1 accuracy, linear classifier (%)",
         published=75.29,
