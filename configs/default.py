@@ -38,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Reader choices (himl.data.real.READER_OPTIONS); empty = the dataset's default.
     config.data.label_layout = ""  # inshop: "official" (seed code) | "gender"
     config.data.split_protocol = ""  # omniglot: "characters" | "alphabets" | "held_out_alphabets"
+    # inshop split_protocol: "official" | "held_out_categories"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"
