@@ -24,8 +24,11 @@ Objectives: SupCon on the class labels (`supcon_fine`) and on the coarse labels
 (`supcon_coarse`, `config.loss.flat_level`), HiMulCon, HiConE, HiMulConE in reference and
 paper mode, and HIST (its own small recipe, `configs/hist.py`: HIST head, one view, 450
 steps). Samplers: `m_per_class` (the main job's: 16 images of each of 4 classes, or 4 of
-each of 16 characters on Omniglot) and `hierarchical` (every anchor with a partner at each
-level). The batch composition of each sampler (classes and coarse groups per batch,
+each of 16 characters on Omniglot), `hierarchical` (every anchor with a partner at each
+level) and the control `many_classes` (m-per-class batches with about as many classes as
+the hierarchical sampler's: all 7 classes x 8 images on Fashion-MNIST, 32 characters x 2
+on Omniglot), which tells the hierarchical sampler's class coverage from its use of the
+hierarchy. The batch composition of each sampler (classes and coarse groups per batch,
 positives per anchor at each level) is measured from the sampler itself and reported.
 """
 
@@ -47,7 +50,7 @@ import numpy as np
 
 RESULTS = Path("experiments/results")
 SPLITS = ("unseen", "seen_test")
-SAMPLERS = ("m_per_class", "hierarchical")
+SAMPLERS = ("m_per_class", "hierarchical", "many_classes")
 # One thread per run: small CNNs use a second core poorly, two runs use it fully.
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -59,6 +62,9 @@ class DataSpec:
 
     folder: str  # which --flag gives its files ("" = none needed)
     build: Callable  # (folder, cache dir) -> config
+    # The "many_classes" control: m-per-class batches with (about) as many classes as the
+    # hierarchical sampler's, to tell its class coverage from its use of the hierarchy.
+    many_classes: dict = dataclasses.field(default_factory=dict)
 
 
 def _embedded(folder, cache):
@@ -108,10 +114,16 @@ def _omniglot(protocol: str):
 
 
 DATASETS = {
-    "embedded": DataSpec("", _embedded),
-    "fashion_mnist": DataSpec("fashion_mnist", _fashion_mnist),
-    "omniglot_characters": DataSpec("omniglot", _omniglot("characters")),
-    "omniglot_alphabets": DataSpec("omniglot", _omniglot("held_out_alphabets")),
+    # all 7 training classes, 8 images each (a 64 batch cannot hold 7 classes evenly)
+    "embedded": DataSpec("", _embedded, {"samples_per_class": 8, "batch_size": 56}),
+    "fashion_mnist": DataSpec(
+        "fashion_mnist", _fashion_mnist, {"samples_per_class": 8, "batch_size": 56}
+    ),
+    # 32 characters of 2 images (the hierarchical sampler: ~43 characters per batch)
+    "omniglot_characters": DataSpec("omniglot", _omniglot("characters"), {"samples_per_class": 2}),
+    "omniglot_alphabets": DataSpec(
+        "omniglot", _omniglot("held_out_alphabets"), {"samples_per_class": 2}
+    ),
 }
 
 
@@ -144,7 +156,7 @@ OBJECTIVES = {
 }
 BASELINE = "supcon_fine"
 KEY = ("supcon_fine", "himulcone")  # the main job's objective against its baseline
-BOTH, MAIN = SAMPLERS, ("m_per_class",)
+BOTH, MAIN = SAMPLERS[:2], ("m_per_class",)
 # The plan, in the order it runs: (dataset, objectives, samplers). The key comparison on
 # every dataset first, then the rest of the grid, so a study cut short is still balanced.
 PLAN = (
@@ -152,6 +164,8 @@ PLAN = (
     ("omniglot_characters", KEY, BOTH),
     ("omniglot_alphabets", KEY, MAIN),
     ("fashion_mnist", KEY, MAIN),
+    ("embedded", KEY, ("many_classes",)),
+    ("omniglot_characters", KEY, ("many_classes",)),
     ("embedded", ("supcon_coarse", "himulcon", "hicone", "himulcone_paper", "hist"), BOTH),
     ("omniglot_characters", ("supcon_coarse", "hicone"), BOTH),
     ("omniglot_alphabets", KEY, ("hierarchical",)),
@@ -171,7 +185,11 @@ def cell_config(cell: dict, dirs: dict, cache: Path):
     spec = DATASETS[cell["dataset"]]
     config = spec.build(dirs.get(spec.folder, ""), cache)
     config.seed = cell["seed"]
-    config.data.sampler = cell["sampler"]
+    if cell["sampler"] == "many_classes":
+        config.data.sampler = "m_per_class"
+        config.data.update(spec.many_classes)
+    else:
+        config.data.sampler = cell["sampler"]
     config.eval.evaluators = ("retrieval", "linear_probe")
     config.eval.at_start = False
     config = OBJECTIVES[cell["objective"]](config)
@@ -352,6 +370,11 @@ def paired_text(runs, dataset, cell, base, key, higher: bool) -> str:
     return text
 
 
+SAMPLER_CHANGES = (
+    ("hierarchical", "m_per_class"),
+    ("many_classes", "m_per_class"),
+    ("hierarchical", "many_classes"),
+)
 SUMMARY_COLUMNS = [COLUMNS[i] for i in (1, 0, 4, 7, 6)]  # unseen class, coarse, severity, seen
 
 
@@ -366,11 +389,8 @@ def summary(data: dict) -> str:
         done = cells_done(runs, dataset)
         pairs = [((o, s), (BASELINE, s), f"{o} - {BASELINE} ({s})")
                  for o, s in done if o != BASELINE and (BASELINE, s) in done]  # fmt: skip
-        pairs += [
-            ((o, "hierarchical"), (o, "m_per_class"), f"{o}: hierarchical - m_per_class")
-            for o, s in done
-            if s == "m_per_class" and (o, "hierarchical") in done
-        ]
+        pairs += [((o, a), (o, b), f"{o}: {a} - {b}") for a, b in SAMPLER_CHANGES
+                  for o in OBJECTIVES if (o, a) in done and (o, b) in done]  # fmt: skip
         for cell, base, label in pairs:
             n = len(set(values(runs, dataset, *cell, COLUMNS[0][1]))
                     & set(values(runs, dataset, *base, COLUMNS[0][1])))  # fmt: skip
@@ -404,11 +424,11 @@ def figure(data: dict, path: Path) -> None:
                 for x, objective in enumerate(objectives):
                     v = np.array(list(values(runs, dataset, objective, sampler, key).values()))
                     if len(v):
-                        xs.append(x + (i - 0.5) * 0.25)
+                        xs.append(x + (i - 1) * 0.22)
                         means.append(v.mean())
                         stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
                 if xs:
-                    ax.errorbar(xs, means, yerr=stds, fmt="os"[i], ms=4, capsize=2, label=sampler)
+                    ax.errorbar(xs, means, yerr=stds, fmt="os^"[i], ms=4, capsize=2, label=sampler)
             ax.set_xticks(range(len(objectives)), objectives, rotation=60, fontsize=7)
             ax.set_title(f"{dataset}: {title}", fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
