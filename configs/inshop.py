@@ -13,6 +13,16 @@ backbone trains from scratch.
 Shared settings: configs/benchmark.py. Arg "hierarchical" / "m_per_class" picks the sampler.
 "tiny" (`--config=configs/inshop.py:tiny`): a seconds-long check of the files.
 "himulcone": the official code's settings (`HIMULCONE_OFFICIAL`, below).
+"himulcone_unseen": the same on seen categories only, evaluated on unseen ones (below).
+
+Split protocol (`--config.data.split_protocol`, `himl.data.readers_hier.read_inshop`):
+"official" (default): list_eval_partition.txt as published (train; query -> gallery).
+"held_out_categories": every 4th garment category in name order is unseen (with the 17
+categories: Dresses, Leggings, Shorts, Sweatshirts_Hoodies), as HiMulConE's seen / unseen
+experiment, whose own category lists are not published. train / val / query / gallery /
+test keep the seen categories; unseen_train, unseen_query, unseen_gallery and unseen
+(= query + gallery) hold the unseen ones, e.g.
+    --config.eval.query_gallery="('unseen_query', 'unseen_gallery')"
 """
 
 import ml_collections
@@ -59,9 +69,20 @@ def get_config(arg: str = ""):
     )
     config.eval.query_gallery = ("query", "gallery")  # the In-Shop protocol
     config.data.label_layout = "official"  # [category, item, variation, image]
+    config.data.split_protocol = "official"  # | "held_out_categories" (see the docstring)
     if arg == "himulcone":
         return himulcone_official(config)
+    if arg == "himulcone_unseen":
+        return himulcone_unseen(himulcone_official(config))
     return apply_arg(config, arg)
+
+
+def himulcone_unseen(config):
+    """HiMulConE's seen -> unseen transfer: train on the seen categories of the
+    "held_out_categories" protocol, evaluate retrieval on the unseen ones."""
+    config.data.split_protocol = "held_out_categories"
+    config.eval.query_gallery = ("unseen_query", "unseen_gallery")
+    return config
 
 
 def himulcone_official(config):

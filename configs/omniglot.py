@@ -20,6 +20,6 @@ def get_config(arg: str = ""):
         eval_crop=1.0,  # characters fill the frame: resize only
         crop_scale=(0.6, 1.0),
         color_jitter=0.0,
-        split_protocol="characters",  # or "alphabets" (needs images_evaluation)
+        split_protocol="characters",  # "alphabets" (needs images_evaluation), "held_out_alphabets"
     )
     return apply_arg(config, arg)

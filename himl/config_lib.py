@@ -41,7 +41,9 @@ def _field(value):
 
 def loss_config(name: str = "himulcone") -> ml_collections.ConfigDict:
     """`{name, <loss>: {hparam: default}}` for every registered loss; `name` picks one."""
-    cfg = ml_collections.ConfigDict({"name": name})
+    # Losses with flat labels (SupCon, triplet, proxies, HIST...) train on the labels of
+    # this level ("": the dataset's class level; e.g. "group" for a coarse-level SupCon).
+    cfg = ml_collections.ConfigDict({"name": name, "flat_level": ""})
     for loss_name in sorted(LOSSES):
         hparams = {k: _field(v) for k, v in default_hparams(loss_name).items()}
         cfg[loss_name] = ml_collections.ConfigDict(hparams)
@@ -131,6 +133,12 @@ def _check_loss(config, **_) -> None:
         key = next(named, None)
         where = f"config.loss.{name}" + (f".{key}" if key else "")
         raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from err
+    flat_level = config.loss.get("flat_level", "")
+    if flat_level and LOSSES[name].labels != "flat":
+        raise ConfigError(
+            f"config.loss.flat_level={flat_level!r} picks the label level of a loss with flat "
+            f"labels; {name} takes the whole hierarchy (leave flat_level empty)"
+        )
     if LOSSES[name].needs_positives and class_positives(config.data) < 1:
         d = config.data
         raise ConfigError(

@@ -13,7 +13,7 @@ import pytest
 from himl.data import custom
 from himl.data.custom import load_custom
 from himl.data.embedded import load_embedded
-from himl.data.export import write_image_tree, write_manifest
+from himl.data.export import write_image_tree, write_manifest, write_npz
 from himl.data.records import MalformedDataError, MissingDataError
 from himl.errors import UserError
 
@@ -180,6 +180,24 @@ def test_written_manifest_round_trips(embedded, tmp_path):
     ds = load_custom(path, **GRAY_28)
     assert sorted(ds.splits) == ["train", "unseen"]
     assert len(ds.split("unseen")) == 9
+
+
+def test_written_npz_round_trips_every_split(embedded, tmp_path):
+    """`write_npz` keeps every split, its pixels in order, and each image's class name and
+    coarse label; `himl.data.custom` reads it back with the dataset's own splits."""
+    ds = load_custom(write_npz(embedded, tmp_path / "e.npz"), verbose=False)
+    assert sorted(ds.splits) == sorted(embedded.splits)
+    assert ds.level_names[: ds.class_level + 1] == embedded.eval_level_names
+    for name, want in embedded.splits.items():
+        got = ds.split(name)
+        np.testing.assert_array_equal(got.images, want.images)
+        c, g = ds.class_level, ds.class_level - 1
+        got_names = [ds.label_name(c, int(v)) for v in got.labels[:, c]]
+        want_names = [embedded.label_name(c, int(v)) for v in want.labels[:, c]]
+        assert got_names == want_names
+        assert [ds.label_name(g, int(v)) for v in got.labels[:, g]] == [
+            str(v) for v in want.labels[:, g]
+        ]
 
 
 # --- bad input: one line naming the file and the row -------------------------------------

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
-from test_data_readers import write_cub, write_inshop
+from test_data_readers import write_cub, write_inshop, write_inshop_categories
 
 import himl.data
 from himl.config_lib import validate_config
@@ -60,6 +60,25 @@ def test_inshop_config_uses_the_official_layout():
     from himl.configs import inshop
 
     assert inshop.get_config().data.label_layout == "official"
+    assert inshop.get_config().data.split_protocol == "official"
+    unseen = inshop.get_config("himulcone_unseen")
+    assert unseen.data.split_protocol == "held_out_categories"
+    assert tuple(unseen.eval.query_gallery) == ("unseen_query", "unseen_gallery")
+    assert unseen.loss.name == inshop.get_config("himulcone").loss.name == "himulcone"
+
+
+def test_inshop_split_protocol_from_the_config(tmp_path):
+    from himl.configs import inshop
+
+    data = inshop.get_config().data
+    data.update(manual_dir=str(write_inshop_categories(tmp_path)), val_fraction=0.0)
+    assert "unseen" not in read_records(data).splits
+    data.split_protocol = "held_out_categories"
+    splits = read_records(data).splits
+    assert [len(splits[s]) for s in ("train", "unseen_train", "test", "unseen")] == [21, 9, 21, 6]
+    data.split_protocol = "held_out_alphabets"
+    with pytest.raises(UnknownOptionError, match="In-Shop: unknown split protocol"):
+        read_records(data)
 
 
 def test_prepare_says_what_happens(tmp_path, capsys):

@@ -70,6 +70,8 @@ def _reference(members_by_set, protocol):
     for a, c, d, set_name in rows:
         if protocol == "alphabets":
             unseen = set_name == "images_evaluation"
+        elif protocol == "held_out_alphabets":  # every 4th alphabet name, sorted
+            unseen = sorted(chars).index(a) % 4 == 3
         else:
             unseen = (a, c) in unseen_chars
         out.append((a, c, d, "unseen" if unseen else ("train" if d <= 15 else "seen_test")))
@@ -131,6 +133,20 @@ def test_small_sets_overlap_kept_once_and_full_set_preferred(tmp_path):
         read_omniglot(tmp_path, protocol="alphabets")
     write_set(tmp_path, "images_background", {"Zeta": 1}, zipped=False)
     assert len(read_omniglot(tmp_path).files) == 20  # the full set replaces its subsets
+
+
+def test_held_out_alphabets_from_the_background_set_alone(tmp_path):
+    """Every 4th background alphabet (name order) is unseen, whole; the evaluation set is
+    not read, so the protocol works on the small sets."""
+    alphabets = {"Delta": 1, "Alpha": 2, "Gamma": 1, "Beta": 1, "Eta": 1, "Zeta": 1, "Theta": 1,
+                 "Iota": 2}  # fmt: skip
+    background = write_set(tmp_path, "images_background_small1", alphabets)
+    write_set(tmp_path, "images_evaluation", EVALUATION, first_id=50)
+    records = read_omniglot(tmp_path, protocol="held_out_alphabets")
+    _check(records, _reference({"images_background_small1": background}, "held_out_alphabets"))
+    unseen = {records.class_names[int(c)].split("/")[0] for c in records.labels[
+        records.splits["unseen"], 1]}  # fmt: skip
+    assert unseen == {"Eta", "Zeta"}  # 4th, 8th of Alpha Beta Delta Eta Gamma Iota Theta Zeta
 
 
 @pytest.mark.parametrize("prefix", ["images_background/", "extra/"])

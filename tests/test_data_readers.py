@@ -15,7 +15,8 @@ from himl.data.images import CorruptImageError
 from himl.data.readers_fgvc import cars_make, read_cars, read_cub, read_sop
 from himl.data.readers_hier import SUPERCLASSES, read_imagenet, read_inshop
 from himl.data.real import image_source, to_dataset
-from himl.data.records import MalformedDataError, MissingDataError
+from himl.data.records import MalformedDataError, MissingDataError, UnknownOptionError
+from himl.errors import UserError
 
 
 def _jpg(path, seed=0, size=(24, 18), mode="RGB"):
@@ -274,6 +275,116 @@ def test_inshop_item_under_two_categories_keeps_its_id(tmp_path, caplog):
     assert len(item3) == 5  # one item id: the query still matches its gallery images
     assert len(set(item3[:, 0])) == 1  # all under the majority category (Skirts, 3 of 5)
     assert records.class_names[int(item3[0, 1])] == "Skirts/id_00000003"
+
+
+# Nine of the 17 garment categories (name order: Dresses 4th, Leggings 8th) in both genders.
+INSHOP_CATEGORIES = (
+    ("WOMEN", "Blouses_Shirts"),
+    ("WOMEN", "Cardigans"),
+    ("MEN", "Denim"),
+    ("WOMEN", "Dresses"),
+    ("WOMEN", "Graphic_Tees"),
+    ("WOMEN", "Jackets_Coats"),
+    ("MEN", "Jackets_Vests"),
+    ("WOMEN", "Leggings"),
+    ("MEN", "Pants"),
+)
+
+
+def inshop_category_rows():
+    """Partition rows over `INSHOP_CATEGORIES`: per category two train items (2 images, 1
+    image) and a query/gallery item (1 query, 2 gallery images), plus one train item with two
+    images under Dresses and one under Pants."""
+    rows = []
+    for gender, category in INSHOP_CATEGORIES:
+        for statuses in (("train", "train"), ("train",), ("query", "gallery", "gallery")):
+            item = f"id_{len(rows) + 1:08d}"
+            folder = f"img/{gender}/{category}/{item}"
+            rows += [(f"{folder}/01_{k}_front.jpg", item, s) for k, s in enumerate(statuses, 1)]
+    item = f"id_{len(rows) + 1:08d}"
+    rows += [(f"img/WOMEN/Dresses/{item}/01_{k}_front.jpg", item, "train") for k in (1, 2)]
+    rows.append((f"img/MEN/Pants/{item}/02_1_front.jpg", item, "train"))
+    return rows
+
+
+def write_inshop_categories(root):
+    """`write_inshop` with `inshop_category_rows()`: enough categories to hold some out."""
+    return write_inshop(root, inshop_category_rows())
+
+
+def _held_out_reference(rows, layout):
+    """({image file: unseen?}, unseen category names) from the definition: an item's
+    category is the one of most of its images (ties: first name); every 4th category name in
+    sorted order is unseen."""
+    counts = {}
+    for f, item, _ in rows:
+        gender, category = f.split("/")[1:3]
+        name = category if layout == "official" else f"{gender}/{category}"
+        counts.setdefault(item, {}).setdefault(name, 0)
+        counts[item][name] += 1
+    category_of = {i: sorted(c, key=lambda n: (-c[n], n))[0] for i, c in counts.items()}
+    unseen_names = []
+    for position, name in enumerate(sorted(set(category_of.values())), start=1):
+        if position % 4 == 0:
+            unseen_names.append(name)
+    return {f: category_of[i] in unseen_names for f, i, _ in rows}, unseen_names
+
+
+INSHOP_DISJOINT = ("train_no_val", "val", "query", "gallery", "unseen_train", "unseen_query",
+                   "unseen_gallery")  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["official", "gender"])
+def test_inshop_held_out_categories(tmp_path, layout):
+    rows = inshop_category_rows()
+    root = write_inshop(tmp_path, rows)
+    records = read_inshop(root, val_fraction=0.25, layout=layout, protocol="held_out_categories")
+    unseen_of, unseen_names = _held_out_reference(rows, layout)
+    official = ["Dresses", "Leggings"]
+    assert unseen_names == (official if layout == "official" else [
+        "WOMEN/Blouses_Shirts", "WOMEN/Jackets_Coats"])  # fmt: skip
+    status = {f: s for f, _, s in rows}
+    splits = records.splits
+    every = np.concatenate([splits[s] for s in INSHOP_DISJOINT])
+    assert sorted(every.tolist()) == list(range(len(rows)))  # every image in exactly one
+    assert all(len(splits[s]) for s in INSHOP_DISJOINT)
+    for name in INSHOP_DISJOINT:
+        published = "train" if name in ("train_no_val", "val") else name.split("_")[-1]
+        for i in splits[name]:
+            assert unseen_of[records.files[i]] == name.startswith("unseen"), (name, i)
+            assert status[records.files[i]] == published, (name, i)
+    for whole, halves in (("train", ("train_no_val", "val")), ("test", ("query", "gallery")),
+                          ("unseen", ("unseen_query", "unseen_gallery"))):  # fmt: skip
+        assert sorted(splits[whole].tolist()) == sorted(np.concatenate(
+            [splits[h] for h in halves]).tolist())  # fmt: skip
+    seen_rows = np.concatenate([splits[s] for s in ("train", "test")])
+    unseen_rows = np.concatenate([splits[s] for s in ("unseen_train", "unseen")])
+    for level in (0, 1):  # no category, no item on both sides
+        assert not set(records.labels[seen_rows, level]) & set(records.labels[unseen_rows, level])
+    shared = [i for i, f in enumerate(records.files) if f.endswith("02_1_front.jpg")]
+    side = "unseen_train" if layout == "official" else "train"  # its item's (Women's) Dresses
+    assert len(shared) == 1 and shared[0] in splits[side]
+    # "official" (the default) keeps every image in the published splits, no unseen ones.
+    default = read_inshop(root, val_fraction=0.25, layout=layout)
+    assert not any(s.startswith("unseen") for s in default.splits)
+    assert len(default.splits["train"]) + len(default.splits["test"]) == len(rows)
+    np.testing.assert_array_equal(default.labels, records.labels)
+    assert default.files == records.files  # the stored parts are the same
+
+
+def test_inshop_bad_protocol_and_too_few_categories(tmp_path):
+    root = write_inshop(tmp_path)
+    for protocol, error, match in (
+        ("held_out", UnknownOptionError,
+         "unknown split protocol 'held_out'; valid: official, held_out_categories$"),
+        ("held_out_categories", MalformedDataError,
+         r"every 4th category in name order, but the partition file has 2 categories "
+         r"\(Denim, Dresses\)"),
+    ):  # fmt: skip
+        (root / INSHOP_ROWS[0][0]).unlink(missing_ok=True)  # raised before the image check
+        with pytest.raises(error, match=match) as info:
+            read_inshop(root, protocol=protocol)
+        assert isinstance(info.value, UserError) and "\n" not in str(info.value)
 
 
 def test_imagenet_with_wordnet_superclasses(tmp_path):

@@ -176,3 +176,34 @@ def test_the_train_step_names_no_loss():
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
         }
         assert not named & set(LOSSES), (module, named & set(LOSSES))
+
+
+# ---------------------------------------------------------------- flat losses at a coarse level
+def test_flat_level_trains_a_flat_loss_on_the_named_level(tiny_config):
+    """`config.loss.flat_level="group"` gives SupCon the dense group indices: the value is
+    SupCon of the group labels, which differs from SupCon of the class labels."""
+    from himl.config_lib import validate_config
+    from himl.errors import ConfigError
+
+    tiny_config.loss.name = "supcon"
+    rows = build_experiment(tiny_config).dataset.split("train").labels
+    rows = rows[np.linspace(0, len(rows) - 1, 16).astype(int)]  # [16, L], several classes
+    emb = jax.random.normal(jax.random.key(5), (16, 2, 8))
+    losses = {}
+    for level in ("", "group"):
+        tiny_config.loss.flat_level = level
+        exp = build_experiment(tiny_config)
+        variables = exp.objective.init(jax.random.key(0), 8)
+        losses[level] = float(exp.objective.apply(variables, emb, jnp.asarray(rows))[0])
+    groups = np.unique(rows[:, 0], return_inverse=True)[1]
+    classes = np.unique(rows[:, 1], return_inverse=True)[1]
+    assert losses["group"] == pytest.approx(float(supcon(emb, jnp.asarray(groups))), rel=1e-6)
+    assert losses[""] == pytest.approx(float(supcon(emb, jnp.asarray(classes))), rel=1e-6)
+    assert abs(losses["group"] - losses[""]) > 1e-3
+
+    tiny_config.loss.flat_level = "genus"
+    with pytest.raises(ConfigError, match="flat_level='genus' is not a level of .*valid: group"):
+        build_experiment(tiny_config)
+    tiny_config.loss.name, tiny_config.loss.flat_level = "himulcone", "group"
+    with pytest.raises(ConfigError, match="himulcone takes the whole hierarchy"):
+        validate_config(tiny_config)

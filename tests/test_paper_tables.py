@@ -6,6 +6,7 @@ the small CNN (4 channels, 8-d) instead of ResNet-50, no pretrained file, 16-pix
 batches the tiny fixtures can fill, 2 steps, no worker processes.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -14,7 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_data_readers import _jpg, write_cars_combined, write_cub, write_inshop
+from test_data_readers import (
+    _jpg,
+    write_cars_combined,
+    write_cub,
+    write_inshop,
+    write_inshop_categories,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
@@ -91,10 +98,11 @@ def test_hist_rows_carry_the_official_settings(dataset):
     assert config.train.steps == (o["epochs"] + 1) * per_epoch  # + the warm-up epoch
 
 
-def test_himulcone_row_carries_the_official_settings():
+@pytest.mark.parametrize("name", ["himulcone_inshop_seen", "himulcone_inshop_unseen"])
+def test_himulcone_row_carries_the_official_settings(name):
     # salesforce/hierarchicalContrastiveLearning: README (lr 0.5, temp 0.1, --cosine),
     # train_deepfashion.py (batch 512, 100 epochs, 10 warm-up epochs for batch >= 256, SGD).
-    config = pt.load_config(pt.BY_NAME["himulcone_inshop_seen"])
+    config = pt.load_config(pt.BY_NAME[name])
     per_epoch = 25_882 // 512  # In-Shop train images, each visited about once per epoch
     loss = config.loss.himulcone
     assert config.loss.name == "himulcone"
@@ -109,7 +117,18 @@ def test_himulcone_row_carries_the_official_settings():
     opt = config.optimizer
     assert (opt.name, opt.learning_rate, opt.schedule) == ("sgd", 0.5, "cosine")
     assert opt.warmup_steps == 10 * per_epoch and config.train.steps == 100 * per_epoch
-    assert tuple(config.eval.query_gallery) == ("query", "gallery")
+    if name == "himulcone_inshop_seen":  # all categories, the published partition
+        assert config.data.split_protocol == "official"
+        assert tuple(config.eval.query_gallery) == ("query", "gallery")
+    else:  # trained on the seen categories, evaluated on the unseen ones
+        assert config.data.split_protocol == "held_out_categories"
+        assert tuple(config.eval.query_gallery) == ("unseen_query", "unseen_gallery")
+        probe = pt.BY_NAME[name].probe
+        assert (probe.train_split, probe.test_split, probe.level) == (
+            "unseen_train",
+            "unseen",
+            "category",
+        )
     # --feature-extract (default): conv1, bn1, layer1 (3 blocks), layer2 (4 blocks) frozen.
     frozen = {k for k, v in opt.lr_multipliers.items() if v == 0.0}
     stages = {f"model_stage{s}_block{b}" for s, n in ((0, 3), (1, 4)) for b in range(n)}
@@ -126,6 +145,8 @@ def test_wall_time_estimate_is_images_over_the_slower_rate():
     eval_images = 3 * (14_218 + 12_612) + 25_882 + 14_218 + 12_612  # 3 evaluations + probe
     inshop = (5000 * 512 * 2 / train_ips + eval_images / eval_ips) / 3600
     assert pt.estimate_hours(pt.BY_NAME["himulcone_inshop_seen"]) == pytest.approx(inshop)
+    # The unseen row counts all In-Shop images too: an upper bound of its share.
+    assert pt.estimate_hours(pt.BY_NAME["himulcone_inshop_unseen"]) == pytest.approx(inshop)
 
 
 def test_list_prints_every_row_with_its_number_and_estimate(capsys):
@@ -134,7 +155,8 @@ def test_list_prints_every_row_with_its_number_and_estimate(capsys):
     for name, number in PUBLISHED.items():
         assert re.search(rf"^{name}\s+{number:.2f}\s", out, re.M), name
     assert out.count("ESTIMATE") == len(pt.ROWS)
-    assert "BLOCKED" in out
+    assert ("BLOCKED" in out) == any(row.blocked for row in pt.ROWS)
+    assert "comparable in protocol, not split-for-split" in out  # the unseen row's note
 
 
 def test_measured_value_reads_the_rows_path():
@@ -142,7 +164,14 @@ def test_measured_value_reads_the_rows_path():
     assert pt.measured_value(row, {"results": {"test": {"class": {"recall@1": 0.5}}}}) == 50.0
     with pytest.raises(pt.PaperTableError, match="results/test/class/recall@1.*'class'"):
         pt.measured_value(row, {"results": {"test": {}}})
-    assert pt.measured_value(pt.BY_NAME["himulcone_inshop_unseen"], {}) is None
+    assert pt.measured_value(dataclasses.replace(row, measured=None), {}) is None
+
+
+def test_a_blocked_row_stops_before_any_work(tmp_path):
+    row = dataclasses.replace(pt.BY_NAME["hist_cub"], blocked="no reader yet")
+    with pytest.raises(pt.PaperTableError, match="^row hist_cub cannot run yet: no reader yet$"):
+        pt.run_row(row, manual_dir=".", pretrained="", workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
@@ -160,7 +189,6 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--row=himulcone_inshop_unseen", "--manual_dir=."], "cannot run yet: himl's In-Shop"),
         (["--row=hist_cub"], "needs --manual_dir"),
         (["--row=hist_cub", "--manual_dir=/nonexistent"], "/nonexistent is not a folder"),
         (["--row=hist_cub", "--manual_dir=.", "--pretrained=/no.pth"], "/no.pth is not a file"),
@@ -212,22 +240,25 @@ HIST_SMALL = (
     "--config.optimizer.freeze_steps=1",  # one frozen-backbone step, one full step
     "--config.loss.hist.hgnn_hidden=8",
 )
+# ResNet-50 itself (the frozen-stage multipliers name its layers), 8-d embedding; the
+# official lr 0.5 after a 1-step warm-up (2 steps) diverges at 16 pixels: lr 0.01.
+HIMULCONE_SMALL = (
+    "--config.model.name=resnet50",
+    "--config.model.embedding_dim=8",
+    "--config.data.batch_size=8",
+    "--config.optimizer.learning_rate=0.01",
+)
 SMOKE = {  # row: (fixture writer -> manual_dir, row-specific overrides)
     "hist_cub": (write_cub, (*HIST_SMALL, "--config.data.batch_size=3")),  # 3 train classes
     "hist_cars": (write_cars_combined, (*HIST_SMALL, "--config.data.batch_size=2")),
     "hist_sop": (write_sop, (*HIST_SMALL, "--config.data.batch_size=4")),
-    # ResNet-50 itself (the frozen-stage multipliers name its layers), 8-d embedding; the
-    # official lr 0.5 after a 1-step warm-up (2 steps) diverges at 16 pixels: lr 0.01.
-    "himulcone_inshop_seen": (
-        write_inshop,
-        (
-            "--config.model.name=resnet50",
-            "--config.model.embedding_dim=8",
-            "--config.data.batch_size=8",
-            "--config.optimizer.learning_rate=0.01",
-        ),
-    ),  # fmt: skip
+    "himulcone_inshop_seen": (write_inshop, HIMULCONE_SMALL),
+    # 9 categories, 2 held out (test_data_readers.inshop_category_rows).
+    "himulcone_inshop_unseen": (write_inshop_categories, HIMULCONE_SMALL),
 }
+# probe (num_train, num_test, num_classes) on the fixtures: In-Shop train -> query + gallery
+# of 2 categories; unseen: the 2 held-out categories' 9 train and 6 query + gallery images.
+PROBE_SIZES = {"himulcone_inshop_seen": (5, 3, 2), "himulcone_inshop_unseen": (9, 6, 2)}
 
 
 def test_every_runnable_row_has_a_smoke_run():
@@ -265,10 +296,11 @@ def test_row_command_runs_on_fixture_files(name, tmp_path):
     assert re.search(rf"^{name}: published {row.published:.2f} ", result.stdout, re.M)
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert metrics["checkpoint_step"] == 2
-    if row.probe is not None:  # In-Shop fixture: 5 train images, 3 query + gallery, 2 categories
+    if row.probe is not None:
         metrics["probe"] = json.loads((workdir / "eval" / "probe.json").read_text())
         probe = metrics["probe"]
-        assert (probe["num_train"], probe["num_test"], probe["num_classes"]) == (5, 3, 2)
+        sizes = (probe["num_train"], probe["num_test"], probe["num_classes"])
+        assert sizes == PROBE_SIZES[name]
         assert (probe["level"], probe["checkpoint_step"]) == ("category", 2)
     assert pt.measured_value(row, metrics) == pytest.approx(float(measured[1]), abs=0.01)
     # The run used the row's config (its loss and data), not a default one.

@@ -32,7 +32,8 @@ def data_config(name: str = "embedded") -> ml_collections.ConfigDict:
     data.num_workers = 0  # grain worker processes decoding + augmenting batches
     # Reader choices (himl.data.real.READER_OPTIONS); empty = the dataset's default.
     data.label_layout = ""  # inshop: "official" (seed code) | "gender"
-    data.split_protocol = ""  # omniglot: "characters" | "alphabets"
+    data.split_protocol = ""  # omniglot: "characters" | "alphabets" | "held_out_alphabets"
+    # inshop split_protocol: "official" | "held_out_categories"
     return data
 
 

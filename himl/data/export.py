@@ -73,3 +73,31 @@ def write_manifest(dataset: Dataset, path, *, splits=("train",), per_class=None)
                 ]
                 writer.writerow([file.as_posix(), *names, split])
     return path
+
+
+def write_npz(dataset: Dataset, path, *, splits=None) -> Path:
+    """One `.npz` of in-memory arrays that `himl.data.custom` reads (`configs/custom.py`
+    with `--config.data.custom.source=PATH`): e.g. a lazily decoded image dataset, decoded
+    once at the size it was loaded with, to train in memory without image files.
+
+    Writes `images [N, H, W, C]` uint8, `labels [N, class_level + 1]` (the dataset's ids,
+    coarse to fine), `level_names`, `class_names` (indexed by class id) and `split` (the
+    dataset's split names) for `splits` (default: all of them, in the dataset's order).
+    """
+    path = Path(path)
+    splits = list(dataset.splits) if splits is None else list(splits)
+    levels = dataset.class_level + 1
+    parts = [dataset.split(s) for s in splits]
+    labels = np.concatenate([p.labels[:, :levels] for p in parts])
+    num_classes = int(labels[:, -1].max()) + 1
+    class_names = [dataset.label_name(dataset.class_level, c) for c in range(num_classes)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        images=np.concatenate([np.asarray(p.images[:], np.uint8) for p in parts]),
+        labels=labels,
+        level_names=np.array(dataset.eval_level_names),
+        class_names=np.array(class_names),
+        split=np.array([s for s, p in zip(splits, parts, strict=True) for _ in range(len(p))]),
+    )
+    return path

@@ -6,7 +6,9 @@
   variation, image), category = garment category from the path `img/<GENDER>/
   <Category>/id_xxx/<variation>_<image>_<view>.jpg`; layout "gender": (category, item,
   image), category = `<GENDER>/<Category>`. Splits: train, train_no_val, val, query,
-  gallery, test (= query + gallery, for the single-split evaluator).
+  gallery, test (= query + gallery, for the single-split evaluator). Protocol
+  "held_out_categories": every 4th category in name order unseen (unseen_train,
+  unseen_query, unseen_gallery, unseen); the splits above keep the seen categories.
 - ImageNet-1k (ILSVRC 2012) with WordNet super-classes (`imagenet_superclasses.json`,
   built by `himl.data.make_imagenet_hierarchy`): `train/<wnid>/*.JPEG` and
   `val/<wnid>/*.JPEG` (or a flat `val/` read with tensorflow-datasets' validation
@@ -79,6 +81,19 @@ INSHOP_LAYOUTS = {
     # himl's earlier layout: category = <GENDER>/<Category>, no variation level.
     "gender": ("category", "item", "image"),
 }
+# Split protocols: "official" (list_eval_partition.txt as published) or
+# "held_out_categories" (whole categories unseen, for HiMulConE's seen/unseen experiment).
+INSHOP_PROTOCOLS = ("official", "held_out_categories")
+# held_out_categories: every 4th category in name order is unseen. The paper's own lists are
+# not published (its README links Google-Drive files); with the 17 garment categories this
+# holds out 4: Dresses, Leggings, Shorts, Sweatshirts_Hoodies.
+INSHOP_HELD_OUT_EVERY = 4
+INSHOP_UNSEEN_SPLITS = {  # held_out_categories: split -> the published parts it draws on
+    "unseen_train": ("train",),
+    "unseen_query": ("query",),
+    "unseen_gallery": ("gallery",),
+    "unseen": ("query", "gallery"),
+}
 
 
 def _inshop_images(root: Path) -> tuple[Path, str]:
@@ -105,7 +120,24 @@ def _majority(categories: list[str], items: list[str]) -> tuple[dict[str, str], 
     return chosen, sum(len(cs) > 1 for cs in counts.values())
 
 
-def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "official") -> Records:
+def _inshop_unseen(category: np.ndarray, names: list[str], protocol: str) -> np.ndarray:
+    """`[N]` bool: the rows whose category is unseen under `protocol`. `category` holds
+    codes in name order (`encode`), so "held_out_categories" picks every
+    `INSHOP_HELD_OUT_EVERY`-th name of the sorted category list (the 4th, 8th, ...)."""
+    if protocol == "official":
+        return np.zeros(len(category), bool)
+    k = INSHOP_HELD_OUT_EVERY
+    if len(names) < k:
+        raise MalformedDataError(
+            f"In-Shop: protocol {protocol!r} holds out every {k}th category in name order, "
+            f"but the partition file has {len(names)} categories ({', '.join(names)})"
+        )
+    return category % k == k - 1
+
+
+def read_inshop(
+    manual_dir, *, val_fraction: float = 0.2, layout: str = "official", protocol: str = "official"
+) -> Records:
     """DeepFashion In-Shop: 52,712 images of 7,982 items (Liu et al. 2016).
 
     Reads `Eval/list_eval_partition.txt` (count line, header `image_name item_id
@@ -123,8 +155,25 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
     most of them (ties: first by name); a warning gives the number of such items. (The
     seed paper's code instead drops the ids of a "repeating product ids" list.)
     Class level: item.
+
+    Split protocols (`protocol`, `config.data.split_protocol`):
+      "official": the published partition. Splits: train, train_no_val, val (the last
+        `val_fraction` of the train items), query, gallery, test (= query + gallery).
+      "held_out_categories": whole categories unseen, as HiMulConE's seen / unseen
+        experiment (Zhang et al. 2022; its category lists are not published). The
+        categories of the layout's category level, sorted by name, that are every 4th
+        (`INSHOP_HELD_OUT_EVERY`: the 4th, 8th, ...) are unseen - with the 17 garment
+        categories of "official": Dresses, Leggings, Shorts, Sweatshirts_Hoodies. An item
+        belongs to its (majority) category, so no item is both seen and unseen. The splits
+        above keep the published partition restricted to the seen categories; added:
+        unseen_train, unseen_query, unseen_gallery (the unseen categories' images of each
+        published part) and unseen (= unseen_query + unseen_gallery). The stored parts
+        (train, query, gallery) are those of "official", so a prepared `data_dir` serves
+        both protocols.
     """
     check_choice(layout, INSHOP_LAYOUTS, "label layout", error=UnknownOptionError,
+                 prefix="In-Shop: ")  # fmt: skip
+    check_choice(protocol, INSHOP_PROTOCOLS, "split protocol", error=UnknownOptionError,
                  prefix="In-Shop: ")  # fmt: skip
     root = dataset_root(
         manual_dir, "Eval/list_eval_partition.txt", "In-shop Clothes Retrieval Benchmark"
@@ -163,9 +212,6 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
             f"{table.where(shared[0])}: item {parsed[shared[0]][2]} is "
             "in train and in query/gallery"
         )
-    images_root, prefix = _inshop_images(root)
-    files = [prefix + r[0] for r in table.rows]
-    require_images(images_root, files, dataset="In-Shop")
     gender_category = ["/".join(p[:2]) for p in parsed]
     category_names = [p[1] for p in parsed] if layout == "official" else gender_category
     items = [p[2] for p in parsed]
@@ -176,24 +222,37 @@ def read_inshop(manual_dir, *, val_fraction: float = 0.2, layout: str = "officia
             "category of most of its images (one item per id, as retrieval matches by id)",
             shared_items,
         )
-    category, _ = encode([category_of[i] for i in items])
+    category, categories = encode([category_of[i] for i in items])
+    unseen = _inshop_unseen(category, categories, protocol)  # before the image check
+    images_root, prefix = _inshop_images(root)
+    files = [prefix + r[0] for r in table.rows]
+    require_images(images_root, files, dataset="In-Shop")
     item, item_ids = encode(items)
     columns = [category, item]
     if layout == "official":
         columns.append(encode([(p[2], int(p[3])) for p in parsed])[0])
     labels = np.stack([*columns, np.arange(len(files))], axis=1)
     fields = ordered(files, labels, statuses, INSHOP_STATUSES)
-    parts = fields["parts"]
-    train = part_range(parts, "train")
+    parts, unseen = fields["parts"], unseen[fields["index"]]
+
+    def seen_in(*names):
+        rows = part_range(parts, *names)
+        return rows[~unseen[rows]]
+
+    train = seen_in("train")
     train_no_val, val = carve_val(fields["labels"], train, 1, val_fraction)
     splits = {
         "train": train,
         "train_no_val": train_no_val,
         "val": val,
-        "query": part_range(parts, "query"),
-        "gallery": part_range(parts, "gallery"),
-        "test": part_range(parts, "query", "gallery"),
+        "query": seen_in("query"),
+        "gallery": seen_in("gallery"),
+        "test": seen_in("query", "gallery"),
     }
+    if protocol == "held_out_categories":
+        for name, published in INSHOP_UNSEEN_SPLITS.items():
+            rows = part_range(parts, *published)
+            splits[name] = rows[unseen[rows]]
     class_names = {k: f"{category_of[i]}/{i}" for k, i in enumerate(item_ids)}
     return Records.from_fields(
         "inshop", images_root, fields, level_names=INSHOP_LAYOUTS[layout], class_level=1,
@@ -281,7 +340,8 @@ def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
 OMNIGLOT_BACKGROUND = ("images_background",)  # 30 alphabets, 964 characters
 OMNIGLOT_SMALL = ("images_background_small1", "images_background_small2")  # its subsets
 OMNIGLOT_EVALUATION = "images_evaluation"  # 20 further alphabets, 659 characters
-OMNIGLOT_PROTOCOLS = ("characters", "alphabets")
+OMNIGLOT_PROTOCOLS = ("characters", "alphabets", "held_out_alphabets")
+HELD_OUT_EVERY = 4  # held_out_alphabets: every 4th background alphabet (name order) is unseen
 OMNIGLOT_DRAWERS = 20  # every character is drawn once by each of 20 people
 IGNORED = ("__MACOSX",)  # archive tool debris; hidden files (".DS_Store") are skipped too
 
@@ -349,6 +409,10 @@ def read_omniglot(
       "alphabets": unseen alphabets - Lake et al.'s background / evaluation split: the
         evaluation alphabets are "unseen"; the background ones give "train" (drawers
         1-15) and "seen_test" (drawers 16-20). Needs `images_evaluation`.
+      "held_out_alphabets": unseen alphabets from the background set alone, for when
+        `images_evaluation` is not at hand: every 4th background alphabet in name order
+        (the 4th, 8th, ...) is "unseen", the others split by drawer as above; the
+        evaluation set, if present, is not read.
     """
     del val_fraction  # the seen/unseen protocols have no carve
     check_choice(protocol, OMNIGLOT_PROTOCOLS, "protocol", error=UnknownOptionError,
@@ -378,7 +442,8 @@ def read_omniglot(
             f"(the 20 evaluation alphabets) in {root}. {OMNIGLOT_WHERE}"
         )
     files, keys, drawers, evaluation = [], {}, [], []
-    for name in background + [OMNIGLOT_EVALUATION] * has_evaluation:
+    read_evaluation = has_evaluation and protocol != "held_out_alphabets"
+    for name in background + [OMNIGLOT_EVALUATION] * read_evaluation:
         for file, member in _omniglot_set(root, name):
             key = tuple(member.split("/")[1:])  # (alphabet, character, file)
             if key not in keys:  # the small sets share Greek and Latin
@@ -401,6 +466,8 @@ def read_omniglot(
     labels = np.stack([alphabet, character, np.arange(len(files))], axis=1)
     if protocol == "alphabets":
         unseen = np.array(evaluation)
+    elif protocol == "held_out_alphabets":  # `encode` numbers alphabets in name order
+        unseen = alphabet % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
     else:
         unseen_chars = []
         for a in range(len(alphabets)):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himl.data.dataset import Dataset
+from himl.errors import ConfigError
 from himl.losses import loss_info
 
 
@@ -32,9 +33,25 @@ class Objective:
     apply: Callable[..., tuple[jax.Array, Any]]
 
 
-def class_index_table(dataset: Dataset) -> np.ndarray:
-    """Maps the training split's class labels to dense indices 0..C-1 (others to -1)."""
-    classes = np.unique(dataset.split("train").labels[:, dataset.class_level])
+def flat_label_level(dataset: Dataset, level_name: str = "") -> int:
+    """The label column a loss with flat labels trains on: the class level, or the level
+    named `level_name` (`config.loss.flat_level`, e.g. "group" for a coarse-level SupCon)."""
+    if not level_name:
+        return dataset.class_level
+    levels = dataset.eval_level_names
+    if level_name not in levels:
+        raise ConfigError(
+            f"config.loss.flat_level={level_name!r} is not a level of dataset "
+            f"{dataset.name!r}; valid: {', '.join(levels)}"
+        )
+    return levels.index(level_name)
+
+
+def class_index_table(dataset: Dataset, level: int | None = None) -> np.ndarray:
+    """Maps the training split's labels at `level` (default: the class level) to dense
+    indices 0..C-1 (labels the training split lacks to -1)."""
+    level = dataset.class_level if level is None else level
+    classes = np.unique(dataset.split("train").labels[:, level])
     table = np.full(classes.max() + 1, -1, np.int32)
     table[classes] = np.arange(len(classes), dtype=np.int32)
     return table
@@ -45,14 +62,15 @@ def build_objective(loss_config, dataset: Dataset) -> Objective:
 
     Every registered loss is bound the same way (`LossInfo.init` / `LossInfo.apply`);
     losses with flat labels get the dense class indices of the training split's classes,
-    so a loss with one parameter row per class (proxies, HIST) indexes its rows with them.
+    so a loss with one parameter row per class (proxies, HIST) indexes its rows with them
+    (the classes of level `loss_config.flat_level` when it names one).
     """
     name = loss_config.name
     info = loss_info(name)
     hparams = dict(loss_config[name])
-    table = class_index_table(dataset)
+    class_level = flat_label_level(dataset, loss_config.get("flat_level", ""))
+    table = class_index_table(dataset, class_level)
     num_classes = int(table.max()) + 1
-    class_level = dataset.class_level
 
     def init(rng, embedding_dim):
         return info.init(rng, num_classes=num_classes, embedding_dim=embedding_dim, **hparams)

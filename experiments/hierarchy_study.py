@@ -1,0 +1,546 @@
+"""When do all the labels help? Objectives x samplers x datasets x seeds, metrics per level.
+
+    python experiments/hierarchy_study.py --jobs 2 \\
+        --fashion_mnist DIR_OF_IDX_FILES --omniglot DIR_OF_OMNIGLOT_ZIPS
+    python experiments/hierarchy_study.py --report       # tables + figure from the JSON only
+
+Trains every cell of the plan (`--plan`, below) once per seed on the CPU-sized setup of the
+main job (small CNN, 600 steps, 64-sample batches of two views), evaluates the final
+embedding on unseen classes and on held-out images of seen classes at every level
+(Recall@1, MAP@R, NMI, mistake severity = mean LCA height of the wrong top-1 neighbours,
+lower is better, and a linear probe on the class level), and compares every objective with
+SupCon on the fine labels *of the same sampler and seed* (paired differences, 95% t
+interval over seeds). Results go to `experiments/results/hierarchy_study.json` after every
+run (an interrupted study resumes where it stopped; a changed plan adds only the missing
+runs), then `hierarchy_study.md` (tables) and `hierarchy_study.png` (figure).
+
+Datasets (a dataset whose folder is not given is skipped, with a line saying so):
+  embedded             the embedded Fashion-MNIST subset (group -> class), as the main job;
+  fashion_mnist        all 70,000 Fashion-MNIST images, same groups and unseen classes;
+  omniglot_characters  Omniglot small sets (alphabet -> character) at 28 px: unseen
+                       characters of seen alphabets;
+  omniglot_alphabets   the same images, unseen alphabets (`held_out_alphabets` protocol).
+Objectives: SupCon on the class labels (`supcon_fine`) and on the coarse labels
+(`supcon_coarse`, `config.loss.flat_level`), HiMulCon, HiConE, HiMulConE in reference and
+paper mode, and HIST (its own small recipe, `configs/hist.py`: HIST head, one view, 450
+steps). Samplers: `m_per_class` (the main job's: 16 images of each of 4 classes, or 4 of
+each of 16 characters on Omniglot), `hierarchical` (every anchor with a partner at each
+level) and the control `many_classes` (m-per-class batches with about as many classes as
+the hierarchical sampler's: all 7 classes x 8 images on Fashion-MNIST, 32 characters x 2
+on Omniglot), which tells the hierarchical sampler's class coverage from its use of the
+hierarchy. The batch composition of each sampler (classes and coarse groups per batch,
+positives per anchor at each level) is measured from the sampler itself and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path("experiments/results")
+SPLITS = ("unseen", "seen_test")
+SAMPLERS = ("m_per_class", "hierarchical", "many_classes")
+# One thread per run: small CNNs use a second core poorly, two runs use it fully.
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+# ---------------------------------------------------------------- datasets
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """How to build the base config of one dataset of the study."""
+
+    folder: str  # which --flag gives its files ("" = none needed)
+    build: Callable  # (folder, cache dir) -> config
+    # The "many_classes" control: m-per-class batches with (about) as many classes as the
+    # hierarchical sampler's, to tell its class coverage from its use of the hierarchy.
+    many_classes: dict = dataclasses.field(default_factory=dict)
+
+
+def _embedded(folder, cache):
+    from himl.configs import default
+
+    return default.get_config()
+
+
+def _fashion_mnist(folder, cache):
+    from himl.configs import default
+
+    config = default.get_config("fashion_mnist")
+    config.data.manual_dir = folder
+    return config
+
+
+def omniglot_npz(folder, protocol: str, cache: Path) -> Path:
+    """The Omniglot small sets decoded once at 28 x 28 into an `.npz` (`himl.data.export`),
+    so that training reads them from memory like the embedded default."""
+    path = cache / f"omniglot_{protocol}_28.npz"
+    if not path.exists():
+        import himl.data
+        from himl.data.export import write_npz
+
+        dataset = himl.data.load(
+            "omniglot", manual_dir=folder, split_protocol=protocol, image_size=28, eval_crop=1.0
+        )
+        write_npz(dataset, path.with_suffix(".tmp.npz"))
+        path.with_suffix(".tmp.npz").rename(path)
+    return path
+
+
+def _omniglot(protocol: str):
+    def build(folder, cache):
+        from himl.configs import custom, default
+
+        config = custom.get_config("seen_unseen,small")
+        config.data.custom.source = str(omniglot_npz(folder, protocol, cache))
+        config.data.custom.levels = ("alphabet", "character")
+        config.data.samples_per_class = 4  # 15 training drawers per character
+        config.data.num_workers = 0
+        config.eval.splits = SPLITS
+        config.eval.batch_size = default.get_config().eval.batch_size
+        return config
+
+    return build
+
+
+DATASETS = {
+    # all 7 training classes, 8 images each (a 64 batch cannot hold 7 classes evenly)
+    "embedded": DataSpec("", _embedded, {"samples_per_class": 8, "batch_size": 56}),
+    "fashion_mnist": DataSpec(
+        "fashion_mnist", _fashion_mnist, {"samples_per_class": 8, "batch_size": 56}
+    ),
+    # 32 characters of 2 images (the hierarchical sampler: ~43 characters per batch)
+    "omniglot_characters": DataSpec("omniglot", _omniglot("characters"), {"samples_per_class": 2}),
+    "omniglot_alphabets": DataSpec(
+        "omniglot", _omniglot("held_out_alphabets"), {"samples_per_class": 2}
+    ),
+}
+
+
+# ---------------------------------------------------------------- objectives
+def _loss(name: str, *, coarse: bool = False, **hparams):
+    def apply(config):
+        config.loss.name = name
+        config.loss[name].update(hparams)
+        if coarse:
+            config.loss.flat_level = config_levels(config)[0]
+        return config
+
+    return apply
+
+
+def _hist(config):
+    from himl.configs import hist
+
+    return hist.small_recipe(config)
+
+
+OBJECTIVES = {
+    "supcon_fine": _loss("supcon"),
+    "supcon_coarse": _loss("supcon", coarse=True),
+    "himulcon": _loss("himulcon"),
+    "hicone": _loss("hicone"),
+    "himulcone": _loss("himulcone"),
+    "himulcone_paper": _loss("himulcone", mode="paper"),
+    "hist": _hist,
+}
+BASELINE = "supcon_fine"
+KEY = ("supcon_fine", "himulcone")  # the main job's objective against its baseline
+BOTH, MAIN = SAMPLERS[:2], ("m_per_class",)
+# The plan, in the order it runs: (dataset, objectives, samplers). The key comparison on
+# every dataset first, then the rest of the grid, so a study cut short is still balanced.
+PLAN = (
+    ("embedded", KEY, BOTH),
+    ("omniglot_characters", KEY, BOTH),
+    ("omniglot_alphabets", KEY, MAIN),
+    ("fashion_mnist", KEY, MAIN),
+    ("embedded", KEY, ("many_classes",)),
+    ("omniglot_characters", KEY, ("many_classes",)),
+    ("embedded", ("supcon_coarse", "himulcon", "hicone", "himulcone_paper", "hist"), BOTH),
+    ("omniglot_characters", ("supcon_coarse", "hicone"), BOTH),
+    ("omniglot_alphabets", KEY, ("hierarchical",)),
+    ("omniglot_alphabets", ("supcon_coarse", "hicone"), MAIN),
+    ("fashion_mnist", ("supcon_coarse", "hicone"), MAIN),
+)
+
+
+def config_levels(config) -> tuple[str, ...]:
+    """The evaluated levels (coarse to class) of the study's datasets, without loading."""
+    if config.data.name == "custom":
+        return tuple(config.data.custom.levels)
+    return ("group", "class")
+
+
+def cell_config(cell: dict, dirs: dict, cache: Path):
+    spec = DATASETS[cell["dataset"]]
+    config = spec.build(dirs.get(spec.folder, ""), cache)
+    config.seed = cell["seed"]
+    if cell["sampler"] == "many_classes":
+        config.data.sampler = "m_per_class"
+        config.data.update(spec.many_classes)
+    else:
+        config.data.sampler = cell["sampler"]
+    config.eval.evaluators = ("retrieval", "linear_probe")
+    config.eval.at_start = False
+    config = OBJECTIVES[cell["objective"]](config)
+    if cell.get("steps"):  # a quick check of the study itself, not a result
+        config.train.steps = cell["steps"]
+        config.train.log_every = config.train.checkpoint_every = cell["steps"]
+        config.optimizer.warmup_steps = config.optimizer.decay_every = 0
+    return config
+
+
+def run_id(cell: dict) -> str:
+    """`dataset/objective/sampler/seed` (`/steps=N` for a shortened check run)."""
+    key = "/".join(str(cell[k]) for k in ("dataset", "objective", "sampler", "seed"))
+    return key + (f"/steps={cell['steps']}" if cell.get("steps") else "")
+
+
+# ---------------------------------------------------------------- one run
+LEVEL_METRICS = ("recall@1", "map@r", "nmi")
+SPLIT_METRICS = ("mistake_severity", "mean_lca_height@1", "mean_lca_height@8")
+
+
+def compact(results: dict, levels) -> dict:
+    """The numbers the study reads, per split: `{level: {metric}}`, severity, probe."""
+    out = {}
+    for split, r in results.items():
+        row = {lv: {m: r[lv][m] for m in LEVEL_METRICS} for lv in levels}
+        row.update({m: r[m] for m in SPLIT_METRICS if m in r})
+        row["linear_probe"] = r["linear_probe"]["accuracy"]
+        out[split] = row
+    return out
+
+
+def run_cell(job: tuple) -> tuple[str, dict]:
+    """Trains one (dataset, objective, sampler, seed) in a scratch workdir."""
+    cell, dirs, cache = job
+    from himl.train.loop import train_and_evaluate
+
+    config = cell_config(cell, dirs, cache)
+    start = time.time()
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
+        summary = train_and_evaluate(config, workdir, progress=False)
+    record = dict(cell)
+    record["levels"] = summary["level_names"]
+    record["results"] = compact(summary["results"]["trained"], summary["level_names"])
+    record["steps"] = summary["step"]
+    record["wall_time_s"] = round(time.time() - start, 1)
+    return run_id(cell), record
+
+
+# ---------------------------------------------------------------- batch composition
+def batch_composition(config, batches: int = 200) -> dict:
+    """Mean per batch, over the first `batches` batches of seed 0: distinct classes and
+    coarse labels, and per anchor the other samples of its class and of its coarse label
+    but another class (the positives the class and coarse terms see; views not counted)."""
+    from himl.data.registry import load_dataset
+    from himl.data.sampling import make_sampler
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        dataset = load_dataset(config.data)
+    labels = dataset.split(config.data.train_split).labels
+    sampler = make_sampler(config.data, dataset, labels, seed=0)
+    c, stats = dataset.class_level, []
+    for step in range(batches):
+        rows = labels[sampler.indices(step)]
+        same_class = rows[:, None, c] == rows[None, :, c]
+        same_coarse = rows[:, None, 0] == rows[None, :, 0]
+        stats.append(
+            (
+                len(np.unique(rows[:, c])),
+                len(np.unique(rows[:, 0])),
+                same_class.sum(1).mean() - 1,
+                (same_coarse & ~same_class).sum(1).mean(),
+            )
+        )
+    keys = ("classes", "coarse_labels", "class_positives", "coarse_only_positives")
+    return dict(zip(keys, np.mean(stats, axis=0).round(2).tolist(), strict=True))
+
+
+# ---------------------------------------------------------------- statistics
+def values(runs, dataset, objective, sampler, key) -> dict[int, float]:
+    """`{seed: value}` of metric `key` = (split, level index | None, metric)."""
+    split, level, metric = key
+    scale = 1.0 if metric == "mistake_severity" else 100.0  # LCA heights; rates in %
+    out = {}
+    for r in runs.values():
+        if (r["dataset"], r["objective"], r["sampler"]) == (dataset, objective, sampler):
+            row = r["results"][split]
+            value = row[metric] if level is None else row[r["levels"][level]][metric]
+            out[r["seed"]] = scale * value
+    return out
+
+
+def paired_interval(a: dict, b: dict) -> tuple[float, float, int]:
+    """Mean of the per-seed differences a - b and the half-width of its 95% t interval."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s] - b[s] for s in seeds])
+    if len(d) < 2:
+        return float("nan"), float("nan"), len(d)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(half), len(d)
+
+
+# (column title, (split, level index (0 coarse, -1 class) or None, metric), higher is better)
+COLUMNS = (
+    ("unseen coarse MAP@R", ("unseen", 0, "map@r"), True),
+    ("unseen class MAP@R", ("unseen", -1, "map@r"), True),
+    ("unseen class R@1", ("unseen", -1, "recall@1"), True),
+    ("unseen class NMI", ("unseen", -1, "nmi"), True),
+    ("unseen severity", ("unseen", None, "mistake_severity"), False),
+    ("unseen probe", ("unseen", None, "linear_probe"), True),
+    ("seen coarse MAP@R", ("seen_test", 0, "map@r"), True),
+    ("seen class MAP@R", ("seen_test", -1, "map@r"), True),
+    ("seen class R@1", ("seen_test", -1, "recall@1"), True),
+)
+
+
+def cells_done(runs, dataset):
+    """[(objective, sampler)] with results, in plan order."""
+    present = {(r["objective"], r["sampler"]) for r in runs.values() if r["dataset"] == dataset}
+    return [(o, s) for s in SAMPLERS for o in OBJECTIVES if (o, s) in present]
+
+
+def report(data: dict) -> str:
+    """Markdown: per dataset, mean +- std over seeds, then the paired differences from
+    SupCon (fine) of the same sampler with their 95% intervals (bold: the interval
+    excludes 0, i.e. larger than the seed noise)."""
+    runs, lines = data["runs"], []
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]
+    for dataset in datasets:
+        levels = next(r["levels"] for r in runs.values() if r["dataset"] == dataset)
+        lines += [f"### {dataset} (levels {' -> '.join(levels)})", ""]
+        comp = data.get("composition", {}).get(dataset, {})
+        for sampler, c in comp.items():
+            lines.append(
+                f"- `{sampler}` batches: {c['classes']:.1f} classes and {c['coarse_labels']:.1f} "
+                f"{levels[0]}s per batch; per anchor {c['class_positives']:.1f} same-class and "
+                f"{c['coarse_only_positives']:.1f} same-{levels[0]}-other-class samples"
+            )
+        header = "| objective | sampler | seeds | " + " | ".join(t for t, _, _ in COLUMNS) + " |"
+        lines += ["", header, "|" + "---|" * (3 + len(COLUMNS))]
+        for objective, sampler in cells_done(runs, dataset):
+            cells = []
+            for _, key, _ in COLUMNS:
+                v = np.array(list(values(runs, dataset, objective, sampler, key).values()))
+                cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}")
+            n = len(values(runs, dataset, objective, sampler, COLUMNS[0][1]))
+            lines.append(f"| {objective} | {sampler} | {n} | " + " | ".join(cells) + " |")
+        lines += ["", f"Paired difference from `{BASELINE}` (same sampler, same seeds), "
+                  "mean [95% interval]; **bold**: reliably better, _italic_: reliably worse.",
+                  "", header.replace("| seeds |", "| pairs |"),
+                  "|" + "---|" * (3 + len(COLUMNS))]  # fmt: skip
+        for objective, sampler in cells_done(runs, dataset):
+            if objective == BASELINE:
+                continue
+            n = len(values(runs, dataset, objective, sampler, COLUMNS[0][1]))
+            cells = [
+                paired_text(runs, dataset, (objective, sampler), (BASELINE, sampler), key, higher)
+                for _, key, higher in COLUMNS
+            ]
+            lines.append(f"| {objective} | {sampler} | {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def paired_text(runs, dataset, cell, base, key, higher: bool) -> str:
+    """`mean [low, high]` of the per-seed differences `cell - base` (each an (objective,
+    sampler)) of metric `key`; bold when reliably better, italic when reliably worse."""
+    a = values(runs, dataset, *cell, key)
+    b = values(runs, dataset, *base, key)
+    mean, half, n = paired_interval(a, b)
+    if n < 2:
+        return "n/a (1 seed)" if n else "n/a"
+    text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    if np.isfinite(half) and abs(mean) > half:
+        return f"**{text}**" if (mean > 0) == higher else f"_{text}_"
+    return text
+
+
+SAMPLER_CHANGES = (
+    ("hierarchical", "m_per_class"),
+    ("many_classes", "m_per_class"),
+    ("hierarchical", "many_classes"),
+)
+SUMMARY_COLUMNS = [COLUMNS[i] for i in (1, 0, 4, 7, 6)]  # unseen class, coarse, severity, seen
+
+
+def summary(data: dict) -> str:
+    """One markdown table over all datasets: each objective's paired difference from
+    SupCon (fine) with the same sampler, and each sampler change (hierarchical minus
+    m_per_class, same objective), on the metrics that answer the question."""
+    runs = data["runs"]
+    header = "| dataset | compared | seeds | " + " | ".join(t for t, _, _ in SUMMARY_COLUMNS)
+    lines = [header + " |", "|" + "---|" * (3 + len(SUMMARY_COLUMNS))]
+    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]:
+        done = cells_done(runs, dataset)
+        pairs = [((o, s), (BASELINE, s), f"{o} - {BASELINE} ({s})")
+                 for o, s in done if o != BASELINE and (BASELINE, s) in done]  # fmt: skip
+        pairs += [((o, a), (o, b), f"{o}: {a} - {b}") for a, b in SAMPLER_CHANGES
+                  for o in OBJECTIVES if (o, a) in done and (o, b) in done]  # fmt: skip
+        for cell, base, label in pairs:
+            n = len(set(values(runs, dataset, *cell, COLUMNS[0][1]))
+                    & set(values(runs, dataset, *base, COLUMNS[0][1])))  # fmt: skip
+            texts = [paired_text(runs, dataset, cell, base, key, higher)
+                     for _, key, higher in SUMMARY_COLUMNS]  # fmt: skip
+            lines.append(f"| {dataset} | {label} | {n} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def figure(data: dict, path: Path) -> None:
+    """Per dataset (rows): MAP@R at each level on unseen and seen-test data (columns),
+    mean +- std over seeds per objective, one marker per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; set here, not at import
+    import matplotlib.pyplot as plt
+
+    runs = data["runs"]
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]
+    panels = [c for c in COLUMNS if c[1][2] == "map@r"]
+    fig, axes = plt.subplots(
+        len(datasets), len(panels), figsize=(3.4 * len(panels), 2.6 * len(datasets)),
+        squeeze=False,
+    )  # fmt: skip
+    for row, dataset in zip(axes, datasets, strict=True):
+        objectives = [o for o in OBJECTIVES if any(
+            r["dataset"] == dataset and r["objective"] == o for r in runs.values())]  # fmt: skip
+        for ax, (title, key, _) in zip(row, panels, strict=True):
+            for i, sampler in enumerate(SAMPLERS):
+                xs, means, stds = [], [], []
+                for x, objective in enumerate(objectives):
+                    v = np.array(list(values(runs, dataset, objective, sampler, key).values()))
+                    if len(v):
+                        xs.append(x + (i - 1) * 0.22)
+                        means.append(v.mean())
+                        stds.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+                if xs:
+                    ax.errorbar(xs, means, yerr=stds, fmt="os^"[i], ms=4, capsize=2, label=sampler)
+            ax.set_xticks(range(len(objectives)), objectives, rotation=60, fontsize=7)
+            ax.set_title(f"{dataset}: {title}", fontsize=8)
+            ax.tick_params(axis="y", labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- driver
+def plan_cells(datasets, seeds, objectives=None, steps: int = 0) -> list[dict]:
+    cells = []
+    for dataset, plan_objectives, samplers in PLAN:
+        if dataset not in datasets:
+            continue
+        for objective in [o for o in plan_objectives if not objectives or o in objectives]:
+            for sampler in samplers:
+                for seed in seeds:
+                    cell = dict(dataset=dataset, objective=objective, sampler=sampler, seed=seed)
+                    cells.append(cell | ({"steps": steps} if steps else {}))
+    return cells
+
+
+def write_outputs(data: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out)
+    text = "## Summary: paired differences, 95% intervals over seeds\n\n" + summary(data)
+    out.with_suffix(".md").write_text(text + "\n\n## Per dataset\n\n" + report(data) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--objectives", default="", help="default: each dataset's plan")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--fashion_mnist", default="", help="folder of the Fashion-MNIST IDX")
+    parser.add_argument("--omniglot", default="", help="folder of the Omniglot zips")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
+    parser.add_argument("--cache", default="", help="where the Omniglot .npz is written")
+    parser.add_argument("--out", default=str(RESULTS / "hierarchy_study.json"))
+    parser.add_argument("--report", action="store_true", help="only re-write table + figure")
+    parser.add_argument("--steps", type=int, default=0, help="override (checks the script)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.exists() else {"runs": {}, "composition": {}}
+    if not args.report:
+        data = study(args, data, out)
+    write_outputs(data, out)
+    figure(data, out.with_suffix(".png"))
+    print(report(data))
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+def study(args, data: dict, out: Path) -> dict:
+    if args.jobs > 1:  # before JAX starts, here and in the workers (they inherit it)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+    dirs = {"": "", "fashion_mnist": args.fashion_mnist, "omniglot": args.omniglot}
+    datasets = []
+    for name in args.datasets.split(","):
+        if name not in DATASETS:
+            sys.exit(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+        folder = DATASETS[name].folder
+        if folder and not dirs[folder]:
+            print(f"skipping {name}: give its files with --{folder}=DIR")
+            continue
+        datasets.append(name)
+    objectives = [o for o in args.objectives.split(",") if o]
+    for o in objectives:
+        if o not in OBJECTIVES:
+            sys.exit(f"unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cache = Path(args.cache or tempfile.gettempdir()) / "himl_hierarchy_study"
+    cache.mkdir(parents=True, exist_ok=True)
+    cells = plan_cells(datasets, seeds, objectives, args.steps)
+    cells = list({run_id(c): c for c in cells}.values())  # a cell named twice runs once
+    todo = [c for c in cells if run_id(c) not in data["runs"]]
+    print(f"{len(cells)} runs in the plan, {len(cells) - len(todo)} already in {out}")
+    for dataset in datasets:  # data prepared and composition measured once, here
+        for sampler in {c["sampler"] for c in cells if c["dataset"] == dataset}:
+            if sampler not in data["composition"].get(dataset, {}):
+                config = cell_config(
+                    dict(dataset=dataset, objective=BASELINE, sampler=sampler, seed=0), dirs, cache
+                )
+                data["composition"].setdefault(dataset, {})[sampler] = batch_composition(config)
+    write_outputs(data, out)
+    jobs = [(c, dirs, cache) for c in todo]
+    if args.jobs > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs)
+        results = pool.imap(run_cell, jobs)  # in plan order: a cell's seeds finish together
+    else:
+        pool, results = None, map(run_cell, jobs)
+    start = time.time()
+    for i, (key, record) in enumerate(results, 1):
+        data["runs"][key] = record
+        write_outputs(data, out)
+        unseen = record["results"]["unseen"][record["levels"][-1]]
+        print(
+            f"[{i}/{len(todo)} {time.time() - start:.0f}s] {key}: unseen class MAP@R "
+            f"{100 * unseen['map@r']:.2f} R@1 {100 * unseen['recall@1']:.2f} "
+            f"({record['wall_time_s']:.0f}s)",
+            flush=True,
+        )
+    if pool is not None:
+        pool.close()
+        pool.join()
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The hierarchy study's arithmetic (paired intervals, batch composition, the table's
+reliability marks) against hand computations, and one shortened run of the command."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location(
+        "hierarchy_study", REPO / "experiments" / "hierarchy_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences(study):
+    a = {0: 10.0, 1: 12.0, 2: 11.0, 3: 13.0, 4: 9.0, 7: 50.0}  # seed 7 has no pair
+    b = {0: 9.0, 1: 11.5, 2: 11.0, 3: 11.0, 4: 8.5, 5: 0.0}
+    mean, half, n = study.paired_interval(a, b)
+    d = [1.0, 0.5, 0.0, 2.0, 0.5]
+    sd = np.sqrt(sum((x - np.mean(d)) ** 2 for x in d) / 4)
+    assert n == 5
+    assert mean == pytest.approx(0.8)
+    assert half == pytest.approx(2.7764451 * sd / np.sqrt(5), rel=1e-6)  # t(0.975, 4)
+    assert np.isnan(study.paired_interval({0: 1.0}, {0: 2.0})[1])
+
+
+def test_batch_composition_counts_by_a_loop(study):
+    from himl.configs import default
+    from himl.data.embedded import load_embedded
+    from himl.data.sampling import make_sampler
+
+    config = default.get_config()
+    got = study.batch_composition(config, batches=3)
+    dataset = load_embedded()
+    labels = dataset.split("train").labels
+    sampler = make_sampler(config.data, dataset, labels, seed=0)
+    classes, groups, same, coarse = [], [], [], []
+    for step in range(3):
+        rows = labels[sampler.indices(step)]
+        classes.append(len({r[1] for r in rows}))
+        groups.append(len({r[0] for r in rows}))
+        for i, r in enumerate(rows):
+            same.append(sum(1 for j, s in enumerate(rows) if j != i and s[1] == r[1]))
+            coarse.append(sum(1 for s in rows if s[0] == r[0] and s[1] != r[1]))
+    assert got["classes"] == pytest.approx(np.mean(classes), abs=0.01) == 4
+    assert got["coarse_labels"] == pytest.approx(np.mean(groups), abs=0.01)
+    assert got["class_positives"] == pytest.approx(np.mean(same), abs=0.01) == 15
+    assert got["coarse_only_positives"] == pytest.approx(np.mean(coarse), abs=0.01)
+
+
+def _run(dataset, objective, sampler, seed, unseen_map):
+    levels = ["group", "class"]
+    row = {lv: {"recall@1": 0.5, "map@r": unseen_map, "nmi": 0.5} for lv in levels}
+    row |= {"mistake_severity": 1.0, "linear_probe": 0.5}
+    return dict(dataset=dataset, objective=objective, sampler=sampler, seed=seed,
+                levels=levels, results={"unseen": row, "seen_test": row})  # fmt: skip
+
+
+def test_report_marks_only_differences_beyond_the_seed_noise(study):
+    runs = {}
+    for seed in range(5):
+        runs[f"b{seed}"] = _run("embedded", "supcon_fine", "m_per_class", seed, 0.50 + 0.01 * seed)
+        # reliably better: +2 points on every seed; noisy: +-3 points around 0
+        runs[f"h{seed}"] = _run("embedded", "himulcone", "m_per_class", seed, 0.52 + 0.01 * seed)
+        noise = 0.03 * (-1) ** seed
+        runs[f"c{seed}"] = _run(
+            "embedded", "hicone", "m_per_class", seed, 0.50 + 0.01 * seed + noise
+        )
+    text = study.report({"runs": runs, "composition": {}})
+    paired = text.split("Paired difference")[1].splitlines()  # the second table
+    himulcone = next(line for line in paired if line.startswith("| himulcone | m_per"))
+    hicone = next(line for line in paired if line.startswith("| hicone | m_per"))
+    assert himulcone.split(" | ")[3].startswith("**+2.00 [+2.00, +2.00]**")
+    assert "**" not in hicone and "_" not in hicone.replace("m_per_class", "")
+
+
+@pytest.mark.slow
+def test_the_command_runs_a_shortened_study(tmp_path):
+    out = tmp_path / "study.json"
+    cmd = [sys.executable, "experiments/hierarchy_study.py", "--datasets", "embedded",
+           "--objectives", "supcon_fine,himulcone", "--seeds", "0,1", "--steps", "2",
+           "--jobs", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert len(data["runs"]) == 8  # 2 objectives x 2 samplers x 2 seeds
+    assert set(data["composition"]["embedded"]) == {"m_per_class", "hierarchical"}
+    assert all(r["steps"] == 2 for r in data["runs"].values())
+    table = out.with_suffix(".md").read_text()
+    assert "| himulcone | hierarchical | 2 |" in table
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert "8 runs in the plan, 8 already in" in again.stdout  # resumes: nothing re-run
