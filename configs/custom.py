@@ -42,6 +42,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.val_fraction = 0.0
     config.data.num_workers = 4
     config.data.batch_size = 64
+    config.data.sampler = "m_per_class"
     config.data.samples_per_class = 4
     config.eval.splits = ("unseen", "seen_test") if protocol == "seen_unseen" else ("test",)
     config.eval.batch_size = 128

@@ -20,6 +20,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     # Every config.data field, with its comment: himl/data/defaults.py.
     config.data = data_config("fashion_mnist" if arg == "fashion_mnist" else "embedded")
+    # A partner at every level per anchor: on this data 3 points more seen-class MAP@R than
+    # 16 images of 4 classes, unseen classes unchanged (experiments/hierarchy_study.py).
+    config.data.sampler = "hierarchical"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_cnn"

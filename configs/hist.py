@@ -159,6 +159,7 @@ def small_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     config.loss.hist.hgnn_hidden = 64
     config.model.head = "hist"
     config.data.num_views = 1
+    config.data.sampler = "m_per_class"
     config.optimizer.name = "adam_l2"
     config.optimizer.weight_decay = 1e-4
     _hist_groups(config, lr=1e-3, lr_ds=1e-1, lr_hgnn_factor=10.0)

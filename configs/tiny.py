@@ -6,6 +6,7 @@ from himl.configs import default
 
 def get_config(arg: str = ""):
     config = default.get_config(config_arg(arg, ("fashion_mnist",), __file__))
+    config.data.sampler = "m_per_class"  # batches whose shape the tests count on
     config.data.batch_size = 32
     config.data.samples_per_class = 8
     config.model.widths = (8, 16)

@@ -185,14 +185,14 @@ def cell_config(cell: dict, dirs: dict, cache: Path):
     spec = DATASETS[cell["dataset"]]
     config = spec.build(dirs.get(spec.folder, ""), cache)
     config.seed = cell["seed"]
+    config.eval.evaluators = ("retrieval", "linear_probe")
+    config.eval.at_start = False
+    config = OBJECTIVES[cell["objective"]](config)  # before the sampler: HIST's sets one
     if cell["sampler"] == "many_classes":
         config.data.sampler = "m_per_class"
         config.data.update(spec.many_classes)
     else:
         config.data.sampler = cell["sampler"]
-    config.eval.evaluators = ("retrieval", "linear_probe")
-    config.eval.at_start = False
-    config = OBJECTIVES[cell["objective"]](config)
     if cell.get("steps"):  # a quick check of the study itself, not a result
         config.train.steps = cell["steps"]
         config.train.log_every = config.train.checkpoint_every = cell["steps"]

@@ -26,7 +26,10 @@ def _run(module, *args, cwd=REPO):
         (["--config.loss.name=supcontrast"], "unknown config.loss.name 'supcontrast'; valid:"),
         (["--config.train.steps=abc"], "--config.train.steps=abc"),
         (["--config=configs/nonexistent.py"], "nonexistent.py"),
-        (["--config.data.batch_size=128"], "needs 8 classes, the data has 7"),
+        (
+            ["--config.data.sampler=m_per_class", "--config.data.batch_size=128"],
+            "needs 8 classes, the data has 7",
+        ),
     ],
 )
 def test_train_rejects_bad_config_in_one_line(args, expected, tmp_path):

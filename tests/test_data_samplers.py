@@ -62,3 +62,22 @@ def test_m_per_class_counts_and_determinism():
     _, counts = np.unique(labels[idx], return_counts=True)
     assert counts.tolist() == [4, 4, 4, 4] and len(set(idx.tolist())) == 16
     np.testing.assert_array_equal(idx, sampler.indices(5))
+
+
+def test_hierarchical_note_names_single_child_labels_instead_of_warning():
+    """A coarse label with one fine label cannot give a "same coarse, other fine" partner:
+    that is the tree's shape, said once by `note()`, not a warning at every batch."""
+    import warnings
+
+    labels = np.concatenate([tree_labels(2, per_fine=20), [[9, 99]] * 40])  # 9: one class
+    sampler = HierarchicalSampler(labels, batch_size=16, seed=0)
+    assert sampler.note() == (
+        "1 of 3 labels at level 0 have a single label at level 1: their anchors get a random "
+        "partner in place of a same-level-0, other-level-1 one"
+    )
+    assert HierarchicalSampler(tree_labels(), batch_size=8, seed=0).note() == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        groups = np.concatenate([sampler.indices(s) for s in range(20)]).reshape(-1, 4)
+    lonely = groups[labels[groups[:, 0], 0] == 9]
+    assert len(lonely) > 0 and (labels[lonely[:, 1], 1] == 99).all()  # same class still

@@ -42,6 +42,7 @@ def test_batch_composition_counts_by_a_loop(study):
     from himl.data.sampling import make_sampler
 
     config = default.get_config()
+    config.data.sampler = "m_per_class"
     got = study.batch_composition(config, batches=3)
     dataset = load_embedded()
     labels = dataset.split("train").labels

@@ -43,6 +43,7 @@ def _one_error_line(result) -> str:
         (
             [
                 "--config.loss.name=supcon",
+                "--config.data.sampler=m_per_class",
                 "--config.data.samples_per_class=1",
                 "--config.data.num_views=1",
                 "--config.data.batch_size=8",

@@ -87,9 +87,12 @@ def _set(config, dotted, value):
 
 
 def _default():
+    """The main job's config with m-per-class batches (whose sizes these checks are about)."""
     from himl.configs import default
 
-    return default.get_config()
+    config = default.get_config()
+    config.data.sampler = "m_per_class"
+    return config
 
 
 def _one_line_error(config):

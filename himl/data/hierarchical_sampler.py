@@ -41,6 +41,29 @@ class HierarchicalSampler:
             self.members.append(dict(zip(values.tolist(), groups, strict=True)))
         self.everyone = np.arange(len(self.labels))
         self.warned = False
+        # only_child[k]: labels at level k with one label below them - their anchors can
+        # have no "same at k, other at k+1" partner, by the tree's shape, not by chance.
+        self.only_child = []
+        for k in range(self.num_levels - 1):
+            parents, counts = np.unique(
+                np.unique(self.labels[:, k : k + 2], axis=0)[:, 0], return_counts=True
+            )
+            self.only_child.append(set(parents[counts == 1].tolist()))
+
+    def note(self) -> str:
+        """One line on the partners the tree cannot give ("" when it gives all), e.g.
+        "3 of 5 labels at level 0 have a single label at level 1: their anchors get a
+        random partner in place of a same-level-0, other-level-1 one"."""
+        parts = []
+        for k, alone in enumerate(self.only_child):
+            if alone:
+                total = len(self.members[k])
+                parts.append(
+                    f"{len(alone)} of {total} labels at level {k} have a single label at level "
+                    f"{k + 1}: their anchors get a random partner in place of a same-level-{k}, "
+                    f"other-level-{k + 1} one"
+                )
+        return "; ".join(parts)
 
     def _pick(self, rng, candidates, ok, used):
         """A random unused candidate `c` with `ok(c)`; None when there is none."""
@@ -62,11 +85,14 @@ class HierarchicalSampler:
         wants.append((everyone, lambda c: self.labels[c, 0] != row[0]))
         group = [anchor]
         used.add(anchor)
-        for candidates, ok in wants:
+        # the level each want is about (None: the same class / another coarse label)
+        levels = [None, *range(self.num_levels - 2, -1, -1), None]
+        for (candidates, ok), k in zip(wants, levels, strict=True):
             pick = self._pick(rng, candidates, ok, used)
             if pick is None:  # fall back: any unused sample, else a repeat
                 pick = self._pick(rng, everyone, lambda c: True, used)
-                self._warn("a level had no partner for an anchor")
+                if k is None or row[k] not in self.only_child[k]:  # else `note()` says so
+                    self._warn("a level had no partner for an anchor")
             if pick is None:
                 pick = int(rng.integers(len(self.labels)))
                 self._warn("the data has fewer samples than a batch; indices repeat")

@@ -93,7 +93,10 @@ def make_sampler(data_config, dataset, labels, seed: int):
         from himl.data.hierarchical_sampler import HierarchicalSampler
 
         levels = labels[:, : dataset.class_level + 1]
-        return HierarchicalSampler(levels, batch_size=data_config.batch_size, seed=seed)
+        sampler = HierarchicalSampler(levels, batch_size=data_config.batch_size, seed=seed)
+        if sampler.note():
+            print(f"hierarchical sampler: {sampler.note()}")
+        return sampler
     check_choice(data_config.sampler, SAMPLERS, "sampler", error=BatchConfigError)
 
 
