@@ -166,7 +166,7 @@ PLAN = (
     ("fashion_mnist", KEY, MAIN),
     ("embedded", KEY, ("many_classes",)),
     ("omniglot_characters", KEY, ("many_classes",)),
-    ("embedded", ("supcon_coarse", "himulcon", "hicone", "himulcone_paper", "hist"), BOTH),
+    ("embedded", ("supcon_coarse", "hicone", "hist", "himulcon", "himulcone_paper"), BOTH),
     ("omniglot_characters", ("supcon_coarse", "hicone"), BOTH),
     ("omniglot_alphabets", KEY, ("hierarchical",)),
     ("omniglot_alphabets", ("supcon_coarse", "hicone"), MAIN),
@@ -336,7 +336,8 @@ def report(data: dict) -> str:
             cells = []
             for _, key, _ in COLUMNS:
                 v = np.array(list(values(runs, dataset, objective, sampler, key).values()))
-                cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}")
+                f = ".3f" if key[2] == "mistake_severity" else ".2f"
+                cells.append(f"{v.mean():{f}} ± {v.std(ddof=1) if len(v) > 1 else 0:{f}}")
             n = len(values(runs, dataset, objective, sampler, COLUMNS[0][1]))
             lines.append(f"| {objective} | {sampler} | {n} | " + " | ".join(cells) + " |")
         lines += ["", f"Paired difference from `{BASELINE}` (same sampler, same seeds), "
@@ -364,7 +365,8 @@ def paired_text(runs, dataset, cell, base, key, higher: bool) -> str:
     mean, half, n = paired_interval(a, b)
     if n < 2:
         return "n/a (1 seed)" if n else "n/a"
-    text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    f = ".3f" if key[2] == "mistake_severity" else ".2f"  # LCA heights differ in 1e-3s
+    text = f"{mean:+{f}} [{mean - half:+{f}}, {mean + half:+{f}}]"
     if np.isfinite(half) and abs(mean) > half:
         return f"**{text}**" if (mean > 0) == higher else f"_{text}_"
     return text
