@@ -31,7 +31,15 @@ from himl.train.workdir import ReadRecorder, Workdir, jsonable
 
 # Config sections that decide the shape of the checkpointed state or the data it saw: a
 # resumed run must agree with the run that wrote the checkpoints on all of them.
-RESUME_KEYS = ("seed", "data.name", "data.batch_size", "model", "loss.name", "optimizer.name")
+RESUME_KEYS = (
+    "seed",
+    "data.name",
+    "data.batch_size",
+    "model",
+    "loss.name",
+    "loss.flat_level",
+    "optimizer.name",
+)
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himl.data.dataset import Dataset
-from himl.errors import ConfigError
+from himl.errors import check_choice
 from himl.losses import loss_info
 
 
@@ -39,11 +39,7 @@ def flat_label_level(dataset: Dataset, level_name: str = "") -> int:
     if not level_name:
         return dataset.class_level
     levels = dataset.eval_level_names
-    if level_name not in levels:
-        raise ConfigError(
-            f"config.loss.flat_level={level_name!r} is not a level of dataset "
-            f"{dataset.name!r}; valid: {', '.join(levels)}"
-        )
+    check_choice(level_name, levels, "config.loss.flat_level", prefix=f"dataset {dataset.name!r}: ")
     return levels.index(level_name)
 
 
