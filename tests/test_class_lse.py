@@ -50,3 +50,24 @@ def test_empty_class_is_masked_and_has_finite_gradient():
         lambda z: jnp.sum(jnp.where(lse > MASKED_LOGIT, class_logsumexp(z, col_class, 2), 0))
     )(z)
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+@pytest.mark.parametrize("keep_rows", [8192, 100])  # 100: above it the exps are recomputed
+def test_default_blocks_past_the_block_size(monkeypatch, keep_rows):
+    """More rows than one default CPU block (256): the symmetric pass over block pairs, the
+    last block padded, with the forward exps kept for the backward pass or recomputed."""
+    import himl.losses.class_lse as class_lse
+
+    monkeypatch.setattr(class_lse, "KEEP_ROWS", keep_rows)
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(300, 8)).astype(np.float32)
+    z = 3.0 * z / np.linalg.norm(z, axis=1, keepdims=True)
+    col_class = rng.integers(0, 3, size=300).astype(np.int32)
+    weights = jnp.asarray(rng.normal(size=(300, 3)).astype(np.float32))
+    value, grad = jax.value_and_grad(
+        lambda z: jnp.sum(weights * class_logsumexp(z, jnp.asarray(col_class), 3))
+    )(jnp.asarray(z))
+    want = np.sum(np.asarray(weights) * ref_class_logsumexp(z, col_class, 3))
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    naive_grad = jax.grad(lambda z: jnp.sum(weights * naive(z, jnp.asarray(col_class), 3)))(z)
+    np.testing.assert_allclose(grad, naive_grad, rtol=1e-4, atol=1e-5)

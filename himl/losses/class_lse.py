@@ -3,15 +3,22 @@
 `class_logsumexp(z, col_class, C)[i, c] = log sum_{k != i, col_class[k] = c} exp(z_i . z_k)`,
 the denominators of contrastive losses (SupCon, Khosla et al. 2020; the per-level
 denominators of the hierarchical losses, Zhang et al. CVPR 2022) for all classes from one
-pass over `s = z z^T`. The backward pass uses the symmetry of `s`: the gradient is
-`(G + G^T) z` with `G_ik = a_{i,c(k)} p_ik`, and `G^T_ik = a_{k,c(i)} exp(s_ik - lse_{k,c(i)})`
-is again an elementwise function of row i of `s`, so every block of rows gets its full
-gradient from one product `W_I z`, with no transpose and no accumulation over blocks
-(the flash-attention trick). Autodiff instead needs `G^T z`, which XLA's CPU backend
-computes through a slow strided transpose.
+pass over `s = z z^T`.
 
-With `chunk_size=c` the `[R, R]` matrix is never stored: c rows at a time are computed,
-reduced and recomputed in the backward pass (memory O(R * (c + C + D))).
+Both passes are products with one symmetric matrix. Every logit is shifted by the same
+bound `m = max_k |z_k|^2` (so `E_ik = exp(s_ik - m) <= 1`): the forward pass is
+`totals = E @ onehot(col_class)`, `lse = m + log(totals)`. The gradient is `(G + G^T) z`
+with `G_ik = a_{i,c(k)} exp(s_ik - lse_{i,c(k)}) = E_ik a_{i,c(k)} exp(m - lse_{i,c(k)})`,
+so `W = G + G^T` is `E` times the rank-2C matrix `[A, onehot] [onehot, A]^T`
+(`A = a * exp(m - lse)`): symmetric, and free of any further exp. Blocked, a symmetric
+product computes only the blocks on and above the diagonal (each block `(I, J)` also gives
+`(J, I)`): half the logits and exps of a row-blocked pass, the flash-attention idea with
+the transpose for free. A class whose sum underflows under the shared shift (logits
+spanning more than ~46) is redone exactly, row block by row block.
+
+Memory: the dense pass holds `[R, R]`; with `chunk_size=c` blocks of c x c are computed
+and recomputed in the backward pass (memory O(R * (c + C + D))); the CPU default keeps the
+exps of its blocks for the backward pass up to `KEEP_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from himl.distances import dot_similarity
 from himl.losses.reductions import MASKED_LOGIT  # stands in for -inf: exp() of it is 0
@@ -56,32 +64,6 @@ def _exact_lse(s, valid, col_class, num_classes):
     totals = jnp.stack([jnp.sum(jnp.where(m, exps, 0.0), axis=1) for m in in_class], axis=1)
     positive = totals > 0
     return jnp.where(positive, maxima + jnp.log(jnp.where(positive, totals, 1.0)), MASKED_LOGIT)
-
-
-def _block_lse(s, rows, bound, col_onehot):
-    """`[c, C]` class log-sum-exps of the logit rows `s` `[c, R]` of anchors `rows`.
-
-    Fast path: one shift per row, `bound[i] >= max_k s_ik` (Cauchy-Schwarz), one `exp` per
-    entry, class sums as a product with the one-hot column classes. A class whose sum falls
-    below 1e-20 (only possible when logits span more than ~46, i.e. cosine logits with
-    temperature < 0.043) would lose precision, so the block is then redone exactly.
-    """
-    r, num_classes = col_onehot.shape
-    valid = _valid(rows, r)
-    exps = jnp.where(valid, jnp.exp(jnp.minimum(s - bound[:, None], 0.0)), 0.0)
-    totals = jnp.dot(exps, col_onehot, preferred_element_type=jnp.float32)
-    # Entries per class without a pass: all columns of the class minus the anchor itself.
-    own = col_onehot[jnp.minimum(rows, r - 1)] * (rows < r)[:, None]
-    counts = jnp.sum(col_onehot, axis=0)[None, :] - own
-    counts = jnp.where((rows < r)[:, None], counts, 0.0)
-    fast = jnp.where(
-        counts > 0, bound[:, None] + jnp.log(jnp.where(counts > 0, totals, 1.0)), MASKED_LOGIT
-    )
-    underflow = jnp.any((counts > 0) & (totals < 1e-20))
-    col_class = jnp.argmax(col_onehot, axis=1)
-    return jax.lax.cond(
-        underflow, lambda: _exact_lse(s, valid, col_class, num_classes), lambda: fast
-    )
 
 
 def _block_grad(s, rows, z, col_class, lse_i, lse_t, a_i, a_t):
@@ -122,8 +104,9 @@ def class_logsumexp(z, col_class, num_classes, chunk_size=None):
       z: `[R, D]` float32 (e.g. normalised embeddings divided by `sqrt(temperature)`).
       col_class: `[R]` int32 in `0 .. num_classes-1`, the class of each column.
       num_classes: static C.
-      chunk_size: rows per block (memory O(R * chunk_size)), or None: 256-row blocks on
-        the CPU, all rows at once (`[R, R]` memory) on accelerators.
+      chunk_size: rows per block (memory O(R * chunk_size), exps recomputed in the
+        backward pass), or None: 256-row blocks on the CPU (exps kept up to `KEEP_ROWS`
+        rows), all rows at once (`[R, R]` memory) on accelerators.
 
     Returns:
       `[R, C]` float32, `lse[i, c] = log sum_{k != i, col_class[k] = c} exp(s_ik)`, and
@@ -132,9 +115,9 @@ def class_logsumexp(z, col_class, num_classes, chunk_size=None):
     return _fwd(z, col_class, num_classes, chunk_size)[0]
 
 
-# Rows per block when the caller gives no chunk_size, on the CPU: blocks of `[256, R]` stay
-# in cache and are faster than one `[R, R]` pass (measured 1.5-1.7x at R = 1,024 - 8,192 on
-# two cores, experiments/bench_hierarchical.py). Accelerators run the dense pass.
+# Rows per block when the caller gives no chunk_size, on the CPU: 256 x 256 blocks stay in
+# cache and the symmetric blocked pass does half the work of one `[R, R]` pass (512 and
+# 1,024 measured no faster at R = 2,048 - 8,192, one thread). Accelerators run the dense pass.
 CPU_BLOCK_ROWS = 256
 
 
@@ -145,35 +128,134 @@ def block_rows(chunk_size: int | None, r: int) -> int | None:
     return None if chunk_size is None or chunk_size >= r else chunk_size
 
 
+# Without a chunk_size, the exps E of the forward pass are kept for the backward pass up
+# to this many rows (half of `[R, R]` float32 on the CPU: 128 MiB), saving a third of the
+# matrix products; a given chunk_size always recomputes them (memory O(R * chunk_size)).
+KEEP_ROWS = 8192
+
+# A class whose exp-sum under the shared shift falls below this (logits spanning more than
+# ~46: cosine logits at temperature < 0.043) would lose precision: the exact path redoes it.
+UNDERFLOW = 1e-20
+
+
+def _symmetric_product(z, shift, values, factors=None, chunk_size=None, exps=None, keep=False):
+    """`(W @ values, E)`: `[R, W]` for the symmetric `W_ik = E_ik * (L_i . R_k)`, `E_ik =
+    exp(z_i . z_k - shift)` off the diagonal and 0 on it (`factors = (L, R)`, or none: 1).
+
+    `L_i . R_k` must equal `L_k . R_i`, so block `(I, J)` of W also gives block `(J, I)`:
+    with `chunk_size=c` only the blocks on and above the diagonal are computed, each once
+    (half the products and exps of a row-blocked pass, memory O(c^2 + R * W)). `exps`: E
+    as an earlier call returned it with `keep=True` (dense `[R, R]`, or the diagonal
+    blocks `[R/c, c, c]` and those above it `[P, c, c]`), so no logit is recomputed;
+    otherwise the returned E is None.
+    """
+    r = z.shape[0]
+    if chunk_size is None:
+        if exps is None:
+            exps = jnp.exp(dot_similarity(z, z) - shift)
+            exps = jnp.where(jnp.eye(r, dtype=bool), 0.0, exps)
+        w = exps
+        if factors is not None:
+            w = w * jnp.dot(factors[0], factors[1].T, preferred_element_type=jnp.float32)
+        return jnp.dot(w, values, preferred_element_type=jnp.float32), exps if keep else None
+    blocks = -(-r // chunk_size)
+
+    def by_block(v):  # zero padding rows: zero values and factors, so they add nothing
+        v = jnp.pad(v, [(0, blocks * chunk_size - r), (0, 0)])
+        return v.reshape(blocks, chunk_size, v.shape[1])
+
+    zb, vb = by_block(z), by_block(values)
+    # Transposed blocks: `a @ bT` and `vT @ w` run as plain products (XLA's CPU product
+    # with a transposed operand measured 1.5-2x slower at these sizes).
+    z_t, v_t = jnp.swapaxes(zb, 1, 2), jnp.swapaxes(vb, 1, 2)
+    fb = None if factors is None else tuple(by_block(f) for f in factors)
+    diag_exps, pair_exps = (None, None) if exps is None else exps
+
+    def weights(e, i, j):
+        if fb is None:
+            return e
+        return e * jnp.einsum("...im,...km->...ik", fb[0][i], fb[1][j])
+
+    # Diagonal blocks all at once (memory O(R * c)), the anchor itself left out.
+    if diag_exps is None:
+        diag_exps = jnp.exp(jnp.matmul(zb, z_t, preferred_element_type=jnp.float32) - shift)
+        diag_exps = jnp.where(jnp.eye(chunk_size, dtype=bool), 0.0, diag_exps)
+    every = jnp.arange(blocks)
+    out = jnp.matmul(weights(diag_exps, every, every), vb, preferred_element_type=jnp.float32)
+    out_t = jnp.zeros_like(v_t)  # the blocks below the diagonal, transposed
+
+    def pair(outs, pair_args):  # block (I, J), I < J, and its transpose (J, I)
+        (out, out_t), (i, j, e) = outs, pair_args
+        if e is None:
+            e = jnp.exp(jnp.dot(zb[i], z_t[j], preferred_element_type=jnp.float32) - shift)
+        w = weights(e, i, j)
+        out = out.at[i].add(jnp.dot(w, vb[j], preferred_element_type=jnp.float32))
+        out_t = out_t.at[j].add(jnp.dot(v_t[i], w, preferred_element_type=jnp.float32))
+        return (out, out_t), e if keep else None
+
+    upper = tuple(jnp.asarray(u, jnp.int32) for u in np.triu_indices(blocks, 1))
+    if blocks > 1:
+        (out, out_t), pair_exps = jax.lax.scan(pair, (out, out_t), (*upper, pair_exps))
+        out = out + jnp.swapaxes(out_t, 1, 2)
+    kept = (diag_exps, pair_exps) if keep else None
+    return out.reshape(blocks * chunk_size, -1)[:r], kept
+
+
+def _exact_rows(fn, z, chunk_size, *row_args):
+    """`fn(logit rows, rows, *row_args)` over the rows of `z z^T`, `chunk_size` at a time."""
+
+    def block(rows, zi, *args):
+        return fn(dot_similarity(zi, z), rows, *args)
+
+    return map_rows(block, z.shape[0], chunk_size, z, *row_args)
+
+
 def _fwd(z, col_class, num_classes, chunk_size):
+    """Fast path: one shift for every logit, `max_k |z_k|^2 >= s_ik` (Cauchy-Schwarz; the
+    row's own bound when rows share a norm, as the normalised embeddings of the losses do),
+    one `exp` per pair, class sums as a product with the one-hot column classes."""
     r, col_class = z.shape[0], jnp.asarray(col_class, jnp.int32)
-    norms = jnp.sqrt(jnp.sum(z * z, axis=1))
-    bound = norms * jnp.max(norms)
     onehot = jax.nn.one_hot(col_class, num_classes, dtype=jnp.float32)
-    chunk_size = block_rows(chunk_size, r)
-    if chunk_size is None:  # keep the logits for the backward pass: one product fewer
-        s = dot_similarity(z, z)
-        lse = _block_lse(s, jnp.arange(r), bound, onehot)
-        return lse, (z, col_class, s, lse)
+    shift = jnp.max(jnp.sum(z * z, axis=1))
+    given, chunk_size = chunk_size, block_rows(chunk_size, r)
+    keep = chunk_size is None or (given is None and r <= KEEP_ROWS)  # else: recomputed
+    totals, exps = _symmetric_product(z, shift, onehot, chunk_size=chunk_size, keep=keep)
+    counts = jnp.sum(onehot, axis=0)[None, :] - onehot  # entries per class, anchor excluded
+    underflow = jnp.any((counts > 0) & (totals < UNDERFLOW))
+    fast = jnp.where(counts > 0, shift + jnp.log(jnp.where(counts > 0, totals, 1.0)), MASKED_LOGIT)
 
-    def block(rows, zi, bound_i):
-        return _block_lse(dot_similarity(zi, z), rows, bound_i, onehot)
+    def exact():
+        def rows_lse(s, rows):
+            return _exact_lse(s, _valid(rows, r), col_class, num_classes)
 
-    lse = map_rows(block, r, chunk_size, z, bound)
-    return lse, (z, col_class, None, lse)
+        return _exact_rows(rows_lse, z, chunk_size)
+
+    lse = jax.lax.cond(underflow, exact, lambda: fast)
+    return lse, (z, col_class, exps, lse, shift, underflow)
 
 
 def _bwd(num_classes, chunk_size, res, a):
-    z, col_class, s, lse = res
-    lse_t, a_t = lse.T, a.T
+    """`dL/dz = W z`, `W = G + G^T`, `G_ik = a_{i,c(k)} exp(s_ik - lse_{i,c(k)})`. On the fast
+    path `exp(s_ik - lse_ic) = E_ik * exp(shift - lse_ic)`, so `W_ik = E_ik (A_{i,c(k)} +
+    A_{k,c(i)})` with `A = a * exp(shift - lse)`: `L_i . R_k` with `L = [A, onehot]`,
+    `R = [onehot, A]`, symmetric, and no exp beyond E's."""
+    z, col_class, exps, lse, shift, underflow = res
+    r = z.shape[0]
+    chunk_size = block_rows(chunk_size, r)
 
-    def block(rows, zi, lse_i, a_i, s_i=None):
-        s_i = dot_similarity(zi, z) if s_i is None else s_i
-        return _block_grad(s_i, rows, z, col_class, lse_i, lse_t, a_i, a_t)
+    def fast():
+        onehot = jax.nn.one_hot(col_class, num_classes, dtype=jnp.float32)
+        coef = jnp.where(lse > MASKED_LOGIT, a * jnp.exp(shift - lse), 0.0)
+        factors = (jnp.concatenate([coef, onehot], 1), jnp.concatenate([onehot, coef], 1))
+        return _symmetric_product(z, shift, z, factors, chunk_size, exps)[0]
 
-    if s is not None:
-        return block(jnp.arange(z.shape[0]), z, lse, a, s), None
-    return map_rows(block, z.shape[0], block_rows(chunk_size, z.shape[0]), z, lse, a), None
+    def exact():
+        def rows_grad(s, rows, lse_i, a_i):
+            return _block_grad(s, rows, z, col_class, lse_i, lse.T, a_i, a.T)
+
+        return _exact_rows(rows_grad, z, chunk_size, lse, a)
+
+    return jax.lax.cond(underflow, exact, fast), None
 
 
 class_logsumexp.defvjp(_fwd, _bwd)

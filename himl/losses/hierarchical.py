@@ -26,9 +26,10 @@ differentiate, and give the same value for a batch sharded over devices.
 Cost: one sort of the label rows gives every level's groups and the level up to which the
 official reduction keeps each row. The only `[R, R]` work (R = N * V rows) is one pass over
 the logits: a log-sum-exp per *depth class* (rows kept up to level l), from which every
-level's denominator follows (`himl.losses.class_lse`, with a transpose-free backward pass);
-sums over positives are `x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped
-pass. `chunk_size=c` computes c rows at a time and recomputes them in the backward pass.
+level's denominator follows (`himl.losses.class_lse`: the symmetric half of the logits,
+one exp per pair, and a backward pass with no further exp); sums over positives are
+`x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped pass. `chunk_size=c`
+computes c x c blocks at a time and recomputes them in the backward pass.
 
 The three losses share their arguments, results and modes:
 
@@ -47,8 +48,8 @@ The three losses share their arguments, results and modes:
       chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
         pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
         value and gradient. None: 256-row blocks on the CPU (faster than one `[R, R]` pass
-        there; recomputed in the backward pass, which measured as fast as keeping them),
-        the dense `[R, R]` pass on accelerators.
+        there; their exps kept for the backward pass up to R = 8,192, a third fewer
+        products), the dense `[R, R]` pass on accelerators.
 
     Returns:
       Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
