@@ -54,11 +54,13 @@ def test_empty_class_is_masked_and_has_finite_gradient():
 
 @pytest.mark.parametrize("keep_rows", [8192, 100])  # 100: above it the exps are recomputed
 def test_default_blocks_past_the_block_size(monkeypatch, keep_rows):
-    """More rows than one default CPU block (256): the symmetric pass over block pairs, the
-    last block padded, with the forward exps kept for the backward pass or recomputed."""
+    """More rows than one default CPU block (3 blocks of 128 here): the symmetric pass over
+    block pairs, the last block padded, with the forward exps kept for the backward pass or
+    recomputed."""
     import himl.losses.class_lse as class_lse
 
     monkeypatch.setattr(class_lse, "KEEP_ROWS", keep_rows)
+    monkeypatch.setattr(class_lse, "CPU_BLOCK_ROWS", 128)
     rng = np.random.default_rng(2)
     z = rng.normal(size=(300, 8)).astype(np.float32)
     z = 3.0 * z / np.linalg.norm(z, axis=1, keepdims=True)

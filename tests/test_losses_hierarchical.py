@@ -346,10 +346,14 @@ def test_chunked_memory_is_linear_in_batch():
 
 
 def test_default_blocks_equal_one_dense_pass():
-    """R = 300 > 256: chunk_size=None runs 256-row blocks on the CPU; c >= R is one pass."""
-    x, y = random_batch(np.random.default_rng(13), n=150, views=2, dim=8, num_coarse=3)
+    """R = CPU_BLOCK_ROWS + 44: chunk_size=None runs blocks on the CPU (the last one padded,
+    the exps kept for the backward pass); c >= R is one dense pass."""
+    from himl.losses.class_lse import CPU_BLOCK_ROWS
+
+    n = CPU_BLOCK_ROWS // 2 + 22
+    x, y = random_batch(np.random.default_rng(13), n=n, views=2, dim=8, num_coarse=3)
     for mode in ("reference", "paper"):
-        fns = [functools.partial(himulcone, mode=mode, chunk_size=c) for c in (None, 1000)]
+        fns = [functools.partial(himulcone, mode=mode, chunk_size=c) for c in (None, 4 * n)]
         (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(f))(x, y) for f in fns)
         np.testing.assert_allclose(v0, v1, rtol=1e-6)
         np.testing.assert_allclose(g0, g1, rtol=1e-4, atol=1e-7)
