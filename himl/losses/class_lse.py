@@ -130,7 +130,7 @@ def block_rows(chunk_size: int | None, r: int) -> int | None:
 
 
 # Without a chunk_size, the exps E of the forward pass are kept for the backward pass up
-# to this many rows (half of `[R, R]` float32 on the CPU: 128 MiB), saving a third of the
+# to this many rows (half of `[R, R]` float32 on the CPU: 128 MiB), saving a quarter of the
 # matrix products; a given chunk_size always recomputes them (memory O(R * chunk_size)).
 KEEP_ROWS = 8192
 
