@@ -8,7 +8,8 @@ factor per doubling of N is printed (an O(N^2) loss should approach 4).
 
 With `--official PATH` (a checkout of salesforce/hierarchicalContrastiveLearning; needs
 torch) the official `HMLC` loss is timed in the same process on the same inputs, forward
-+ backward, after checking that both give the same value (reference mode only).
++ backward, its calls alternating with himl's (so a slow spell of a shared machine slows
+both alike), and both values are recorded (reference mode only: they agree to ~1e-7).
 
 `--products` also times the `[R, D] x [D, R]` logit product alone (R = N * V), in JAX as
 the loss computes it (`class_lse.map_rows`, the default CPU blocks) and in torch (one
@@ -102,20 +103,35 @@ def call_times(fn, repeats, budget_s):
     The minimum is kept too: on a shared machine it is the call least disturbed by other
     processes (torch's thread barriers suffer more from that than XLA's thread pool).
     """
-    fn()  # warm-up
+    (timing,) = alternating_call_times([fn], repeats, budget_s)
+    return timing
+
+
+def alternating_call_times(fns, repeats, budget_s):
+    """`[(median s, min s, calls)]` per function, the calls alternating between them (one
+    of each per round), so that a slow spell of a shared machine hits all of them alike:
+    the ratio of their medians is then far steadier than that of separate runs."""
+    rounds = []
+    for fn in fns:
+        fn()  # warm-up
     first = time.perf_counter()
-    fn()
+    for fn in fns:
+        fn()
     first = time.perf_counter() - first
     calls = repeats if first * repeats <= budget_s else max(3, int(budget_s / max(first, 1e-9)))
-    times = []
     for _ in range(calls):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return float(np.median(times)), min(times), calls
+        times = []
+        for fn in fns:
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+        rounds.append(times)
+    rounds = np.asarray(rounds)
+    return [(float(np.median(t)), float(t.min()), calls) for t in rounds.T]
 
 
-def time_official(hmlc_cls, loss, x, y, temperature, repeats, budget_s):
+def official_step(hmlc_cls, loss, x, y, temperature):
+    """`step()`: one forward + backward of the official HMLC on `x`, `y`; returns the value."""
     import torch
     import torch.nn.functional as F
 
@@ -131,8 +147,7 @@ def time_official(hmlc_cls, loss, x, y, temperature, repeats, budget_s):
         value.backward()
         return float(value.detach())
 
-    value = step()
-    return (value, *call_times(step, repeats, budget_s))
+    return step
 
 
 def time_products(x, repeats, budget_s, with_torch):
@@ -173,14 +188,15 @@ def bench(args, size, official):
     compiled = step.lower(xj, yj).compile()
     row = {"N": size, "rows": size * args.views, "compile_s": time.perf_counter() - t0}
     value = float(jax.block_until_ready(compiled(xj, yj))[0])
-    seconds, fastest, calls = call_times(
-        lambda: jax.block_until_ready(compiled(xj, yj)), args.repeats, args.budget_s
-    )
+    fns = [lambda: jax.block_until_ready(compiled(xj, yj))]
+    if official is not None:  # timed in alternation with himl (`alternating_call_times`)
+        fns.append(official_step(official, args.loss, x, y, args.temperature))
+    timings = alternating_call_times(fns, args.repeats, args.budget_s)
+    seconds, fastest, calls = timings[0]
     row.update(himl_ms=seconds * 1e3, himl_min_ms=fastest * 1e3, himl_calls=calls, value=value)
     if official is not None:
-        ref, ref_s, ref_fastest, ref_calls = time_official(
-            official, args.loss, x, y, args.temperature, args.repeats, args.budget_s
-        )
+        ref = fns[1]()
+        ref_s, ref_fastest, ref_calls = timings[1]
         row.update(official_value=ref, official_ms=ref_s * 1e3, official_calls=ref_calls)
         row["official_min_ms"] = ref_fastest * 1e3
         row["rel_diff"] = abs(value - ref) / max(abs(ref), 1e-30)
