@@ -43,11 +43,14 @@ import sys
 import time
 from pathlib import Path
 
-# XLA reads its thread settings when its CPU backend starts: `--single-thread` must be
-# applied before jax is imported.
-SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# XLA sizes its CPU thread pool from the CPUs this process may run on when its backend
+# starts, so `--single-thread` pins the process to one CPU before jax is imported (the
+# Eigen flag alone leaves XLA's own pool on every core: its calls then took ~20% more CPU
+# time, and 3x more at N = 32, in thread hand-offs).
+SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 if "--single-thread" in sys.argv:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_FLAGS}".strip()
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -108,27 +111,43 @@ def call_times(fn, repeats, budget_s):
     return timing
 
 
+# A call shorter than this is timed in a burst of back-to-back calls after an untimed one
+# (its mean is one sample): alone, the first call after the other code's runs with cold
+# caches, and at N = 32 took 3x longer than in a loop (0.5 vs 0.15 ms for himl).
+BURST_S = 0.005
+
+
 def alternating_call_times(fns, repeats, budget_s):
-    """`[(median s, min s, calls)]` per function, the calls alternating between them (one
-    of each per round), so that a slow spell of a shared machine hits all of them alike:
-    the ratio of their medians is then far steadier than that of separate runs."""
-    rounds = []
+    """`[(median s, min s, rounds)]` per function, the calls alternating between them (one
+    burst of each per round), so that a slow spell of a shared machine hits all of them
+    alike: the ratio of their medians is then far steadier than that of separate runs.
+
+    Each function's sample per round is its mean over a burst of `~BURST_S` of calls after
+    an untimed one (calls of `BURST_S` or longer: one timed call), the steady state that a
+    loop of calls sees, for both codes alike.
+    """
+    firsts = []
     for fn in fns:
         fn()  # warm-up
-    first = time.perf_counter()
-    for fn in fns:
+        t0 = time.perf_counter()
         fn()
-    first = time.perf_counter() - first
-    calls = repeats if first * repeats <= budget_s else max(3, int(budget_s / max(first, 1e-9)))
-    for _ in range(calls):
+        firsts.append(time.perf_counter() - t0)
+    bursts = [max(1, int(BURST_S / max(first, 1e-9))) for first in firsts]
+    per_round = sum(f * (b + (b > 1)) for f, b in zip(firsts, bursts))
+    rounds = repeats if per_round * repeats <= budget_s else max(3, int(budget_s / per_round))
+    samples = []
+    for _ in range(rounds):
         times = []
-        for fn in fns:
+        for fn, burst in zip(fns, bursts):
+            if burst > 1:
+                fn()
             t0 = clock()
-            fn()
-            times.append(clock() - t0)
-        rounds.append(times)
-    rounds = np.asarray(rounds)
-    return [(float(np.median(t)), float(t.min()), calls) for t in rounds.T]
+            for _ in range(burst):
+                fn()
+            times.append((clock() - t0) / burst)
+        samples.append(times)
+    samples = np.asarray(samples)
+    return [(float(np.median(t)), float(t.min()), rounds) for t in samples.T]
 
 
 def official_step(hmlc_cls, loss, x, y, temperature):

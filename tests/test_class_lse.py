@@ -52,18 +52,23 @@ def test_empty_class_is_masked_and_has_finite_gradient():
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-@pytest.mark.parametrize("keep_rows", [8192, 100])  # 100: above it the exps are recomputed
-def test_default_blocks_past_the_block_size(monkeypatch, keep_rows):
-    """More rows than one default CPU block (3 blocks of 128 here): the symmetric pass over
-    block pairs, the last block padded, with the forward exps kept for the backward pass or
-    recomputed."""
+@pytest.mark.parametrize(
+    "keep_rows, scale",
+    [(8192, 3.0), (100, 3.0), (8192, 12.0)],  # 100: exps recomputed; 12: exact fallback
+)
+def test_default_blocks_past_the_block_size(monkeypatch, keep_rows, scale):
+    """More rows than one default CPU block (3 blocks of 104 here, for 128 at most): the
+    symmetric pass over block pairs, the last block padded, with the forward exps kept for
+    the backward pass or recomputed; at scale 12 the exact path, in 8 row blocks of 40."""
     import himl.losses.class_lse as class_lse
 
     monkeypatch.setattr(class_lse, "KEEP_ROWS", keep_rows)
     monkeypatch.setattr(class_lse, "CPU_BLOCK_ROWS", 128)
+    monkeypatch.setattr(class_lse, "EXACT_BLOCK_LOGITS", 300 * 40)
+    monkeypatch.setattr(class_lse, "EXACT_MIN_ROWS", 16)
     rng = np.random.default_rng(2)
     z = rng.normal(size=(300, 8)).astype(np.float32)
-    z = 3.0 * z / np.linalg.norm(z, axis=1, keepdims=True)
+    z = scale * z / np.linalg.norm(z, axis=1, keepdims=True)
     col_class = rng.integers(0, 3, size=300).astype(np.int32)
     weights = jnp.asarray(rng.normal(size=(300, 3)).astype(np.float32))
     value, grad = jax.value_and_grad(
@@ -72,4 +77,18 @@ def test_default_blocks_past_the_block_size(monkeypatch, keep_rows):
     want = np.sum(np.asarray(weights) * ref_class_logsumexp(z, col_class, 3))
     np.testing.assert_allclose(value, want, rtol=1e-5)
     naive_grad = jax.grad(lambda z: jnp.sum(weights * naive(z, jnp.asarray(col_class), 3)))(z)
-    np.testing.assert_allclose(grad, naive_grad, rtol=1e-4, atol=1e-5)
+    # Gradients grow as scale^2 (entries up to ~74 at scale 12), float32 rounding with them.
+    np.testing.assert_allclose(grad, naive_grad, rtol=1e-4, atol=2e-6 * scale**2)
+
+
+@pytest.mark.parametrize("r", [513, 640, 1030, 1536, 4099, 65_536])
+def test_default_blocks_are_balanced(r):
+    """The default CPU blocks split the rows evenly: at most 8 padding rows per block, no
+    block above `CPU_BLOCK_ROWS`, and a given chunk_size is kept as it is."""
+    from himl.losses.class_lse import CPU_BLOCK_ROWS, block_rows
+
+    rows = block_rows(None, r)
+    blocks = -(-r // rows)
+    assert rows <= CPU_BLOCK_ROWS and rows % 8 == 0
+    assert blocks == -(-r // CPU_BLOCK_ROWS) and blocks * rows - r < 8 * blocks
+    assert block_rows(500, r) == 500 and block_rows(None, CPU_BLOCK_ROWS) is None
