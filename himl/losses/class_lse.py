@@ -183,27 +183,32 @@ def _symmetric_product(z, shift, values, factors=None, chunk_size=None, exps=Non
             return e
         return e * jnp.einsum("...im,...km->...ik", fb[0][i], fb[1][j])
 
-    # Diagonal blocks all at once (memory O(R * c)), the anchor itself left out.
-    if diag_exps is None:
-        diag_exps = jnp.exp(jnp.matmul(zb, z_t, preferred_element_type=jnp.float32) - shift)
-        diag_exps = jnp.where(jnp.eye(chunk_size, dtype=bool), 0.0, diag_exps)
-    every = jnp.arange(blocks)
-    out = jnp.matmul(weights(diag_exps, every, every), vb, preferred_element_type=jnp.float32)
-    out_t = jnp.zeros_like(v_t)  # the blocks below the diagonal, transposed
+    eye = jnp.eye(chunk_size, dtype=bool)
 
-    def pair(outs, pair_args):  # block (I, J), I < J, and its transpose (J, I)
-        (out, out_t), (i, j, e) = outs, pair_args
+    def block(outs, block_args, diagonal):  # block (I, J), I <= J, and if I < J (J, I) too
+        (out, out_t), (i, j, e) = outs, block_args
         if e is None:
             e = jnp.exp(jnp.dot(zb[i], z_t[j], preferred_element_type=jnp.float32) - shift)
+            if diagonal:  # the anchor itself left out
+                e = jnp.where(eye, 0.0, e)
         w = weights(e, i, j)
         out = out.at[i].add(jnp.dot(w, vb[j], preferred_element_type=jnp.float32))
-        out_t = out_t.at[j].add(jnp.dot(v_t[i], w, preferred_element_type=jnp.float32))
+        if not diagonal:
+            out_t = out_t.at[j].add(jnp.dot(v_t[i], w, preferred_element_type=jnp.float32))
         return (out, out_t), e if keep else None
 
+    # One block in memory at a time: the diagonal blocks, then the pairs above them.
+    outs = (jnp.zeros_like(vb), jnp.zeros_like(v_t))  # out_t: blocks below, transposed
+    every = jnp.arange(blocks, dtype=jnp.int32)
+    outs, diag_exps = jax.lax.scan(
+        functools.partial(block, diagonal=True), outs, (every, every, diag_exps)
+    )
     upper = tuple(jnp.asarray(u, jnp.int32) for u in np.triu_indices(blocks, 1))
     if blocks > 1:
-        (out, out_t), pair_exps = jax.lax.scan(pair, (out, out_t), (*upper, pair_exps))
-        out = out + jnp.swapaxes(out_t, 1, 2)
+        outs, pair_exps = jax.lax.scan(
+            functools.partial(block, diagonal=False), outs, (*upper, pair_exps)
+        )
+    out = outs[0] + jnp.swapaxes(outs[1], 1, 2)
     kept = (diag_exps, pair_exps) if keep else None
     return out.reshape(blocks * chunk_size, -1)[:r], kept
 
