@@ -17,8 +17,8 @@ the transpose for free. A class whose sum underflows under the shared shift (log
 spanning more than ~46) is redone exactly, row block by row block.
 
 Memory: the dense pass holds `[R, R]`; with `chunk_size=c` blocks of c x c are computed
-and recomputed in the backward pass (memory O(R * (c + C + D))); the CPU default keeps the
-exps of its blocks for the backward pass up to `KEEP_ROWS` rows.
+one at a time and recomputed in the backward pass (memory O(R * (c + C + D))); the CPU
+default keeps the exps of its blocks for the backward pass up to `KEEP_ROWS` rows.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def block_rows(chunk_size: int | None, r: int) -> int | None:
 
     The default splits the rows evenly over `ceil(r / CPU_BLOCK_ROWS)` blocks (rounded up
     to a multiple of 8), so that padding never costs more than a few rows: R = 640 runs
-    two blocks of 320, not two of 512 (3.4x the time of R = 512 that way).
+    two blocks of 320, not two of 512 (its HiMulConE step: 3.3 ms instead of 7.0).
     """
     if chunk_size is None and jax.default_backend() == "cpu" and r > CPU_BLOCK_ROWS:
         per_block = -(-r // -(-r // CPU_BLOCK_ROWS))
