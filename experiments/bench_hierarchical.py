@@ -28,7 +28,15 @@ of its level-1 product; its later levels are 16x and 64x smaller).
 
 On a shared, loaded machine wall-clock ratios swing by 2-10x from run to run (torch's
 thread barriers stall when a core is taken away). `--single-thread --clock cpu` times the
-CPU seconds of both codes on one thread each: their work, nearly independent of the load.
+CPU seconds of both codes on one CPU (the process is pinned to it): their work, nearly
+independent of the load.
+
+Both codes' times depend on the C allocator: glibc maps every allocation above 32 MiB
+afresh, so a step whose workspace is larger pays a page fault per 4 KiB it touches, each
+call (about 2 us apiece on the VM the stored results come from). The official code
+allocates far more, so raising the threshold (`MALLOC_MMAP_THRESHOLD_=4294967296
+MALLOC_TRIM_THRESHOLD_=4294967296` in the environment) speeds it up more than himl and
+lowers the ratio; the JSON records these variables (`meta.malloc_env`).
 """
 
 from __future__ import annotations
@@ -133,12 +141,12 @@ def alternating_call_times(fns, repeats, budget_s):
         fn()
         firsts.append(time.perf_counter() - t0)
     bursts = [max(1, int(BURST_S / max(first, 1e-9))) for first in firsts]
-    per_round = sum(f * (b + (b > 1)) for f, b in zip(firsts, bursts))
+    per_round = sum(f * (b + (b > 1)) for f, b in zip(firsts, bursts, strict=True))
     rounds = repeats if per_round * repeats <= budget_s else max(3, int(budget_s / per_round))
     samples = []
     for _ in range(rounds):
         times = []
-        for fn, burst in zip(fns, bursts):
+        for fn, burst in zip(fns, bursts, strict=True):
             if burst > 1:
                 fn()
             t0 = clock()
@@ -312,6 +320,12 @@ def main(argv=None):
             "load_average_after": os.getloadavg(),
             "args": {k: v for k, v in vars(args).items() if k != "out"},
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),
+            "malloc_env": {
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"
+            },
         }
         if official is not None:
             import torch
