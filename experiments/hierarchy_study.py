@@ -51,8 +51,10 @@ import numpy as np
 RESULTS = Path("experiments/results")
 SPLITS = ("unseen", "seen_test")
 SAMPLERS = ("m_per_class", "hierarchical", "many_classes")
-# One thread per run: small CNNs use a second core poorly, two runs use it fully.
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+# One thread per run: small CNNs use a second core poorly, two runs use it fully. XLA
+# sizes its thread pool from the CPUs a process may run on, so each worker is also pinned
+# to one CPU (`_pin_worker`) before it starts JAX.
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
 # ---------------------------------------------------------------- datasets
@@ -487,6 +489,14 @@ def main():
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
 
 
+def _pin_worker(workers) -> None:
+    """Pool initializer: the k-th worker runs on the k-th allowed CPU (modulo their count)."""
+    with workers.get_lock():
+        index, workers.value = workers.value, workers.value + 1
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+
+
 def study(args, data: dict, out: Path) -> dict:
     if args.jobs > 1:  # before JAX starts, here and in the workers (they inherit it)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
@@ -523,7 +533,9 @@ def study(args, data: dict, out: Path) -> dict:
     if args.jobs > 1:
         import multiprocessing
 
-        pool = multiprocessing.get_context("spawn").Pool(args.jobs)
+        context = multiprocessing.get_context("spawn")
+        workers = context.Value("i", 0)
+        pool = context.Pool(args.jobs, initializer=_pin_worker, initargs=(workers,))
         results = pool.imap(run_cell, jobs)  # in plan order: a cell's seeds finish together
     else:
         pool, results = None, map(run_cell, jobs)

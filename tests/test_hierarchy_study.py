@@ -92,7 +92,7 @@ def test_the_command_runs_a_shortened_study(tmp_path):
     out = tmp_path / "study.json"
     cmd = [sys.executable, "experiments/hierarchy_study.py", "--datasets", "embedded",
            "--objectives", "supcon_fine,himulcone", "--seeds", "0", "--steps", "2",
-           "--jobs", "1", "--out", str(out)]  # fmt: skip
+           "--jobs", "2", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
