@@ -58,7 +58,8 @@ from pathlib import Path
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 if "--single-thread" in sys.argv:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_FLAGS}".strip()
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere XLA may use every core
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -107,9 +108,9 @@ clock = CLOCK["wall"]
 
 
 def call_times(fn, repeats, budget_s):
-    """`(median s, min s, calls)` of `fn()` after one warm-up call.
+    """`(median s, min s, rounds)` of `fn()`: `alternating_call_times` of `fn` alone.
 
-    As `himl.benchmarking.median_time`: fewer calls (>= 3) when `repeats` would exceed
+    As `himl.benchmarking.median_time`: fewer rounds (>= 3) when `repeats` would exceed
     `budget_s`.
 
     The minimum is kept too: on a shared machine it is the call least disturbed by other
@@ -320,7 +321,9 @@ def main(argv=None):
             "load_average_after": os.getloadavg(),
             "args": {k: v for k, v in vars(args).items() if k != "out"},
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "cpu_affinity": sorted(os.sched_getaffinity(0)),
+            "cpu_affinity": sorted(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
             "malloc_env": {
                 k: v
                 for k, v in os.environ.items()

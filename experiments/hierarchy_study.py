@@ -490,7 +490,10 @@ def main():
 
 
 def _pin_worker(workers) -> None:
-    """Pool initializer: the k-th worker runs on the k-th allowed CPU (modulo their count)."""
+    """Pool initializer: the k-th worker runs on the k-th allowed CPU (modulo their count);
+    a no-op where the OS cannot pin (only Linux has `sched_setaffinity`)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
     with workers.get_lock():
         index, workers.value = workers.value, workers.value + 1
     cpus = sorted(os.sched_getaffinity(0))

@@ -105,8 +105,8 @@ def class_logsumexp(z, col_class, num_classes, chunk_size=None):
       col_class: `[R]` int32 in `0 .. num_classes-1`, the class of each column.
       num_classes: static C.
       chunk_size: rows per block (memory O(R * chunk_size), exps recomputed in the
-        backward pass), or None: 512-row blocks on the CPU (exps kept up to `KEEP_ROWS`
-        rows), all rows at once (`[R, R]` memory) on accelerators.
+        backward pass), or None: even blocks of <= 512 rows on the CPU (exps kept up to
+        `KEEP_ROWS` rows), all rows at once (`[R, R]` memory) on accelerators.
 
     Returns:
       `[R, C]` float32, `lse[i, c] = log sum_{k != i, col_class[k] = c} exp(s_ik)`, and

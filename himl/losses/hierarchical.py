@@ -47,9 +47,9 @@ The three losses share their arguments, results and modes:
         equations have no such factor.
       chunk_size: an int c processes c anchor rows at a time, recomputed in the backward
         pass, so memory is O(R * (c + D)) instead of O(R^2) (R = N * V), with the same
-        value and gradient. None: 512-row blocks on the CPU (faster than one `[R, R]` pass
-        there; their exps kept for the backward pass up to R = 8,192, a quarter fewer
-        products), the dense `[R, R]` pass on accelerators.
+        value and gradient. None: even blocks of <= 512 rows on the CPU (faster than one
+        `[R, R]` pass there; their exps kept for the backward pass up to R = 8,192, a
+        quarter fewer products), the dense `[R, R]` pass on accelerators.
 
     Returns:
       Scalar float32 loss. `L = 1` gives 0. An anchor with no positive at some level (only
