@@ -427,22 +427,50 @@ def naive_clamp_sums(z, groups):
     return jnp.stack(sums, axis=1)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 7])
-def test_paper_clamp_gradient_equals_autodiff_of_the_definition(chunk_size):
-    """The row-blocked, rematerialised paper-mode HiConE sums and their gradient against
-    autodiff of the dense definition (the finite-difference test is too coarse for them)."""
+@pytest.mark.parametrize(
+    "chunk_size,n,num_coarse",
+    [(None, 24, 3), (7, 24, 3), (1, 20, 6), (4, 24, 12), (None, 90, 12), (5, 24, 1)],
+)
+def test_paper_clamp_gradient_equals_autodiff_of_the_definition(chunk_size, n, num_coarse):
+    """The band-limited paper-mode HiConE sums and their hand-written gradient against
+    autodiff of the dense definition (the finite-difference test is too coarse for them):
+    rows in a random order, coarsest groups starting and ending inside blocks and spanning
+    several, one group for all (the band is every block), and the default blocks over
+    R = 180 > CLAMP_BLOCK_ROWS (two, the last padded)."""
     from himl.losses.hierarchical import _clamp_sums, _level_groups
 
-    x, y = random_batch(np.random.default_rng(21), n=24, views=2, dim=6, num_coarse=3)
-    z = jnp.asarray(x.reshape(48, 6)) * 2.0
+    x, y = random_batch(np.random.default_rng(21), n=n, views=2, dim=6, num_coarse=num_coarse)
+    r = 2 * n
+    z = jnp.asarray(x.reshape(r, 6)) * 2.0
     groups = jnp.repeat(_level_groups(jnp.asarray(y))[0], 2, axis=1)
-    weights = jnp.asarray(np.random.default_rng(22).normal(size=(48, groups.shape[0])))
+    weights = jnp.asarray(np.random.default_rng(22).normal(size=(r, groups.shape[0])))
     got = _clamp_sums(z, groups, 1.0, chunk_size)
     np.testing.assert_allclose(got, naive_clamp_sums(z, groups), rtol=1e-5, atol=1e-5)
     s = z @ z.T
-    same = (groups[1][:, None] == groups[1][None, :]) & ~jnp.eye(48, dtype=bool)
+    same = (groups[1][:, None] == groups[1][None, :]) & ~jnp.eye(r, dtype=bool)
     unclamped = jnp.sum(jnp.where(same, s, 0.0), axis=1)
     assert np.any(np.asarray(got[:, 1]) < np.asarray(unclamped) - 1e-2)  # the clamp binds
-    grad = jax.grad(lambda z: jnp.sum(weights * _clamp_sums(z, groups, 1.0, chunk_size)))(z)
-    want = jax.grad(lambda z: jnp.sum(weights * naive_clamp_sums(z, groups)))(z)
-    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4)
+    for levels in (groups, groups[:1]):  # and one level alone: no bound, plain sums
+        w = weights[:, : len(levels)]
+        grad = jax.grad(lambda z, g=levels, w=w: jnp.sum(w * _clamp_sums(z, g, 1.0, chunk_size)))
+        want = jax.grad(lambda z, g=levels, w=w: jnp.sum(w * naive_clamp_sums(z, g)))
+        np.testing.assert_allclose(grad(z), want(z), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c", [1, 4, 7])
+def test_clamp_band_is_exactly_the_blocks_sharing_a_coarsest_group(c):
+    """Each row block meets each column block holding a row of one of its coarsest groups
+    once, and no other: the pass is as cheap as the groups allow, and misses no positive."""
+    from himl.losses.hierarchical import _over_band
+
+    coarse = np.sort(np.random.default_rng(31).integers(0, 9, 50))
+    coarse[:12] = 0  # one group over several blocks
+    blocks = -(-50 // c)
+    visits = _over_band(
+        lambda i, j, v: v.at[i, j].add(1), jnp.zeros((blocks, blocks), jnp.int32),
+        jnp.asarray(coarse), c,
+    )  # fmt: skip
+    members = [set(coarse[b * c : (b + 1) * c]) for b in range(blocks)]
+    want = [[int(bool(members[i] & members[j])) for j in range(blocks)] for i in range(blocks)]
+    np.testing.assert_array_equal(visits, want)
+    assert c == 1 or np.sum(want) < blocks * blocks  # some blocks are skipped

@@ -28,8 +28,9 @@ official reduction keeps each row. The only `[R, R]` work (R = N * V rows) is on
 the logits: a log-sum-exp per *depth class* (rows kept up to level l), from which every
 level's denominator follows (`himl.losses.class_lse`: the symmetric half of the logits,
 one exp per pair, and a backward pass with no further exp); sums over positives are
-`x_i . (group sum)`, O(R * D). Paper-mode HiConE adds one clamped pass. `chunk_size=c`
-computes c x c blocks at a time and recomputes them in the backward pass.
+`x_i . (group sum)`, O(R * D). Paper-mode HiConE adds a clamped pass over the pairs that
+share a coarsest group only (`_clamp_sums`). `chunk_size=c` computes c x c blocks at a
+time and recomputes them in the backward pass.
 
 The three losses share their arguments, results and modes:
 
@@ -76,19 +77,21 @@ The three losses share their arguments, results and modes:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from himl.distances import dot_similarity, l2_normalize
+from himl.distances import l2_normalize
 from himl.losses.checks import (
     check_choice,
     check_chunk_size,
     check_embeddings_and_labels,
     check_positive,
 )
-from himl.losses.class_lse import block_rows, class_logsumexp, map_rows
+from himl.losses.class_lse import class_logsumexp
 from himl.losses.reductions import MASKED_LOGIT
 
 MODES = ("reference", "paper")
@@ -143,30 +146,152 @@ def _level_groups(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.stack(groups), depth
 
 
+# Rows per block of paper-mode HiConE's clamped pass when the caller gives no chunk_size.
+# A row's positives all share its coarsest group, a band along the diagonal once the rows
+# are sorted by group, and only the blocks meeting that band are computed: small blocks
+# follow the band closely.
+CLAMP_BLOCK_ROWS = 128
+_NO_BOUND = -MASKED_LOGIT  # stands in for +inf: min(s, it) is s
+
+
 def _clamp_sums(x, groups, temperature, chunk_size):
     """Paper-mode HiConE sums `[R, L-1]`: `sum_{p in P_l(i)} min(s_ip, min_{q in P_{l-1}(i)} s_iq)`.
 
-    `P_l(i)` are the rows sharing i's group at level l (i excluded); level 1 has no finer
-    level, so its sum is the plain `sum_p s_ip`. Row-blocked like the log-sum-exp, each
-    block rematerialised in the backward pass.
+    `P_l(i)` are the rows sharing i's group at level l (i excluded), `s = x x^T / t`;
+    level 1 has no finer level, so its sum is the plain `sum_p s_ip`. The rows are sorted
+    by group (the ids of `_level_groups` follow the lexicographic order of the label rows,
+    so sorted by the finest id every level's groups are contiguous) and only the blocks of
+    rows and columns that share a coarsest group are computed: O(R * D) plus the pairs
+    within coarsest groups, instead of O(R^2 * D). Memory O(c^2 + R * (D + L)), c the
+    block size (`chunk_size`, or `CLAMP_BLOCK_ROWS`).
     """
-    r = x.shape[0]
+    r, c = x.shape[0], min(chunk_size or CLAMP_BLOCK_ROWS, x.shape[0])
+    z = x * jax.lax.rsqrt(jnp.asarray(temperature, jnp.float32))
+    if c == r:  # one block: the order does not matter
+        return _band_clamp_sums(z, groups, c)
+    order = jnp.argsort(groups[0], stable=True)
+    sums = _band_clamp_sums(z[order], groups[:, order], c)
+    return jnp.zeros_like(sums).at[order].set(sums)
 
-    @jax.checkpoint
-    def block(rows, xi, row_groups):
-        logits = dot_similarity(xi, x) / temperature
-        pos_base = rows[:, None] != jnp.arange(r)[None, :]
-        finer_min = jnp.full((xi.shape[0],), -MASKED_LOGIT, jnp.float32)
-        sums = []
-        for level in range(groups.shape[0]):
-            pos = pos_base & (row_groups[:, level][:, None] == groups[level][None, :])
-            clamped = jnp.minimum(logits, finer_min[:, None])
-            sums.append(jnp.sum(jnp.where(pos, clamped, 0.0), axis=1))
-            level_min = jnp.min(jnp.where(pos, logits, -MASKED_LOGIT), axis=1)
-            finer_min = jnp.minimum(finer_min, level_min)
-        return jnp.stack(sums, axis=1)
 
-    return map_rows(block, r, block_rows(chunk_size, r), x, groups.T)
+def _by_block(v, c, fill=0):
+    """`[R, ...]` -> `[ceil(R / c), c, ...]`, the last block padded with `fill`."""
+    blocks = -(-v.shape[0] // c)
+    pad = [(0, blocks * c - v.shape[0])] + [(0, 0)] * (v.ndim - 1)
+    return jnp.pad(v, pad, constant_values=fill).reshape(blocks, c, *v.shape[1:])
+
+
+def _over_band(fn, carry, coarse, c):
+    """`carry = fn(i, j, carry)` for each row block i and each column block j holding a row
+    of a coarsest group of block i's rows (`coarse` `[R]` sorted): a band of blocks along
+    the diagonal, walked with dynamic bounds (a while loop, so never differentiated)."""
+    r = coarse.shape[0]
+    if r <= c:  # one block: no loop
+        return fn(0, 0, carry)
+    starts = np.arange(0, r, c)
+    ends = np.minimum(starts + c, r) - 1
+    first = jnp.searchsorted(coarse, coarse[starts], side="left") // c
+    last = (jnp.searchsorted(coarse, coarse[ends], side="right") - 1) // c
+
+    def row_block(i, carry):
+        def step(state):
+            j, carry = state
+            return j + 1, fn(i, j, carry)
+
+        return jax.lax.while_loop(lambda s: s[0] <= last[i], step, (first[i], carry))[1]
+
+    return jax.lax.fori_loop(0, len(starts), row_block, carry)
+
+
+def _band_blocks(z, groups, c):
+    """`block(i, j) -> (s, pos)`: logits `[c, c]` of row block i against column block j and
+    the positives per level, `pos[l]` `[c, c]` bool (padding rows match no real row)."""
+    zb, gb = _by_block(z, c), _by_block(groups.T, c, fill=-1)
+    z_t = jnp.swapaxes(zb, 1, 2)  # a plain product runs faster than one with `b.T` on CPU
+    ids = jnp.arange(zb.shape[0] * c).reshape(zb.shape[:2])
+
+    def block(i, j):
+        s = jnp.dot(zb[i], z_t[j], preferred_element_type=jnp.float32)
+        others = ids[i][:, None] != ids[j][None, :]
+        return s, [others & (gb[i][:, k, None] == gb[j][None, :, k]) for k in range(len(groups))]
+
+    return block, zb
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _band_clamp_sums(z, groups, c):
+    """`_clamp_sums` on rows sorted by group, `s = z z^T`, blocks of c rows."""
+    return _band_clamp_fwd(z, groups, c)[0]
+
+
+def _band_clamp_fwd(z, groups, c):
+    """Two passes over the band: the minimum over each finer level (and where it is), then
+    the clamped sums with those minima as bounds."""
+    r, levels = z.shape[0], groups.shape[0]
+    block, zb = _band_blocks(z, groups, c)
+    shape = (zb.shape[0], c, levels - 1)
+    mins, where = jnp.full(shape, _NO_BOUND, jnp.float32), jnp.zeros(shape, jnp.int32)
+    cols = jnp.arange(c, dtype=jnp.int32)
+    if levels > 1:
+
+        def min_step(i, j, carry):
+            mins, where = carry
+            s, pos = block(i, j)
+            masked = jnp.stack([jnp.where(p, s, _NO_BOUND) for p in pos[:-1]])  # [L-2, c, c]
+            m = jnp.min(masked, axis=2)
+            # The first column at the minimum (argmin's variadic reduce is slow on the CPU).
+            at = jnp.min(jnp.where(masked == m[..., None], cols, c), axis=2)
+            m, at = m.T, at.T + j * c
+            lower = m < mins[i]
+            mins = mins.at[i].set(jnp.where(lower, m, mins[i]))
+            return mins, where.at[i].set(jnp.where(lower, at, where[i]))
+
+        mins, where = _over_band(min_step, (mins, where), groups[-1], c)
+    # Level l's bound is the minimum over level l-1; level 1 has none.
+    bound = jnp.concatenate([jnp.full(shape[:2] + (1,), _NO_BOUND), mins], axis=2)
+
+    def sum_step(i, j, sums):
+        s, pos = block(i, j)
+        parts = [
+            jnp.sum(jnp.where(p, jnp.minimum(s, bound[i][:, k, None]), 0.0), axis=1)
+            for k, p in enumerate(pos)
+        ]
+        return sums.at[i].add(jnp.stack(parts, axis=1))
+
+    sums = _over_band(sum_step, jnp.zeros(shape[:2] + (levels,)), groups[-1], c)
+    return sums.reshape(-1, levels)[:r], (z, groups, bound, where)
+
+
+def _band_clamp_bwd(c, res, g):
+    """`d sum_p min(s_ip, b_i) = ds_ip` where `s_ip < b_i`, and `db_i` times the count of
+    the others, `b_i = s_iq` at its argmin q: `dz_i = sum_p G_ip z_p`, `dz_p = sum_i G_ip
+    z_i` over the band, then the bounds' share at the argmins."""
+    z, groups, bound, where = res
+    block, zb = _band_blocks(z, groups, c)
+    gb = _by_block(g, c)
+
+    def grad_step(i, j, carry):
+        dz, at_bound = carry
+        s, pos = block(i, j)
+        below = [p & (s < bound[i][:, k, None]) for k, p in enumerate(pos)]
+        w = sum(jnp.where(b, gb[i][:, k, None], 0.0) for k, b in enumerate(below))
+        dz = dz.at[i].add(jnp.dot(w, zb[j])).at[j].add(jnp.dot(w.T, zb[i]))
+        counts = [jnp.sum(p & ~b, axis=1) for p, b in zip(pos, below, strict=True)]
+        return dz, at_bound.at[i].add(jnp.stack(counts, axis=1).astype(jnp.float32))
+
+    init = (jnp.zeros_like(zb), jnp.zeros_like(gb))
+    dz, at_bound = _over_band(grad_step, init, groups[-1], c)
+    zf = zb.reshape(-1, z.shape[1])
+    dz = dz.reshape(zf.shape)
+    if groups.shape[0] > 1:  # level l's pairs at or above its bound pass theirs to s_iq
+        coef = (gb * at_bound)[..., 1:].reshape(-1, groups.shape[0] - 1)
+        where = where.reshape(coef.shape)
+        dz = dz + jnp.einsum("rk,rkd->rd", coef, zf[where])
+        dz = dz.at[where].add(coef[..., None] * zf[:, None, :])
+    return dz[: z.shape[0]], None
+
+
+_band_clamp_sums.defvjp(_band_clamp_fwd, _band_clamp_bwd)
 
 
 def _positive_sums(x, groups, weight, temperature):
