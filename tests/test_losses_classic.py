@@ -18,7 +18,15 @@ from references.pair import (
     ref_triplet,
 )
 
-from himl.losses import LOSSES, contrastive, multi_similarity, ntxent, supcon, triplet_margin
+from himl.losses import (
+    LOSSES,
+    contrastive,
+    masked_supcon,
+    multi_similarity,
+    ntxent,
+    supcon,
+    triplet_margin,
+)
 
 REFS = {
     "contrastive": (contrastive, ref_contrastive),
@@ -111,18 +119,43 @@ def test_triplet_gradient_matches_dense(mining):
     np.testing.assert_allclose(g_fast, g_dense, rtol=1e-4, atol=1e-6)
 
 
-def test_chunked_supcon_equals_dense_value_and_grad():
-    x, y = _batch(7, b=23, d=5)
+def _dense_supcon(x, y, t):
+    """SupCon the obvious way on `[N, N]` masks (autodiff is the gradient reference)."""
+    xn = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+    not_self = ~jnp.eye(len(y), dtype=bool)
+    same = y[:, None] == y[None, :]
+    losses, has_pos = masked_supcon(xn @ xn.T / t, same & not_self, not_self)
+    mean = jnp.sum(losses) / jnp.maximum(jnp.sum(has_pos), 1)
+    return jnp.where(jnp.any(same & not_self) & jnp.any(~same), mean, 0.0)
+
+
+@pytest.mark.parametrize(
+    "b,chunk_size,t", [(23, None, 0.1), (23, 4, 0.1), (23, 4, 0.01), (600, None, 0.1)]
+)
+def test_supcon_value_and_grad_equal_the_dense_definition(b, chunk_size, t):
+    """The log-sum-exp pass and group sums against autodiff of `[N, N]` masks: dense, in
+    blocks of 4 (with padding), at t = 0.01 (its exact fallback), and B = 600 (the CPU's
+    default blocks, two of 304)."""
+    x, y = _batch(7, b=b, d=5, classes=max(4, b // 8))
     x, y = jnp.asarray(x), jnp.asarray(y)
-    dense = jax.jit(jax.value_and_grad(lambda x: supcon(x, y)))
-    v0, g0 = dense(x)
-    for c in (4,):
-        v, g = jax.jit(jax.value_and_grad(lambda x, c=c: supcon(x, y, chunk_size=c)))(x)
-        np.testing.assert_allclose(v, v0, rtol=1e-5)
-        np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-6)
+    fn = functools.partial(supcon, labels=y, temperature=t, chunk_size=chunk_size)
+    got_v, got_g = jax.jit(jax.value_and_grad(fn))(x)
+    want_v, want_g = jax.jit(jax.value_and_grad(lambda x: _dense_supcon(x, y, t)))(x)
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-4, atol=1e-6 / t)
     x3 = jnp.stack([x, x * 1.1 + 0.05], axis=1)
-    chunked = jax.jit(lambda x: supcon(x, y, chunk_size=64))(x3)  # c > N
+    chunked = jax.jit(lambda x: supcon(x, y, chunk_size=4 * b))(x3)  # c > N
     np.testing.assert_allclose(chunked, jax.jit(lambda x: supcon(x, y))(x3), rtol=1e-5)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=4, max_size=4, unique=True))
+def test_supcon_depends_on_which_labels_are_equal_only(names):
+    """Any injective relabelling (negative, huge, reordered ids) gives the same loss."""
+    x, y = _batch(8, b=16, classes=4)
+    relabelled = np.asarray(names, np.int64)[y].astype(np.int32)
+    got = jax.jit(supcon)(jnp.asarray(x), jnp.asarray(relabelled))
+    np.testing.assert_allclose(got, jax.jit(supcon)(jnp.asarray(x), jnp.asarray(y)), rtol=1e-6)
 
 
 ALL = list(REFS)

@@ -92,6 +92,7 @@ from himl.losses.checks import (
     check_positive,
 )
 from himl.losses.class_lse import class_logsumexp
+from himl.losses.group_sums import positive_sums
 from himl.losses.reductions import MASKED_LOGIT
 
 MODES = ("reference", "paper")
@@ -294,19 +295,6 @@ def _band_clamp_bwd(c, res, g):
 _band_clamp_sums.defvjp(_band_clamp_fwd, _band_clamp_bwd)
 
 
-def _positive_sums(x, groups, weight, temperature):
-    """Per row i: `sum_{p != i, same group} w_p s_ip` and the count of such p; O(R * D).
-
-    `s_ip = x_i . x_p / t`, taken as `x_i . (sum of the group) - w_i x_i . x_i`.
-    """
-    r = x.shape[0]
-    group_sum = jax.ops.segment_sum(x * weight[:, None], groups, num_segments=r)
-    group_count = jax.ops.segment_sum(weight, groups, num_segments=r)
-    self_dot = jnp.sum(x * x, axis=1)
-    dots = (jnp.sum(x * group_sum[groups], axis=1) - weight * self_dot) / temperature
-    return dots, group_count[groups] - weight
-
-
 def _mean_over(values, anchors):
     return jnp.sum(jnp.where(anchors, values, 0.0)) / jnp.maximum(jnp.sum(anchors), 1)
 
@@ -325,7 +313,7 @@ def _reference_loss(x, groups, depth, temperature, scale, penalty, clamp, chunk_
     for level in range(1, num_levels):
         kept = depth >= level
         log_denominator = jax.nn.logsumexp(lse_by_depth[:, level - 1 :], axis=1)
-        pos_dots, num_pos = _positive_sums(
+        pos_dots, num_pos = positive_sums(
             x, groups[level - 1], kept.astype(jnp.float32), temperature
         )
         per_anchor = log_denominator - pos_dots / jnp.maximum(num_pos, 1.0)
@@ -355,7 +343,7 @@ def _paper_loss(x, groups, temperature, penalty, clamp, chunk_size):
     clamp_sums = _clamp_sums(x, groups, temperature, chunk_size) if clamp else None
     total = jnp.zeros((), jnp.float32)
     for level in range(1, num_levels):
-        pos_dots, num_pos = _positive_sums(x, groups[level - 1], jnp.ones((r,)), temperature)
+        pos_dots, num_pos = positive_sums(x, groups[level - 1], jnp.ones((r,)), temperature)
         if clamp:
             # Positives nest, so the running minimum over finer levels is the minimum
             # over P_{l-1}(i); level 1 has no finer level and stays unclamped.

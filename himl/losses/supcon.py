@@ -1,9 +1,10 @@
 """Supervised contrastive loss (Khosla et al., NeurIPS 2020), as PML's `SupConLoss`.
 
-`masked_supcon` is the shared core: it takes a logit matrix and explicit positive and
-denominator masks, so the hierarchical losses (Zhang et al., CVPR 2022) reuse it with
-their own level masks. `supcon(..., chunk_size=c)` is the row-blocked, rematerialised
-path for very large batches. `ntxent` is PML's `NTXentLoss` (one term per positive pair).
+`supcon` takes its denominators from one pass over the logits (`himl.losses.class_lse`:
+the symmetric half, blocked on the CPU, c x c blocks recomputed in the backward pass with
+`chunk_size=c`) and its positives as group sums (`himl.losses.group_sums`), never an
+`[N, N]` mask. `masked_supcon` is the same loss on a given logit matrix and explicit masks,
+a building block for variants. `ntxent` is PML's `NTXentLoss` (one term per positive pair).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from himl.distances import cosine_similarity, dot_similarity, is_similarity, l2_normalize, pairwise
+from himl.distances import is_similarity, l2_normalize, pairwise
 from himl.losses.checks import check_chunk_size, check_distance, check_positive, flatten_views
+from himl.losses.class_lse import class_logsumexp
+from himl.losses.group_sums import group_ids, positive_sums
 from himl.losses.reductions import (  # noqa: F401 (MASKED_LOGIT re-exported)
     MASKED_LOGIT,
     masked_logsumexp,
@@ -58,9 +61,10 @@ def supcon(
         sample share its label, so they are positives of each other).
       labels: `[B]` integer class labels.
       temperature: softmax temperature t (PML default 0.1).
-      chunk_size: None for the dense `[N, N]` path; an int c processes c anchor rows at a
-        time under `jax.checkpoint` (recomputed in the backward pass), so memory is
-        O(N * c) instead of O(N^2), with the same value and gradient (N = B * V).
+      chunk_size: None: even blocks of <= 512 rows on the CPU, one `[N, N]` pass on
+        accelerators; an int c computes c x c blocks of the logits at a time and recomputes
+        them in the backward pass, so memory is O(N * (c + D)) instead of O(N^2), with the
+        same value and gradient (N = B * V).
 
     Returns:
       Scalar: the mean over anchors with at least one positive of
@@ -76,45 +80,14 @@ def supcon(
     x, y = flatten_views(embeddings, labels, "supcon")
     check_positive("supcon", temperature=temperature)
     check_chunk_size("supcon", chunk_size)
-    if chunk_size is not None:
-        return _supcon_chunked(x, y, temperature, chunk_size)
     n = x.shape[0]
-    logits = cosine_similarity(x) / temperature
-    not_self = ~jnp.eye(n, dtype=bool)
-    same = y[:, None] == y[None, :]
-    pos_mask = same & not_self
-    losses, _ = masked_supcon(logits, pos_mask, not_self)
-    has_pairs = jnp.any(pos_mask) & jnp.any(~same)
+    xn = l2_normalize(x.astype(jnp.float32))
+    z = xn * jax.lax.rsqrt(jnp.asarray(temperature, jnp.float32))
+    log_denominator = class_logsumexp(z, jnp.zeros((n,), jnp.int32), 1, chunk_size)[:, 0]
+    pos, num_pos = positive_sums(xn, group_ids(y), jnp.ones((n,), jnp.float32), temperature)
+    losses = jnp.where(num_pos > 0, log_denominator - pos / jnp.maximum(num_pos, 1.0), 0.0)
+    has_pairs = jnp.any(num_pos > 0) & jnp.any(num_pos < n - 1)  # a positive and a negative
     return jnp.where(has_pairs, mean_over_nonzero(losses), 0.0)
-
-
-def _supcon_chunked(x: jax.Array, y: jax.Array, temperature: float, chunk_size: int):
-    """Row-blocked SupCon: `lax.map` over blocks of `chunk_size` anchors, each rematerialised."""
-    n, d = x.shape
-    c = min(chunk_size, n)
-    blocks = -(-n // c)
-    pad = blocks * c - n
-    xn = l2_normalize(x)
-    rows = jnp.arange(blocks * c)
-    xb = jnp.pad(xn, ((0, pad), (0, 0))).reshape(blocks, c, d)
-    yb = jnp.pad(y, (0, pad)).reshape(blocks, c)
-    rb = rows.reshape(blocks, c)
-    cols = jnp.arange(n)
-
-    @jax.checkpoint
-    def block(args):
-        xi, yi, ri = args
-        logits = dot_similarity(xi, xn) / temperature
-        valid = (ri < n)[:, None]
-        not_self = ri[:, None] != cols[None, :]
-        same = yi[:, None] == y[None, :]
-        pos_mask = same & not_self & valid
-        losses, has_pos = masked_supcon(logits, pos_mask, not_self)
-        return losses, has_pos, jnp.any(~same & valid, axis=1)
-
-    losses, has_pos, has_neg = jax.lax.map(block, (xb, yb, rb))
-    has_pairs = jnp.any(has_pos) & jnp.any(has_neg)
-    return jnp.where(has_pairs, mean_over_nonzero(losses.reshape(-1)), 0.0)
 
 
 def ntxent(
