@@ -68,19 +68,28 @@ def _pml_factories():
     }
 
 
-def _time_pml(factory, x, y, num_classes, repeats):
+def pml_step(factory, x, y, num_classes):
+    """`(step, device)`: `step()` runs one PML forward + backward on `x`, `y` and waits for
+    it; on the GPU when torch sees one (compared with himl on the same kind of device)."""
     import torch
 
-    loss_fn = factory(num_classes, x.shape[1])
-    xt = torch.tensor(x, requires_grad=True)
-    yt = torch.tensor(y, dtype=torch.long)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loss_fn = factory(num_classes, x.shape[1]).to(device)
+    xt = torch.tensor(x, requires_grad=True, device=device)
+    yt = torch.tensor(y, dtype=torch.long, device=device)
 
     def step():
         xt.grad = None
         loss_fn.zero_grad()
         loss_fn(xt, yt).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
-    return _median_time(step, repeats)
+    return step, device
+
+
+def _time_pml(factory, x, y, num_classes, repeats):
+    return _median_time(pml_step(factory, x, y, num_classes)[0], repeats)
 
 
 def bench_one(name, b, d, args, refs, pml):

@@ -42,3 +42,27 @@ def test_global_batch_and_knn_sections(bench, tmp_path):
     knn = written["knn"]
     assert knn["devices"] == 8 and 0.0 < knn["recall"]["recall@1"] <= 1.0  # sharded search
     assert knn["numpy_knn_s"] > 0 and results["knn"]["N"] == 300
+
+
+def test_losses_section_alternates_himl_and_pml(bench, monkeypatch):
+    """Each PML-equivalent loss is timed against a PML step in alternation (one call of
+    each per round), on torch's device, and the ratio is the medians'."""
+    torch = pytest.importorskip("torch")
+    calls = []
+
+    class FakePML(torch.nn.Module):  # stands in for pytorch_metric_learning's SupConLoss
+        def forward(self, x, y):
+            calls.append(x.device.type)
+            return (x**2).sum() + 0.0 * y.sum()
+
+    monkeypatch.setattr(bench, "_pml_factories", lambda: {"supcon": lambda c, d: FakePML()})
+    monkeypatch.setattr(bench, "LOSSES", {k: bench.LOSSES[k] for k in ("supcon", "himulcone")})
+    argv = ["--sections", "losses", "--batches", "16", "--dim", "8", "--repeats", "3"]
+    results = bench.main(argv)
+    rows = {r["loss"]: r for r in results["losses"]}
+    supcon, himulcone = rows["supcon"], rows["himulcone"]
+    assert supcon["pml_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert supcon["himl_calls"] == supcon["pml_calls"] >= 3
+    assert supcon["x_pml"] == pytest.approx(supcon["pml_ms"] / supcon["himl_ms"])
+    assert "pml_ms" not in himulcone and himulcone["himl_ms"] > 0  # no PML equivalent
+    assert len(calls) >= 2 + supcon["pml_calls"]  # warm-up, first call, one per round
