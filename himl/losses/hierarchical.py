@@ -91,7 +91,7 @@ from himl.losses.checks import (
     check_embeddings_and_labels,
     check_positive,
 )
-from himl.losses.class_lse import class_logsumexp
+from himl.losses.class_lse import by_block, class_logsumexp
 from himl.losses.group_sums import positive_sums
 from himl.losses.reductions import MASKED_LOGIT
 
@@ -175,13 +175,6 @@ def _clamp_sums(x, groups, temperature, chunk_size):
     return jnp.zeros_like(sums).at[order].set(sums)
 
 
-def _by_block(v, c, fill=0):
-    """`[R, ...]` -> `[ceil(R / c), c, ...]`, the last block padded with `fill`."""
-    blocks = -(-v.shape[0] // c)
-    pad = [(0, blocks * c - v.shape[0])] + [(0, 0)] * (v.ndim - 1)
-    return jnp.pad(v, pad, constant_values=fill).reshape(blocks, c, *v.shape[1:])
-
-
 def _over_band(fn, carry, coarse, c):
     """`carry = fn(i, j, carry)` for each row block i and each column block j holding a row
     of a coarsest group of block i's rows (`coarse` `[R]` sorted): a band of blocks along
@@ -207,7 +200,7 @@ def _over_band(fn, carry, coarse, c):
 def _band_blocks(z, groups, c):
     """`block(i, j) -> (s, pos)`: logits `[c, c]` of row block i against column block j and
     the positives per level, `pos[l]` `[c, c]` bool (padding rows match no real row)."""
-    zb, gb = _by_block(z, c), _by_block(groups.T, c, fill=-1)
+    zb, gb = by_block(z, c), by_block(groups.T, c, fill=-1)
     z_t = jnp.swapaxes(zb, 1, 2)  # a plain product runs faster than one with `b.T` on CPU
     ids = jnp.arange(zb.shape[0] * c).reshape(zb.shape[:2])
 
@@ -269,7 +262,7 @@ def _band_clamp_bwd(c, res, g):
     z_i` over the band, then the bounds' share at the argmins."""
     z, groups, bound, where = res
     block, zb = _band_blocks(z, groups, c)
-    gb = _by_block(g, c)
+    gb = by_block(g, c)
 
     def grad_step(i, j, carry):
         dz, at_bound = carry
