@@ -9,7 +9,7 @@ compile time (lower + compile) reported apart:
   pytorch-metric-learning forward + backward in the same process when `torch` and
   `pytorch_metric_learning` import (the PML-equivalent losses; skipped cleanly otherwise),
   on torch's GPU when it sees one, the two codes' calls alternating (short calls in
-  bursts, `bench_hierarchical.alternating_call_times`).
+  bursts, `himl.benchmarking.alternating_call_times`).
   Losses taking `chunk_size=` (see `default_hparams`) get `--chunk-size` when B exceeds it.
 - `global_batch`: SupCon and HiMulConE (D = `--global-dim`, embeddings of
   `--global-dtype`) at B = `--start-batch`,
@@ -52,11 +52,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
 
-from bench_hierarchical import alternating_call_times  # noqa: E402
 from bench_knn import make_data, numpy_knn  # noqa: E402
 from bench_losses import _inputs, _pml_factories, pml_step  # noqa: E402
 
-from himl.benchmarking import median_time  # noqa: E402
+from himl.benchmarking import alternating_call_times, median_time  # noqa: E402
 from himl.eval import knn, retrieval_metrics  # noqa: E402
 from himl.eval.knn import search_mesh  # noqa: E402
 from himl.losses import LOSSES, default_hparams, get_loss  # noqa: E402

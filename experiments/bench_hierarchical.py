@@ -65,6 +65,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from himl.benchmarking import alternating_call_times  # noqa: E402
 from himl.distances import dot_similarity  # noqa: E402
 from himl.losses import hicone, himulcon, himulcone  # noqa: E402
 from himl.losses.class_lse import block_rows, map_rows  # noqa: E402
@@ -108,55 +109,10 @@ clock = CLOCK["wall"]
 
 
 def call_times(fn, repeats, budget_s):
-    """`(median s, min s, rounds)` of `fn()`: `alternating_call_times` of `fn` alone.
-
-    As `himl.benchmarking.median_time`: fewer rounds (>= 3) when `repeats` would exceed
-    `budget_s`.
-
-    The minimum is kept too: on a shared machine it is the call least disturbed by other
-    processes (torch's thread barriers suffer more from that than XLA's thread pool).
-    """
-    (timing,) = alternating_call_times([fn], repeats, budget_s)
+    """`(median s, min s, rounds)` of `fn()` on `--clock`: `alternating_call_times` of `fn`
+    alone."""
+    (timing,) = alternating_call_times([fn], repeats, budget_s, clock=clock)
     return timing
-
-
-# A call shorter than this is timed in a burst of back-to-back calls after an untimed one
-# (its mean is one sample): alone, the first call after the other code's runs with cold
-# caches, and at N = 32 took 3x longer than in a loop (0.5 vs 0.15 ms for himl).
-BURST_S = 0.005
-
-
-def alternating_call_times(fns, repeats, budget_s):
-    """`[(median s, min s, rounds)]` per function, the calls alternating between them (one
-    burst of each per round), so that a slow spell of a shared machine hits all of them
-    alike: the ratio of their medians is then far steadier than that of separate runs.
-
-    Each function's sample per round is its mean over a burst of `~BURST_S` of calls after
-    an untimed one (calls of `BURST_S` or longer: one timed call), the steady state that a
-    loop of calls sees, for both codes alike.
-    """
-    firsts = []
-    for fn in fns:
-        fn()  # warm-up
-        t0 = time.perf_counter()
-        fn()
-        firsts.append(time.perf_counter() - t0)
-    bursts = [max(1, int(BURST_S / max(first, 1e-9))) for first in firsts]
-    per_round = sum(f * (b + (b > 1)) for f, b in zip(firsts, bursts, strict=True))
-    rounds = repeats if per_round * repeats <= budget_s else max(3, int(budget_s / per_round))
-    samples = []
-    for _ in range(rounds):
-        times = []
-        for fn, burst in zip(fns, bursts, strict=True):
-            if burst > 1:
-                fn()
-            t0 = clock()
-            for _ in range(burst):
-                fn()
-            times.append((clock() - t0) / burst)
-        samples.append(times)
-    samples = np.asarray(samples)
-    return [(float(np.median(t)), float(t.min()), rounds) for t in samples.T]
 
 
 def official_step(hmlc_cls, loss, x, y, temperature):
@@ -220,7 +176,7 @@ def bench(args, size, official):
     fns = [lambda: jax.block_until_ready(compiled(xj, yj))]
     if official is not None:  # timed in alternation with himl (`alternating_call_times`)
         fns.append(official_step(official, args.loss, x, y, args.temperature))
-    timings = alternating_call_times(fns, args.repeats, args.budget_s)
+    timings = alternating_call_times(fns, args.repeats, args.budget_s, clock=clock)
     seconds, fastest, calls = timings[0]
     row.update(himl_ms=seconds * 1e3, himl_min_ms=fastest * 1e3, himl_calls=calls, value=value)
     if official is not None:

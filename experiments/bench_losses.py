@@ -3,11 +3,12 @@
 For each loss of `himl.losses.LOSSES` and each (B, D): `jit(value_and_grad)` with respect to
 the embeddings (and the loss's parameters, for entries that have any). Reported:
 compile time (lower + compile, separately), and the median of >= `--repeats` steady-state
-calls after warm-up (`jax.block_until_ready`). References, timed the same way in the same
-process: the slow NumPy loop references of `tests/references/pair.py` (value only,
-B <= `--ref-max-batch`), and pytorch-metric-learning (forward + backward) when `torch` and
-`pytorch_metric_learning` import. Labels: 4 samples per class; hierarchical losses get
-3-level label rows `[B, 3]` and two views `[B, 2, D]`.
+calls after warm-up (`jax.block_until_ready`). References in the same process: the slow
+NumPy loop references of `tests/references/pair.py` (value only, B <= `--ref-max-batch`),
+and pytorch-metric-learning (forward + backward, on torch's GPU when it sees one) when
+`torch` and `pytorch_metric_learning` import, its calls alternating with himl's
+(`himl.benchmarking.alternating_call_times`). Labels: 4 samples per class; hierarchical
+losses get 3-level label rows `[B, 3]` and two views `[B, 2, D]`.
 
   python experiments/bench_losses.py --quick
   python experiments/bench_losses.py --batch-sizes 256 1024 --dims 128 512 --out bench.json
@@ -26,7 +27,7 @@ import numpy as np
 import repo_paths  # noqa: F401  (puts tests/ on sys.path for `references`)
 from references.pair import CLASSIC_REFS
 
-from himl.benchmarking import median_time
+from himl.benchmarking import alternating_call_times, median_time
 from himl.losses import LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +89,6 @@ def pml_step(factory, x, y, num_classes):
     return step, device
 
 
-def _time_pml(factory, x, y, num_classes, repeats):
-    return _median_time(pml_step(factory, x, y, num_classes)[0], repeats)
-
-
 def bench_one(name, b, d, args, refs, pml):
     info = LOSSES[name]
     x, y, num_classes = _inputs(info, b, d)
@@ -106,16 +103,23 @@ def bench_one(name, b, d, args, refs, pml):
     t0 = time.perf_counter()
     compiled = step.lower(xj, params, yj).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(xj, params, yj))  # warm-up
-    himl_s, n = _median_time(lambda: jax.block_until_ready(compiled(xj, params, yj)), args.repeats)
+    calls = [lambda: jax.block_until_ready(compiled(xj, params, yj))]
+    with_pml = pml is not None and name in pml and info.labels == "flat" and not args.no_pml
+    if with_pml:
+        pml_call, pml_device = pml_step(pml[name], x, y, num_classes)
+        calls.append(pml_call)
+    # The two codes' calls alternate (short ones in bursts), so a slow spell of a shared
+    # machine hits both alike; timed one after the other, ratios swung 2-5x between runs.
+    timings = alternating_call_times(calls, args.repeats, budget_s=30.0)
+    himl_s, _, n = timings[0]
     row = {"loss": name, "B": b, "D": d, "compile_s": compile_s, "himl_ms": himl_s * 1e3}
     row["himl_calls"] = n
     if name in refs and b <= args.ref_max_batch and info.labels == "flat":
         ref_s, _ = _median_time(lambda: refs[name](x, y), 1)
         row["numpy_ref_ms"] = ref_s * 1e3
-    if pml is not None and name in pml and info.labels == "flat" and not args.no_pml:
-        pml_s, pn = _time_pml(pml[name], x, y, num_classes, args.repeats)
-        row["pml_ms"], row["pml_calls"] = pml_s * 1e3, pn
+    if with_pml:
+        pml_s, _, pn = timings[1]
+        row["pml_ms"], row["pml_calls"], row["pml_device"] = pml_s * 1e3, pn, pml_device
         row["speedup_vs_pml"] = pml_s / himl_s
     return row
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# A call shorter than this is timed in a burst of back-to-back calls after an untimed one
+# (its mean is one sample): alone, the first call after the other code's runs with cold
+# caches, and at N = 32 took 3x longer than in a loop (0.5 vs 0.15 ms for a HiMulConE step).
+BURST_S = 0.005
 
 
 def median_time(
@@ -26,3 +33,46 @@ def median_time(
         fn()
         times.append(time.perf_counter() - t0)
     return (statistics.median(times) if times else first), n, first
+
+
+def alternating_call_times(
+    fns: Sequence[Callable[[], object]],
+    repeats: int,
+    budget_s: float = 30.0,
+    clock: Callable[[], float] = time.perf_counter,
+    burst_s: float | None = None,
+) -> list[tuple[float, float, int]]:
+    """`[(median s, min s, rounds)]` per function, the calls alternating between them (one
+    burst of each per round), so that a slow spell of a shared machine hits all of them
+    alike: the ratio of their medians is then far steadier than that of separate runs.
+
+    Each function's sample per round is its mean over a burst of `~burst_s` (default
+    `BURST_S`) of calls after an untimed one (calls of `burst_s` or longer: one timed call),
+    the steady state that a loop of calls sees, for every code alike. As `median_time`:
+    fewer rounds (>= 3) when `repeats` rounds would exceed `budget_s`. `clock` is what is
+    read (e.g. `time.process_time` for the CPU seconds of this process). The minimum is
+    the call least disturbed by other processes on a shared machine.
+    """
+    burst_s = BURST_S if burst_s is None else burst_s
+    firsts = []
+    for fn in fns:
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        fn()
+        firsts.append(time.perf_counter() - t0)
+    bursts = [max(1, int(burst_s / max(first, 1e-9))) for first in firsts]
+    per_round = sum(f * (b + (b > 1)) for f, b in zip(firsts, bursts, strict=True))
+    rounds = repeats if per_round * repeats <= budget_s else max(3, int(budget_s / per_round))
+    samples = []
+    for _ in range(rounds):
+        times = []
+        for fn, burst in zip(fns, bursts, strict=True):
+            if burst > 1:
+                fn()
+            t0 = clock()
+            for _ in range(burst):
+                fn()
+            times.append((clock() - t0) / burst)
+        samples.append(times)
+    samples = np.asarray(samples)
+    return [(float(np.median(t)), float(t.min()), rounds) for t in samples.T]

@@ -16,6 +16,7 @@ into one by negation (`dist = -s`), which flips every inequality exactly as PML'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -53,6 +54,20 @@ def batch_hard(dist: jax.Array, pos_mask: jax.Array, neg_mask: jax.Array):
     return jnp.where(valid, d_ap, 0.0), jnp.where(valid, d_an, 0.0), valid
 
 
+def sort_rows(values: jax.Array) -> jax.Array:
+    """Each row of float32 `values` `[B, M]` sorted ascending, exactly (no NaNs).
+
+    Sorted as integers: the float's bits, negatives' magnitude bits flipped, order the same
+    as the floats and map back exactly. XLA's CPU sort of float32 (a NaN-aware comparator)
+    took 4x longer: 7.1 vs 1.7 ms at 256 x 256, 134 vs 32 ms at 1,024 x 1,024.
+    """
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32)
+    flip = jnp.int32(0x7FFFFFFF)
+    keys = jnp.where(bits < 0, bits ^ flip, bits)
+    keys = jax.lax.sort(keys, dimension=values.ndim - 1, is_stable=False)
+    return jax.lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ flip, keys), jnp.float32)
+
+
 def triplet_sums_sorted(
     dist: jax.Array,
     pos_mask: jax.Array,
@@ -67,26 +82,70 @@ def triplet_sums_sorted(
     triplets whose loss is > 0 (PML `AvgNonZeroReducer` is `sum / count`). With
     `semi_hard=True` only triplets with `d_an > d_ap` count (PML `TripletMarginMiner(margin,
     "semihard")` followed by the margin loss). Memory O(B^2): for each anchor the negatives'
-    distances are sorted once; for each positive a binary search finds how many negatives
-    violate the margin, and a prefix sum gives their total.
+    distances are sorted once; for each positive a binary search finds the range of
+    negatives that violate the margin, and a prefix sum gives their total.
+
+    Differentiable in `dist` and `margin` (hand-written: `d sum / d d_ap` is the triplets
+    counted for (a, p), `d sum / d d_an` minus the number of ranges holding n), so that no
+    permutation of the sort is needed.
     """
-    dist = dist.astype(jnp.float32)
-    neg_sorted = jnp.sort(jnp.where(neg_mask, dist, _BIG), axis=1)
+    return _triplet_sums(dist.astype(jnp.float32), pos_mask, neg_mask, margin, semi_hard)
+
+
+def _violation_ranges(dist, pos_mask, neg_mask, margin, semi_hard):
+    """Per anchor, its negatives' sorted distances `[B, M]`, their prefix sums `[B, M + 1]`,
+    and per pair `[lo, hi)`: the sorted negatives that violate the margin for (a, p)."""
+    neg_sorted = sort_rows(jnp.where(neg_mask, dist, _BIG))
     real = neg_sorted < _BIG / 2
     prefix = jnp.cumsum(jnp.where(real, neg_sorted, 0.0), axis=1)
     prefix = jnp.concatenate([jnp.zeros_like(prefix[:, :1]), prefix], axis=1)
     threshold = dist + margin  # loss > 0  <=>  d_an < d_ap + margin
-    search = jax.vmap(lambda row, q, side: jnp.searchsorted(row, q, side=side), (0, 0, None))
-    hi = search(neg_sorted, jax.lax.stop_gradient(threshold), "left")
+    hi = _search_rows(neg_sorted, threshold, "left")
     if semi_hard:
-        lo = search(neg_sorted, jax.lax.stop_gradient(dist), "right")
-        lo = jnp.minimum(lo, hi)
+        lo = jnp.minimum(_search_rows(neg_sorted, dist, "right"), hi)
     else:
         lo = jnp.zeros_like(hi)
-    count = jnp.where(pos_mask, hi - lo, 0)
+    hi, lo = jnp.where(pos_mask, hi, 0), jnp.where(pos_mask, lo, 0)  # no range elsewhere
+    return neg_sorted, prefix, threshold, lo, hi
+
+
+def _search_rows(sorted_rows, queries, side):
+    return jax.vmap(lambda row, q: jnp.searchsorted(row, q, side=side))(sorted_rows, queries)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _triplet_sums(dist, pos_mask, neg_mask, margin, semi_hard):
+    return _triplet_sums_fwd(dist, pos_mask, neg_mask, margin, semi_hard)[0]
+
+
+def _triplet_sums_fwd(dist, pos_mask, neg_mask, margin, semi_hard):
+    neg_sorted, prefix, threshold, lo, hi = _violation_ranges(
+        dist, pos_mask, neg_mask, margin, semi_hard
+    )
+    count = hi - lo
     neg_total = jnp.take_along_axis(prefix, hi, axis=1) - jnp.take_along_axis(prefix, lo, axis=1)
-    per_pair = jnp.where(pos_mask, count * threshold - neg_total, 0.0)
-    return jnp.sum(per_pair), jnp.sum(count)
+    total = jnp.sum(jnp.where(pos_mask, count * threshold - neg_total, 0.0))
+    return (total, jnp.sum(count)), (dist, neg_mask, neg_sorted, lo, hi, count)
+
+
+def _triplet_sums_bwd(semi_hard, res, cotangents):
+    """`d sum / d d_ap = count_ap`, `d sum / d margin = sum count`, and `d sum / d d_an =
+    -(ranges [lo_ap, hi_ap) holding n's sorted position)`: a difference array over sorted
+    positions, summed, then read at n's position (ties share one value: a range's ends are
+    searchsorted bounds, so never split a run of equal distances)."""
+    dist, neg_mask, neg_sorted, lo, hi, count = res
+    g = cotangents[0]
+    b, m = neg_sorted.shape
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], lo.shape)
+    edges = jnp.zeros((b, m + 1), jnp.float32).at[rows, lo].add(1.0).at[rows, hi].add(-1.0)
+    cover = jnp.cumsum(edges, axis=1)
+    position = _search_rows(neg_sorted, dist, "left")
+    covered = jnp.where(neg_mask, jnp.take_along_axis(cover, position, axis=1), 0.0)
+    d_dist = g * (count.astype(jnp.float32) - covered)
+    return d_dist, None, None, g * jnp.sum(count).astype(jnp.float32)
+
+
+_triplet_sums.defvjp(_triplet_sums_fwd, _triplet_sums_bwd)
 
 
 def triplet_sums_chunked(

@@ -2,7 +2,7 @@
 
 import time
 
-from himl.benchmarking import median_time
+from himl.benchmarking import alternating_call_times, median_time
 
 
 def test_first_call_is_timed_apart_and_repeats_are_counted():
@@ -18,3 +18,37 @@ def test_slow_calls_shrink_to_the_budget_but_not_below_three():
     assert n == 3 and len(calls) == 4
     _, n, first = median_time(lambda: None, repeats=0)
     assert n == 0 and first >= 0.0
+
+
+def test_alternation_times_short_calls_in_bursts_and_long_calls_once_per_round():
+    """A call shorter than `burst_s` is timed over a burst after an untimed call each round
+    (its sample the burst's mean), a long one once per round; the rounds alternate."""
+    order = []
+
+    def short():
+        order.append("s")
+        time.sleep(0.001)
+
+    def long():
+        order.append("L")
+        time.sleep(0.06)
+
+    (short_t, short_min, rounds), (long_t, _, long_rounds) = alternating_call_times(
+        [short, long], repeats=4, budget_s=60, burst_s=0.05
+    )
+    assert rounds == long_rounds == 4
+    assert order[:4] == ["s", "s", "L", "L"]  # each: warm-up, then the first call's timing
+    per_round = "".join(order[4:]).split("L")
+    assert per_round[-1] == "" and len(per_round) == 4 + 1
+    burst = len(per_round[0]) - 1  # each round: one untimed call and the burst
+    assert 2 <= burst <= 50 and all(len(r) == burst + 1 for r in per_round[:-1])
+    assert 0.001 <= short_min <= short_t < 0.02 < 0.06 <= long_t
+
+
+def test_alternation_reads_the_given_clock_and_shrinks_to_the_budget():
+    ticks = iter(range(10**6))
+    timings = alternating_call_times(
+        [lambda: time.sleep(0.01)], repeats=100, budget_s=0.001, clock=lambda: next(ticks)
+    )
+    ((median, fastest, rounds),) = timings
+    assert rounds == 3 and median == fastest == 1.0  # one tick per clock read pair

@@ -381,38 +381,6 @@ def test_benchmark_command_runs_and_reports_the_loss_value(tmp_path):
     assert rows[1]["himl_growth"] > 0 and "speedup" not in rows[1]
 
 
-def test_benchmark_alternation_times_short_calls_in_bursts(monkeypatch):
-    """`alternating_call_times`: a call shorter than BURST_S is timed over a burst after an
-    untimed call each round (its sample the burst's mean), a long one once per round."""
-    import importlib.util
-    import pathlib
-    import time
-
-    script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "bench_hierarchical.py"
-    spec = importlib.util.spec_from_file_location("bench_hierarchical", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setattr(bench, "BURST_S", 0.05)
-    calls = {"short": 0, "long": 0}
-
-    def short():
-        calls["short"] += 1
-        time.sleep(0.001)
-
-    def long():
-        calls["long"] += 1
-        time.sleep(0.06)
-
-    (short_t, short_min, rounds), (long_t, _, long_rounds) = bench.alternating_call_times(
-        [short, long], repeats=4, budget_s=60
-    )
-    assert rounds == long_rounds == 4
-    assert calls["long"] == 2 + 4  # warm-up and first-call timing, then one per round
-    burst = (calls["short"] - 2) // 4 - 1  # each round: one untimed call and the burst
-    assert 2 <= burst <= 50 and calls["short"] == 2 + 4 * (burst + 1)
-    assert 0.001 <= short_min <= short_t < 0.02 < 0.06 <= long_t
-
-
 def naive_clamp_sums(z, groups):
     """Paper-mode HiConE sums from the definition, dense, for autodiff: level l sums
     `min(s_ip, min over the finer positives)` over its positives (none finer at level 1)."""
