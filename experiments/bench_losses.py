@@ -12,6 +12,10 @@ losses get 3-level label rows `[B, 3]` and two views `[B, 2, D]`.
 
   python experiments/bench_losses.py --quick
   python experiments/bench_losses.py --batch-sizes 256 1024 --dims 128 512 --out bench.json
+
+The stored runs (`experiments/results/bench_losses_*_vs_pml.json`): `--pml-only
+--torch-threads 2` at B = 256, D = 128, and at B = 1,024, D = 512 without `ntxent` (PML's
+`NTXentLoss` took more than this 24 GB machine has there and was killed).
 """
 
 from __future__ import annotations

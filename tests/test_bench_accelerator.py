@@ -66,3 +66,32 @@ def test_losses_section_alternates_himl_and_pml(bench, monkeypatch):
     assert supcon["x_pml"] == pytest.approx(supcon["pml_ms"] / supcon["himl_ms"])
     assert "pml_ms" not in himulcone and himulcone["himl_ms"] > 0  # no PML equivalent
     assert len(calls) >= 2 + supcon["pml_calls"]  # warm-up, first call, one per round
+
+
+def test_loss_benchmark_alternates_himl_and_pml_and_writes_its_rows(monkeypatch, tmp_path):
+    """`experiments/bench_losses.py`: each PML-equivalent loss against a PML step in
+    alternation, the NumPy reference at small B, and the rows in the JSON."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its sibling `repo_paths`
+    spec = importlib.util.spec_from_file_location("bench_losses", SCRIPT.parent / "bench_losses.py")
+    losses_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(losses_bench)
+    calls = []
+
+    class FakePML(torch.nn.Module):  # stands in for pytorch_metric_learning's loss
+        def forward(self, x, y):
+            calls.append(x.shape)
+            return (x**2).sum() + 0.0 * y.sum()
+
+    fake = {"triplet_margin": lambda c, d: FakePML()}
+    monkeypatch.setattr(losses_bench, "_pml_factories", lambda: fake)
+    out = tmp_path / "losses.json"
+    argv = ["--batch-sizes", "16", "--dims", "8", "--repeats", "3", "--out", str(out)]
+    rows = losses_bench.main([*argv, "--losses", "triplet_margin", "himulcone"])
+    assert json.loads(out.read_text())["rows"] == rows
+    triplet, himulcone = rows
+    assert triplet["himl_calls"] == triplet["pml_calls"] >= 3 and triplet["pml_device"]
+    assert triplet["speedup_vs_pml"] == pytest.approx(triplet["pml_ms"] / triplet["himl_ms"])
+    assert triplet["numpy_ref_ms"] > 0  # B = 16 <= --ref-max-batch
+    assert len(calls) >= 2 + triplet["pml_calls"] and calls[0] == (16, 8)
+    assert "pml_ms" not in himulcone and himulcone["himl_ms"] > 0  # no PML equivalent
