@@ -51,21 +51,15 @@ import sys
 import time
 from pathlib import Path
 
-# XLA sizes its CPU thread pool from the CPUs this process may run on when its backend
-# starts, so `--single-thread` pins the process to one CPU before jax is imported (the
-# Eigen flag alone leaves XLA's own pool on every core: its calls then took ~20% more CPU
-# time, and 3x more at N = 32, in thread hand-offs).
-SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false"
-if "--single-thread" in sys.argv:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_FLAGS}".strip()
-    if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere XLA may use every core
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from himl.benchmarking import CLOCKS, alternating_call_times, run_on_one_cpu  # no JAX
+
+if "--single-thread" in sys.argv:  # before jax is imported (see `run_on_one_cpu`)
+    run_on_one_cpu()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from himl.benchmarking import alternating_call_times  # noqa: E402
 from himl.distances import dot_similarity  # noqa: E402
 from himl.losses import hicone, himulcon, himulcone  # noqa: E402
 from himl.losses.class_lse import block_rows, map_rows  # noqa: E402
@@ -101,11 +95,7 @@ def load_official(path: str):
     return module.HMLC
 
 
-# `--clock cpu`: CPU seconds of this process (all its threads) instead of wall-clock. With
-# `--single-thread` this is the work a call takes, nearly unaffected by other processes
-# sharing the cores (which only stretch the wall-clock time).
-CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCK["wall"]
+clock = CLOCKS["wall"]  # `--clock`
 
 
 def call_times(fn, repeats, budget_s):
@@ -217,14 +207,14 @@ def main(argv=None):
     p.add_argument("--official", default=None, help="path of an official-code checkout")
     p.add_argument("--torch-threads", type=int, default=None)
     p.add_argument("--products", action="store_true", help="also time the logit product")
-    p.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="what is timed")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what is timed")
     p.add_argument("--single-thread", action="store_true", help="XLA and torch on one thread each")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     if args.official is not None and args.mode != "reference":
         p.error("--official compares reference mode only")
     global clock
-    clock = CLOCK[args.clock]
+    clock = CLOCKS[args.clock]
     if args.single_thread:
         args.torch_threads = 1
     official = None if args.official is None else load_official(args.official)

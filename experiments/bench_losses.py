@@ -22,17 +22,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import repo_paths  # noqa: F401  (puts tests/ on sys.path for `references`)
-from references.pair import CLASSIC_REFS
+from himl.benchmarking import CLOCKS, alternating_call_times, median_time, run_on_one_cpu
 
-from himl.benchmarking import alternating_call_times, median_time
-from himl.losses import LOSSES
+if "--single-thread" in sys.argv:  # before jax is imported (see `run_on_one_cpu`)
+    run_on_one_cpu()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import repo_paths  # noqa: E402, F401  (puts tests/ on sys.path for `references`)
+from references.pair import CLASSIC_REFS  # noqa: E402
+
+from himl.losses import LOSSES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +76,8 @@ def _pml_factories():
         "proxy_anchor": lambda c, d: pl.ProxyAnchorLoss(c, d),
         "proxy_nca": lambda c, d: pl.ProxyNCALoss(c, d),
         "normalized_softmax": lambda c, d: pl.NormalizedSoftmaxLoss(c, d),
+        "npairs": lambda c, d: pl.NPairsLoss(),
+        "lifted_structure": lambda c, d: pl.LiftedStructureLoss(),
     }
 
 
@@ -93,6 +101,24 @@ def pml_step(factory, x, y, num_classes):
     return step, device
 
 
+def timed_against(himl_call, ref_call, repeats, clock=time.perf_counter, ref_max_s=None):
+    """`[(median s, min s, rounds)]` of himl's and a reference's call, alternating (short
+    ones in bursts), so that a slow spell of a shared machine hits both alike (timed one
+    after the other, CPU ratios swung 2-5x between runs).
+
+    A reference whose first (warm-up) call takes longer than `ref_max_s` is timed by that
+    call alone (1 round; e.g. PML's NTXentLoss took 25 s at B = 512 on the CPU), so that
+    one slow reference cannot use up a run's time.
+    """
+    t0 = clock()
+    ref_call()
+    first = clock() - t0
+    if ref_max_s is not None and first > ref_max_s:
+        (himl,) = alternating_call_times([himl_call], repeats, 30.0, clock)
+        return [himl, (first, first, 1)]
+    return alternating_call_times([himl_call, ref_call], repeats, 30.0, clock)
+
+
 def bench_one(name, b, d, args, refs, pml):
     info = LOSSES[name]
     x, y, num_classes = _inputs(info, b, d)
@@ -107,22 +133,22 @@ def bench_one(name, b, d, args, refs, pml):
     t0 = time.perf_counter()
     compiled = step.lower(xj, params, yj).compile()
     compile_s = time.perf_counter() - t0
-    calls = [lambda: jax.block_until_ready(compiled(xj, params, yj))]
+    clock = CLOCKS[args.clock]
+    himl_call = lambda: jax.block_until_ready(compiled(xj, params, yj))  # noqa: E731
     with_pml = pml is not None and name in pml and info.labels == "flat" and not args.no_pml
     if with_pml:
         pml_call, pml_device = pml_step(pml[name], x, y, num_classes)
-        calls.append(pml_call)
-    # The two codes' calls alternate (short ones in bursts), so a slow spell of a shared
-    # machine hits both alike; timed one after the other, ratios swung 2-5x between runs.
-    timings = alternating_call_times(calls, args.repeats, budget_s=30.0)
-    himl_s, _, n = timings[0]
+        (himl_s, _, n), (pml_s, _, pn) = timed_against(
+            himl_call, pml_call, args.repeats, clock, args.pml_max_s
+        )
+    else:
+        ((himl_s, _, n),) = alternating_call_times([himl_call], args.repeats, 30.0, clock)
     row = {"loss": name, "B": b, "D": d, "compile_s": compile_s, "himl_ms": himl_s * 1e3}
     row["himl_calls"] = n
     if name in refs and b <= args.ref_max_batch and info.labels == "flat":
         ref_s, _ = _median_time(lambda: refs[name](x, y), 1)
         row["numpy_ref_ms"] = ref_s * 1e3
     if with_pml:
-        pml_s, _, pn = timings[1]
         row["pml_ms"], row["pml_calls"], row["pml_device"] = pml_s * 1e3, pn, pml_device
         row["speedup_vs_pml"] = pml_s / himl_s
     return row
@@ -144,7 +170,21 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="B=32, D=16, 3 calls")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--single-thread",
+        action="store_true",
+        help="both codes on one pinned CPU, one thread each (XLA and torch)",
+    )
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what is timed")
+    p.add_argument(
+        "--pml-max-s",
+        type=float,
+        default=10.0,
+        help="a PML step slower than this is timed by one call",
+    )
     args = p.parse_args(argv)
+    if args.single_thread:
+        args.torch_threads = 1
     if args.quick:
         args.batch_sizes, args.dims, args.repeats = [32], [16], 3
     names = args.losses or list(LOSSES)
@@ -184,7 +224,13 @@ def main(argv=None):
                 )
     if args.out:
         meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
-        meta["torch_threads"] = args.torch_threads
+        meta.update(
+            torch_threads=args.torch_threads,
+            single_thread=args.single_thread,
+            clock=args.clock,
+            xla_flags=os.environ.get("XLA_FLAGS", ""),
+            load_average_after=os.getloadavg(),
+        )
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return rows
 

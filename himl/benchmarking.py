@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,28 @@ import numpy as np
 # (its mean is one sample): alone, the first call after the other code's runs with cold
 # caches, and at N = 32 took 3x longer than in a loop (0.5 vs 0.15 ms for a HiMulConE step).
 BURST_S = 0.005
+
+# What a benchmark times: wall-clock seconds, or the CPU seconds of this process (all its
+# threads). On one pinned CPU (`run_on_one_cpu`) the CPU seconds are the work a call takes,
+# nearly unaffected by other processes sharing the cores (which only stretch wall-clock).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+
+
+def run_on_one_cpu() -> None:
+    """Pin this process to one CPU and XLA's CPU backend to one thread.
+
+    Call before JAX's backend starts (before importing anything that computes with jax):
+    XLA sizes its CPU thread pool from the CPUs this process may run on when its backend
+    starts (the Eigen flag alone leaves XLA's own pool on every core: its calls then took
+    ~20% more CPU time, and 3x more for a 0.3 ms step, in thread hand-offs). Set torch's
+    threads to 1 as well to compare with it.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA_FLAGS}".strip()
+    if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere XLA may use every core
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def median_time(

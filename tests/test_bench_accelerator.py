@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import time
 
 import pytest
 
@@ -68,14 +69,42 @@ def test_losses_section_alternates_himl_and_pml(bench, monkeypatch):
     assert len(calls) >= 2 + supcon["pml_calls"]  # warm-up, first call, one per round
 
 
-def test_loss_benchmark_alternates_himl_and_pml_and_writes_its_rows(monkeypatch, tmp_path):
+@pytest.fixture
+def losses_bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its sibling `repo_paths`
+    spec = importlib.util.spec_from_file_location("bench_losses", SCRIPT.parent / "bench_losses.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_reference_slower_than_its_cap_is_timed_by_one_call(losses_bench):
+    """`timed_against`: a reference whose warm-up call exceeds `ref_max_s` runs once; a
+    fast one alternates with himl's call every round."""
+    counts = {"himl": 0, "ref": 0}
+
+    def himl():
+        counts["himl"] += 1
+
+    def slow_ref():
+        counts["ref"] += 1
+        time.sleep(0.03)
+
+    (_, _, rounds), (ref_s, ref_min, ref_rounds) = losses_bench.timed_against(
+        himl, slow_ref, repeats=3, ref_max_s=0.01
+    )
+    assert counts["ref"] == 1 and ref_rounds == 1 and ref_s == ref_min >= 0.03
+    assert rounds == 3 and counts["himl"] > 3
+    timings = losses_bench.timed_against(himl, slow_ref, repeats=3, ref_max_s=1.0)
+    assert counts["ref"] == 1 + 1 + 2 + 3 and timings[1][2] == 3  # probe, warm-up, first, rounds
+
+
+def test_loss_benchmark_alternates_himl_and_pml_and_writes_its_rows(
+    losses_bench, monkeypatch, tmp_path
+):
     """`experiments/bench_losses.py`: each PML-equivalent loss against a PML step in
     alternation, the NumPy reference at small B, and the rows in the JSON."""
     torch = pytest.importorskip("torch")
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its sibling `repo_paths`
-    spec = importlib.util.spec_from_file_location("bench_losses", SCRIPT.parent / "bench_losses.py")
-    losses_bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(losses_bench)
     calls = []
 
     class FakePML(torch.nn.Module):  # stands in for pytorch_metric_learning's loss
@@ -93,5 +122,5 @@ def test_loss_benchmark_alternates_himl_and_pml_and_writes_its_rows(monkeypatch,
     assert triplet["himl_calls"] == triplet["pml_calls"] >= 3 and triplet["pml_device"]
     assert triplet["speedup_vs_pml"] == pytest.approx(triplet["pml_ms"] / triplet["himl_ms"])
     assert triplet["numpy_ref_ms"] > 0  # B = 16 <= --ref-max-batch
-    assert len(calls) >= 2 + triplet["pml_calls"] and calls[0] == (16, 8)
+    assert len(calls) >= 3 + triplet["pml_calls"] and calls[0] == (16, 8)
     assert "pml_ms" not in himulcone and himulcone["himl_ms"] > 0  # no PML equivalent
