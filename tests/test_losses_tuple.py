@@ -59,6 +59,35 @@ def test_lifted_non_default_margins():
     )
 
 
+def _npairs_pairs_given(x, first, second):
+    """The N-pair loss of the pairs `(first[k], second[k])` from its definition, for
+    autodiff: `mean_k -log softmax_j(cos(a_k, p_j))[k]`."""
+    a, p = (v / jnp.linalg.norm(v, axis=1, keepdims=True) for v in (x[first], x[second]))
+    logits = a @ p.T
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
+
+
+@pytest.mark.parametrize("pairs", [1, 25, 26, 50, 51, 100])
+def test_npairs_at_each_computed_size_equals_the_definition(pairs):
+    """B = 200 holds at most 100 pairs, computed at 25, 50 or 100 (`_pair_sizes`): each
+    size's boundary, value and gradient against the definition and the NumPy reference."""
+    rng = np.random.default_rng(pairs)
+    b = 200
+    # `pairs` classes of two samples, then singletons; shuffled (pairs in batch order).
+    y = np.concatenate([np.repeat(np.arange(pairs), 2), np.arange(pairs, pairs + b - 2 * pairs)])
+    y = rng.permutation(y).astype(np.int32)
+    x = rng.normal(size=(b, 8)).astype(np.float32)
+    first = [int(np.flatnonzero(y == c)[0]) for c in range(pairs)]
+    order = np.argsort(first)
+    first = np.asarray(first)[order]
+    second = np.asarray([int(np.flatnonzero(y == c)[1]) for c in range(pairs)])[order]
+    value, grad = jax.value_and_grad(_jitted(npairs, y))(jnp.asarray(x))
+    want, want_grad = jax.value_and_grad(_npairs_pairs_given)(jnp.asarray(x), first, second)
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-5)
+    np.testing.assert_allclose(float(value), ref_npairs(x, y), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=1e-4, atol=1e-7)
+
+
 def test_npairs_picks_first_two_samples_of_each_class():
     # Moving a third sample of class 0 around changes nothing; swapping the first two does.
     x, _ = _data(4, b=5)

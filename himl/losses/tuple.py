@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -47,10 +49,41 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     is_anchor = is_first & jnp.any(positive, axis=1)
     # First True of each row = the second sample of the class for a first-occurrence anchor.
     pos_idx = jnp.argmax(positive, axis=1)
-    logits = dot_similarity(xn, xn[pos_idx])  # [anchor i, positive of anchor j]
-    # cross-entropy of anchor k over the positives of all anchors, target its own (k)
-    losses = masked_logsumexp(logits, is_anchor[None, :], axis=1) - jnp.diagonal(logits)
-    return masked_mean(losses, is_anchor)
+    # An anchor's class has >= 2 samples, so there are at most n // 2 anchors: moved to the
+    # front, their [K, K] logits are computed at the smallest size of `_pair_sizes` that
+    # holds K (traced), not at [n, n] (16x the work at 4 samples per class).
+    most = n // 2
+    if most == 0:
+        return jnp.zeros((), jnp.float32)
+    anchors = jnp.nonzero(is_anchor, size=most, fill_value=0)[0]
+    count = jnp.sum(is_anchor)
+    sizes = _pair_sizes(most)
+    branches = [functools.partial(_npairs_on_first, size) for size in sizes]
+    which = jnp.searchsorted(jnp.asarray(sizes), count)  # the first size >= count
+    return jax.lax.switch(which, branches, xn[anchors], xn[pos_idx[anchors]], count)
+
+
+# The smallest number of pairs `npairs` computes at: below it one more size saves little.
+NPAIRS_MIN_SIZE = 32
+
+
+def _pair_sizes(most: int) -> list[int]:
+    """Static sizes, ascending: `most`, halved (rounded up) while above `NPAIRS_MIN_SIZE`.
+    Each is at most twice the one below, so K pairs cost at most 4x K^2 products."""
+    sizes = [most]
+    while sizes[0] > NPAIRS_MIN_SIZE:
+        sizes.insert(0, -(-sizes[0] // 2))
+    return sizes
+
+
+def _npairs_on_first(size, anchors, positives, count):
+    """The N-pair loss over the first `count` of the `size` leading pairs `[size, D]` each:
+    anchor k's cross-entropy over the positives of all anchors, its own (k) the target."""
+    anchors, positives = anchors[:size], positives[:size]
+    valid = jnp.arange(size) < count
+    logits = dot_similarity(anchors, positives)  # [anchor k, positive of anchor j]
+    losses = masked_logsumexp(logits, valid[None, :], axis=1) - jnp.diagonal(logits)
+    return masked_mean(losses, valid)
 
 
 def lifted_structure(
