@@ -18,7 +18,8 @@ one pinned CPU (their work, nearly independent of other processes); two threads 
 cores measured 1.7x to 7.2x for the same loss (normalized_softmax, B = 256) in two runs.
 The stored runs (`experiments/results/bench_losses_*_vs_pml.json`): `--pml-only
 --single-thread --clock cpu` at B = 256, D = 128, and at B = 1,024, D = 512 without
-`ntxent` (there PML's `NTXentLoss` needed more than this 24 GB machine has).
+`ntxent` and `lifted_structure` (there PML's `NTXentLoss` and `LiftedStructureLoss` needed
+more than this 24 GB machine has).
 """
 
 from __future__ import annotations

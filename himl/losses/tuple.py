@@ -41,26 +41,28 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     """
     x, y = flatten_views(embeddings, labels, "npairs")
     n = x.shape[0]
-    xn = l2_normalize(x.astype(jnp.float32))
-    idx = jnp.arange(n)
-    same = y[:, None] == y[None, :]
-    positive = same & (idx[:, None] != idx[None, :])
-    is_first = ~jnp.any(same & (idx[None, :] < idx[:, None]), axis=1)
-    is_anchor = is_first & jnp.any(positive, axis=1)
-    # First True of each row = the second sample of the class for a first-occurrence anchor.
-    pos_idx = jnp.argmax(positive, axis=1)
-    # An anchor's class has >= 2 samples, so there are at most n // 2 anchors: moved to the
-    # front, their [K, K] logits are computed at the smallest size of `_pair_sizes` that
-    # holds K (traced), not at [n, n] (16x the work at 4 samples per class).
+    # An anchor's class has >= 2 samples, so there are at most n // 2 pairs: their [K, K]
+    # logits are computed at the smallest size of `_pair_sizes` that holds K (traced), not
+    # at [n, n] (16x the work at 4 samples per class).
     most = n // 2
     if most == 0:
         return jnp.zeros((), jnp.float32)
-    anchors = jnp.nonzero(is_anchor, size=most, fill_value=0)[0]
-    count = jnp.sum(is_anchor)
+    xn = l2_normalize(x.astype(jnp.float32))
+    # Sorted stably by label, a class's samples stand in batch order: its first two are
+    # adjacent, found without any [n, n] comparison. (The loss does not depend on the order
+    # of the pairs.)
+    order = jnp.argsort(y, stable=True)
+    ranked = y[order]
+    same_as_next = ranked[1:] == ranked[:-1]
+    starts = jnp.concatenate([jnp.ones((1,), bool), ~same_as_next])
+    is_pair = starts & jnp.concatenate([same_as_next, jnp.zeros((1,), bool)])
+    first = jnp.nonzero(is_pair, size=most, fill_value=0)[0]  # sorted positions
+    count = jnp.sum(is_pair)
+    anchors, positives = order[first], order[jnp.minimum(first + 1, n - 1)]
     sizes = _pair_sizes(most)
     branches = [functools.partial(_npairs_on_first, size) for size in sizes]
     which = jnp.searchsorted(jnp.asarray(sizes), count)  # the first size >= count
-    return jax.lax.switch(which, branches, xn[anchors], xn[pos_idx[anchors]], count)
+    return jax.lax.switch(which, branches, xn[anchors], xn[positives], count)
 
 
 # The smallest number of pairs `npairs` computes at: below it one more size saves little.
