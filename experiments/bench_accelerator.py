@@ -47,6 +47,11 @@ from pathlib import Path
 # 75% of the device's memory up front, which would leave torch too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+from himl.benchmarking import CLOCKS, run_on_one_cpu  # noqa: E402  (no JAX)
+
+if "--single-thread" in sys.argv:  # before jax is imported (see `run_on_one_cpu`)
+    run_on_one_cpu()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -124,6 +129,7 @@ def _chunk_kwargs(name: str, n: int, chunk_size: int) -> dict:
 # ----------------------------------------------------------------------------- losses
 def bench_losses(args, platform_kind):
     pml = None if args.no_pml else _pml_factories()
+    clock = CLOCKS[args.clock]
     rows = []
     for b in args.batches:
         for name, info in LOSSES.items():
@@ -149,10 +155,10 @@ def bench_losses(args, platform_kind):
                     pml_call, row["pml_device"] = pml_step(pml[name], x, y, num_classes)
                     # Alternating calls (short ones in bursts): a slow spell hits both.
                     timings = timed_against(
-                        himl_call, pml_call, args.repeats, ref_max_s=args.pml_max_s
+                        himl_call, pml_call, args.repeats, clock, ref_max_s=args.pml_max_s
                     )
                 else:
-                    timings = alternating_call_times([himl_call], args.repeats, 30)
+                    timings = alternating_call_times([himl_call], args.repeats, 30, clock)
                 row["himl_ms"], row["himl_calls"] = timings[0][0] * 1e3, timings[0][2]
                 if len(timings) > 1:
                     row["pml_ms"], row["pml_calls"] = timings[1][0] * 1e3, timings[1][2]
@@ -335,6 +341,7 @@ def _meta(args):
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "args": vars(args),
     }
     try:
@@ -385,13 +392,21 @@ def main(argv=None):
         default=10.0,
         help="a PML step slower than this is timed by one call (keeps a run bounded)",
     )
+    p.add_argument(
+        "--single-thread",
+        action="store_true",
+        help="one pinned CPU, one thread each for XLA and torch (a fair CPU comparison)",
+    )
+    p.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="what the losses section times"
+    )
     p.add_argument("--note", default="", help="free text stored in the JSON")
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args(argv)
     for key, value in (CPU_SIZED if args.cpu_sized else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.torch_threads is None and args.cpu_sized:
+    if args.single_thread or (args.torch_threads is None and args.cpu_sized):
         args.torch_threads = 1
     if args.torch_threads and not args.no_pml:
         try:

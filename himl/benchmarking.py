@@ -32,7 +32,8 @@ def run_on_one_cpu() -> None:
     threads to 1 as well to compare with it.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA_FLAGS}".strip()
+    if SINGLE_THREAD_XLA_FLAGS not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA_FLAGS}".strip()
     if hasattr(os, "sched_setaffinity"):  # Linux; elsewhere XLA may use every core
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 

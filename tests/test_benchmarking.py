@@ -52,3 +52,21 @@ def test_alternation_reads_the_given_clock_and_shrinks_to_the_budget():
     )
     ((median, fastest, rounds),) = timings
     assert rounds == 3 and median == fastest == 1.0  # one tick per clock read pair
+
+
+def test_run_on_one_cpu_pins_the_process_and_sets_the_xla_flag_once():
+    """In a subprocess (it changes the process): one CPU, XLA's Eigen pool off, idempotent."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, os; from himl.benchmarking import run_on_one_cpu; "
+        "run_on_one_cpu(); run_on_one_cpu(); "
+        "print(json.dumps([os.environ['XLA_FLAGS'], sorted(os.sched_getaffinity(0))]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    flags, cpus = json.loads(out.stdout)
+    assert flags == "--xla_cpu_multi_thread_eigen=false" and len(cpus) == 1
