@@ -10,7 +10,7 @@ compile time (lower + compile) reported apart:
   `pytorch_metric_learning` import (the PML-equivalent losses; skipped cleanly otherwise),
   on torch's GPU when it sees one, the two codes' calls alternating (short calls in
   bursts, `himl.benchmarking.alternating_call_times`); a PML step slower than
-  `--pml-max-s` is timed by its one warm-up call (`bench_losses.timed_against`).
+  `--pml-max-s` is timed by its one warm-up call (`himl.benchmarking.timed_against`).
   Losses taking `chunk_size=` (see `default_hparams`) get `--chunk-size` when B exceeds it.
 - `global_batch`: SupCon and HiMulConE (D = `--global-dim`, embeddings of
   `--global-dtype`) at B = `--start-batch`,
@@ -59,9 +59,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
 
 from bench_knn import make_data, numpy_knn  # noqa: E402
-from bench_losses import _inputs, _pml_factories, pml_step, timed_against  # noqa: E402
+from bench_losses import _inputs, _pml_factories, pml_step  # noqa: E402
 
-from himl.benchmarking import alternating_call_times, median_time  # noqa: E402
+from himl.benchmarking import alternating_call_times, median_time, timed_against  # noqa: E402
 from himl.eval import knn, retrieval_metrics  # noqa: E402
 from himl.eval.knn import search_mesh  # noqa: E402
 from himl.losses import LOSSES, default_hparams, get_loss  # noqa: E402

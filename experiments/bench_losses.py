@@ -31,7 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-from himl.benchmarking import CLOCKS, alternating_call_times, median_time, run_on_one_cpu
+from himl.benchmarking import (
+    CLOCKS,
+    alternating_call_times,
+    median_time,
+    run_on_one_cpu,
+    timed_against,
+)
 
 if "--single-thread" in sys.argv:  # before jax is imported (see `run_on_one_cpu`)
     run_on_one_cpu()
@@ -103,24 +109,6 @@ def pml_step(factory, x, y, num_classes):
             torch.cuda.synchronize()
 
     return step, device
-
-
-def timed_against(himl_call, ref_call, repeats, clock=time.perf_counter, ref_max_s=None):
-    """`[(median s, min s, rounds)]` of himl's and a reference's call, alternating (short
-    ones in bursts), so that a slow spell of a shared machine hits both alike (timed one
-    after the other, CPU ratios swung 2-5x between runs).
-
-    A reference whose first (warm-up) call takes longer than `ref_max_s` is timed by that
-    call alone (1 round; e.g. PML's NTXentLoss took 25 s at B = 512 on the CPU), so that
-    one slow reference cannot use up a run's time.
-    """
-    t0 = clock()
-    ref_call()
-    first = clock() - t0
-    if ref_max_s is not None and first > ref_max_s:
-        (himl,) = alternating_call_times([himl_call], repeats, 30.0, clock)
-        return [himl, (first, first, 1)]
-    return alternating_call_times([himl_call, ref_call], repeats, 30.0, clock)
 
 
 def bench_one(name, b, d, args, refs, pml):

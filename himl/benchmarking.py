@@ -100,3 +100,27 @@ def alternating_call_times(
         samples.append(times)
     samples = np.asarray(samples)
     return [(float(np.median(t)), float(t.min()), rounds) for t in samples.T]
+
+
+def timed_against(
+    himl_call: Callable[[], object],
+    ref_call: Callable[[], object],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    ref_max_s: float | None = None,
+) -> list[tuple[float, float, int]]:
+    """`[(median s, min s, rounds)]` of himl's and a reference's call, alternating (short
+    ones in bursts), so that a slow spell of a shared machine hits both alike (timed one
+    after the other, CPU ratios swung 2-5x between runs).
+
+    A reference whose first (warm-up) call takes longer than `ref_max_s` is timed by that
+    call alone (1 round; e.g. PML's NTXentLoss took 25 s at B = 512 on the CPU), so that
+    one slow reference cannot use up a run's time.
+    """
+    t0 = clock()
+    ref_call()
+    first = clock() - t0
+    if ref_max_s is not None and first > ref_max_s:
+        (himl,) = alternating_call_times([himl_call], repeats, 30.0, clock)
+        return [himl, (first, first, 1)]
+    return alternating_call_times([himl_call, ref_call], repeats, 30.0, clock)

@@ -125,7 +125,7 @@ def _triplet_sums_fwd(dist, pos_mask, neg_mask, margin, semi_hard):
     count = hi - lo
     neg_total = jnp.take_along_axis(prefix, hi, axis=1) - jnp.take_along_axis(prefix, lo, axis=1)
     total = jnp.sum(jnp.where(pos_mask, count * threshold - neg_total, 0.0))
-    return (total, jnp.sum(count)), (dist, neg_mask, neg_sorted, lo, hi, count)
+    return (total, jnp.sum(count)), (dist, neg_mask, neg_sorted, lo, hi)
 
 
 def _triplet_sums_bwd(semi_hard, res, cotangents):
@@ -133,7 +133,8 @@ def _triplet_sums_bwd(semi_hard, res, cotangents):
     -(ranges [lo_ap, hi_ap) holding n's sorted position)`: a difference array over sorted
     positions, summed, then read at n's position (ties share one value: a range's ends are
     searchsorted bounds, so never split a run of equal distances)."""
-    dist, neg_mask, neg_sorted, lo, hi, count = res
+    dist, neg_mask, neg_sorted, lo, hi = res
+    count = hi - lo
     g = cotangents[0]
     b, m = neg_sorted.shape
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], lo.shape)

@@ -2,7 +2,7 @@
 
 import time
 
-from himl.benchmarking import alternating_call_times, median_time
+from himl.benchmarking import alternating_call_times, median_time, timed_against
 
 
 def test_first_call_is_timed_apart_and_repeats_are_counted():
@@ -70,3 +70,24 @@ def test_run_on_one_cpu_pins_the_process_and_sets_the_xla_flag_once():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     flags, cpus = json.loads(out.stdout)
     assert flags == "--xla_cpu_multi_thread_eigen=false" and len(cpus) == 1
+
+
+def test_a_reference_slower_than_its_cap_is_timed_by_one_call():
+    """`timed_against`: a reference whose warm-up call exceeds `ref_max_s` runs once; a
+    fast one alternates with himl's call every round."""
+    counts = {"himl": 0, "ref": 0}
+
+    def himl():
+        counts["himl"] += 1
+
+    def slow_ref():
+        counts["ref"] += 1
+        time.sleep(0.03)
+
+    (_, _, rounds), (ref_s, ref_min, ref_rounds) = timed_against(
+        himl, slow_ref, repeats=3, ref_max_s=0.01
+    )
+    assert counts["ref"] == 1 and ref_rounds == 1 and ref_s == ref_min >= 0.03
+    assert rounds == 3 and counts["himl"] > 3
+    timings = timed_against(himl, slow_ref, repeats=3, ref_max_s=1.0)
+    assert counts["ref"] == 1 + 1 + 2 + 3 and timings[1][2] == 3  # probe, warm-up, first, rounds

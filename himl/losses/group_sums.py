@@ -12,14 +12,21 @@ import jax
 import jax.numpy as jnp
 
 
+def sorted_runs(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(order, starts)` for integer `labels` `[R]`: the stable sorting permutation (equal
+    labels stay in batch order) and, per sorted position, whether a new label starts
+    there. One sort, never an `[R, R]` comparison."""
+    order = jnp.argsort(labels, stable=True)
+    ranked = labels[order]
+    return order, jnp.concatenate([jnp.ones((1,), bool), ranked[1:] != ranked[:-1]])
+
+
 def group_ids(labels: jax.Array) -> jax.Array:
     """`[R]` int32 ids in `0 .. R-1` of the distinct values of integer `labels` `[R]`
-    (ranked in sorted order): one sort, never an `[R, R]` comparison."""
-    r = labels.shape[0]
-    order = jnp.argsort(labels)
-    ranked = labels[order]
-    first = jnp.concatenate([jnp.ones((1,), bool), ranked[1:] != ranked[:-1]])
-    return jnp.zeros((r,), jnp.int32).at[order].set(jnp.cumsum(first, dtype=jnp.int32) - 1)
+    (ranked in sorted order)."""
+    order, starts = sorted_runs(labels)
+    ids = jnp.cumsum(starts, dtype=jnp.int32) - 1
+    return jnp.zeros((labels.shape[0],), jnp.int32).at[order].set(ids)
 
 
 def positive_sums(x, groups, weight, temperature):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from himl.distances import dot_similarity, euclidean_distance, l2_normalize
 from himl.losses.checks import flatten_views
+from himl.losses.group_sums import sorted_runs
 from himl.losses.reductions import masked_logsumexp, masked_mean
 
 
@@ -51,11 +52,8 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     # Sorted stably by label, a class's samples stand in batch order: its first two are
     # adjacent, found without any [n, n] comparison. (The loss does not depend on the order
     # of the pairs.)
-    order = jnp.argsort(y, stable=True)
-    ranked = y[order]
-    same_as_next = ranked[1:] == ranked[:-1]
-    starts = jnp.concatenate([jnp.ones((1,), bool), ~same_as_next])
-    is_pair = starts & jnp.concatenate([same_as_next, jnp.zeros((1,), bool)])
+    order, starts = sorted_runs(y)
+    is_pair = starts & ~jnp.concatenate([starts[1:], jnp.ones((1,), bool)])  # next: same
     first = jnp.nonzero(is_pair, size=most, fill_value=0)[0]  # sorted positions
     count = jnp.sum(is_pair)
     anchors, positives = order[first], order[jnp.minimum(first + 1, n - 1)]
