@@ -29,7 +29,12 @@ compile time (lower + compile) reported apart:
 
 `--cpu-sized` shrinks every size so that the whole run finishes in minutes on 2 CPU cores;
 each size flag still overrides it. The JSON records the device, the sizes and every
-measurement; nothing is extrapolated.
+measurement; nothing is extrapolated. It is rewritten after every measurement, so a run
+stopped from outside keeps what it measured; `--deadline-s S` starts no new measurement
+after S seconds of wall time (the rows it leaves out say `"skipped": "deadline"`), so that
+a run on a machine lent for a fixed time ends cleanly with every section it reached, e.g.
+
+  python experiments/bench_accelerator.py --deadline-s 500 --out $OUT/bench_accelerator_h100.json
 """
 
 from __future__ import annotations
@@ -117,6 +122,27 @@ def _compile(fn, *args):
     return compiled, time.perf_counter() - t0
 
 
+class Progress:
+    """The run's results, written to `out` (when given) after every measurement, and its
+    wall-clock deadline (`deadline_s` after construction; None: no deadline)."""
+
+    def __init__(self, results: dict, out: str | None, deadline_s: float | None):
+        self.results, self.out = results, out
+        self.deadline = None if deadline_s is None else time.perf_counter() + deadline_s
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def record(self, section: str, value) -> None:
+        """`results[section] = value` (the section's rows so far), then the JSON rewritten."""
+        self.results[section] = value
+        if self.out:
+            Path(self.out).write_text(json.dumps(self.results, indent=1, default=str))
+
+
+SKIPPED = {"skipped": "deadline"}
+
+
 def _chunk_kwargs(name: str, n: int, chunk_size: int) -> dict:
     """`{"chunk_size": c}` when the loss takes one and the batch is larger; else dense."""
     return (
@@ -127,13 +153,16 @@ def _chunk_kwargs(name: str, n: int, chunk_size: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- losses
-def bench_losses(args, platform_kind):
+def bench_losses(args, platform_kind, progress):
     pml = None if args.no_pml else _pml_factories()
     clock = CLOCKS[args.clock]
     rows = []
     for b in args.batches:
         for name, info in LOSSES.items():
             row = {"loss": name, "B": b, "D": args.dim}
+            if progress.out_of_time():
+                rows.append({**row, **SKIPPED})
+                continue
             try:
                 x, y, num_classes = _inputs(info, b if info.labels == "flat" else b // 2, args.dim)
                 variables = info.init(
@@ -169,6 +198,7 @@ def bench_losses(args, platform_kind):
             except Exception as e:  # out of memory at large B: record and go on
                 row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
             rows.append(row)
+            progress.record("losses", rows)
             _print_row(row, ("loss", "B", "compile_s", "himl_ms", "pml_ms", "x_pml", "error"))
     if pml is not None:  # give torch's cached GPU memory back to the sections after this
         import torch
@@ -205,12 +235,15 @@ def _global_inputs(name, n, d, dtype):
     return jax.random.normal(key, (n, d), dtype), y
 
 
-def bench_global_batch(args, platform_kind):
+def bench_global_batch(args, platform_kind, progress):
     rows = []
     for name in ("supcon", "himulcone"):
         b = args.start_batch
         while b <= args.max_batch:
             row = {"loss": name, "B": b, "D": args.global_dim, "input_dtype": args.global_dtype}
+            if progress.out_of_time():
+                rows.append({**row, **SKIPPED})
+                break
             kw = _chunk_kwargs(name, b, args.chunk_size)
             row.update(kw)
             if not kw:
@@ -240,20 +273,24 @@ def bench_global_batch(args, platform_kind):
             except Exception as e:  # the first size that does not fit ends this loss
                 row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
             rows.append(row)
+            progress.record("global_batch", rows)
             _print_row(row, ("loss", "B", "loss_ms", "bf16_matmul_ms", "loss_vs_matmul", "error"))
             if "error" in row or row["loss_ms"] / 1e3 > args.max_step_s:
                 break
             b *= 2
-        fitted = [r["B"] for r in rows if r["loss"] == name and "error" not in r]
+        fitted = [r["B"] for r in rows if r["loss"] == name and "loss_ms" in r]
         rows.append({"loss": name, "largest_B_run": max(fitted) if fitted else None})
+        progress.record("global_batch", rows)
     return rows
 
 
 # --------------------------------------------------------------------------------- knn
-def bench_knn(args, platform_kind):
+def bench_knn(args, platform_kind, progress):
+    out = {"N": args.knn_n, "D": args.knn_d, "devices": jax.device_count(), "k_search": 8}
+    if progress.out_of_time():
+        return {**out, **SKIPPED}
     x, labels = make_data(args.knn_n, args.knn_d)
     mesh = search_mesh()
-    out = {"N": args.knn_n, "D": args.knn_d, "devices": jax.device_count(), "k_search": 8}
     t0 = time.perf_counter()
     metrics = retrieval_metrics(x, labels, ks=(1, 2, 4, 8), mesh=mesh)
     out["metrics_first_call_s"] = time.perf_counter() - t0
@@ -261,9 +298,11 @@ def bench_knn(args, platform_kind):
     out["metrics_s"], out["metrics_calls"] = t["ms"] / 1e3, t["calls"]
     out["recall"] = {k: v for k, v in metrics.items() if k.startswith("recall@")}
     out["map@r"], out["k_metrics"] = metrics["map@r"], metrics["k"]
+    progress.record("knn", out)
     t = _timed(lambda: knn(x, k=8, mesh=mesh)[0], args.repeats, 120)
     out["knn_s"], out["knn_first_call_s"] = t["ms"] / 1e3, t["first_call_s"]
-    if args.knn_numpy:
+    progress.record("knn", out)
+    if args.knn_numpy and not progress.out_of_time():
         xn = x / np.linalg.norm(x, axis=1, keepdims=True)
         t = _timed(lambda: numpy_knn(xn, 8), min(args.repeats, 3), 120)
         out["numpy_knn_s"] = t["ms"] / 1e3
@@ -277,7 +316,7 @@ def bench_knn(args, platform_kind):
 
 
 # ------------------------------------------------------------------------------ resnet
-def bench_resnet(args, platform_kind):
+def bench_resnet(args, platform_kind, progress):
     import ml_collections
 
     from himl.configs import default
@@ -301,10 +340,13 @@ def bench_resnet(args, platform_kind):
     }
     rows = []
     for dtype in ("float32", "bfloat16"):
+        row = {"dtype": dtype, "B": b, "image_size": size}
+        if progress.out_of_time():
+            rows.append({**row, **SKIPPED})
+            continue
         model = ResNet(embedding_dim=512, dtype=jnp.dtype(dtype))
         state = create_state(jax.random.key(0), model, objective, tx, (size, size, 3))
         step_fn = functools.partial(train_step, model=model, objective=objective, tx=tx)
-        row = {"dtype": dtype, "B": b, "image_size": size}
         try:
             step, row["compile_s"] = _compile(step_fn, state, batch)
             t = _time_compiled(step, (state, batch), args.repeats, 120)
@@ -315,6 +357,7 @@ def bench_resnet(args, platform_kind):
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
+        progress.record("resnet", rows)
         _print_row(row, ("dtype", "B", "image_size", "compile_s", "step_ms", "images_per_s"))
     return rows
 
@@ -400,6 +443,12 @@ def main(argv=None):
     p.add_argument(
         "--clock", choices=sorted(CLOCKS), default="wall", help="what the losses section times"
     )
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="start no new measurement after this many seconds of wall time",
+    )
     p.add_argument("--note", default="", help="free text stored in the JSON")
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args(argv)
@@ -421,6 +470,7 @@ def main(argv=None):
     meta["note"] = args.note
     print(f"{meta['device_kind']} x {meta['device_count']} ({meta['platform']}), jax {meta['jax']}")
     results = {"meta": meta}
+    progress = Progress(results, args.out, args.deadline_s)
     runners = {
         "losses": bench_losses,
         "global_batch": bench_global_batch,
@@ -430,10 +480,9 @@ def main(argv=None):
     for section in args.sections:
         print(f"[{section}]", flush=True)
         t0 = time.perf_counter()
-        results[section] = runners[section](args, kind)
+        value = runners[section](args, kind, progress)
         results.setdefault("section_wall_s", {})[section] = time.perf_counter() - t0
-        if args.out:  # written after every section: a partial run keeps what it measured
-            Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+        progress.record(section, value)
     return results
 
 

@@ -102,3 +102,38 @@ def test_loss_benchmark_alternates_himl_and_pml_and_writes_its_rows(
     assert triplet["numpy_ref_ms"] > 0  # B = 16 <= --ref-max-batch
     assert len(calls) >= 3 + triplet["pml_calls"] and calls[0] == (16, 8)
     assert "pml_ms" not in himulcone and himulcone["himl_ms"] > 0  # no PML equivalent
+
+
+def test_json_keeps_each_measurement_of_a_run_stopped_midway(bench, tmp_path, monkeypatch):
+    """The JSON is rewritten after every row: a run killed inside a section (a lent
+    machine's time limit) keeps the rows it finished."""
+    out = tmp_path / "bench.json"
+    compile_calls = []
+    real_compile = bench._compile
+
+    def compile_then_stop(*args):
+        compile_calls.append(1)
+        if len(compile_calls) == 3:  # the second row's first compile: stopped from outside
+            raise SystemExit("killed")
+        return real_compile(*args)
+
+    monkeypatch.setattr(bench, "_compile", compile_then_stop)
+    argv = ["--sections", "global_batch", "--start-batch", "32", "--max-batch", "64"]
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--chunk-size", "16", "--repeats", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["global_batch"]
+    assert [(r["loss"], r["B"]) for r in rows] == [("supcon", 32)] and rows[0]["loss_ms"] > 0
+
+
+def test_deadline_skips_what_it_has_not_started(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--sections", "losses", "global_batch", "knn", "resnet", "--deadline-s", "0"]
+    argv += ["--batches", "16", "--start-batch", "32", "--knn-n", "100", "--resnet-batch", "2"]
+    argv += ["--resnet-size", "32", "--out", str(out)]
+    bench.main(argv)
+    written = json.loads(out.read_text())
+    skipped = [*written["losses"], *written["global_batch"][::2], written["knn"]]
+    skipped += written["resnet"]
+    assert all(r["skipped"] == "deadline" for r in skipped)
+    assert len(written["losses"]) == len(bench.LOSSES)  # every loss listed as not measured
+    assert [r["largest_B_run"] for r in written["global_batch"][1::2]] == [None, None]
