@@ -23,17 +23,56 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = NORM_EPS) -> jax.Arr
     return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
-def dot_similarity(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
-    """`a @ b.T` accumulated in float32 (bf16 inputs stay fast on accelerators)."""
-    b = a if b is None else b
+def _gram(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("nd,md->nm", a, b, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def self_gram(a: jax.Array) -> jax.Array:
+    """`a @ a.T` `[N, N]` accumulated in float32, for `a [N, D]`.
+
+    Autodiff of `a @ a.T` differentiates each operand apart: two `[N, N] x [N, D]`
+    products, `G a + G^T a` for the cotangent G. On the CPU the backward pass here is one,
+    `(G + G^T) a`. The self-pairwise losses (contrastive, triplet, multi-similarity, NTXent,
+    lifted structure) are built on it: forward + backward at B = 1,024, D = 512 on one CPU
+    thread measured 1.39x faster for contrastive (70.9 -> 51.1 ms), 1.25x for lifted
+    structure and 1.06-1.12x for the others (XLA's CPU transpose in `G + G^T` costs back
+    part of the saved product). Accelerators keep the two products: there G is sharded by
+    rows over the mesh, and its transpose would move all `N^2` entries between devices
+    where the second product needs an `[N, D]` reduction. A `custom_vjp`, so reverse mode
+    only (no `jax.jvp`).
+    """
+    return _gram(a, a)
+
+
+def _self_gram_fwd(a):
+    return _gram(a, a), a
+
+
+def _times(w, a):
+    """`w @ a` for `w [N, N]` float32 and `a [N, D]`, computed like the forward product."""
+    return jnp.einsum("nm,md->nd", w.astype(a.dtype), a, preferred_element_type=jnp.float32)
+
+
+def _self_gram_bwd(a, g):
+    if jax.default_backend() == "cpu":
+        return (_times(g + g.T, a).astype(a.dtype),)
+    return ((_times(g, a) + _times(g.T, a)).astype(a.dtype),)
+
+
+self_gram.defvjp(_self_gram_fwd, _self_gram_bwd)
+
+
+def dot_similarity(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
+    """`a @ b.T` accumulated in float32 (bf16 inputs stay fast on accelerators); `b=None`
+    is `self_gram(a)` (one product in the backward pass, not two)."""
+    return self_gram(a) if b is None else _gram(a, b)
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
     """Cosine similarity `[N, M]` of L2-normalised rows (PML `CosineSimilarity`)."""
     a = l2_normalize(a)
-    b = a if b is None else l2_normalize(b)
-    return dot_similarity(a, b)
+    return dot_similarity(a, None if b is None else l2_normalize(b))
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
@@ -43,10 +82,9 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
 
 
 def _squared_norms_and_gram(a: jax.Array, b: jax.Array | None):
-    bb = a if b is None else b
     sq_a = jnp.sum(jnp.square(a.astype(jnp.float32)), axis=-1)
-    sq_b = sq_a if b is None else jnp.sum(jnp.square(bb.astype(jnp.float32)), axis=-1)
-    return sq_a, sq_b, dot_similarity(a, bb)
+    sq_b = sq_a if b is None else jnp.sum(jnp.square(b.astype(jnp.float32)), axis=-1)
+    return sq_a, sq_b, dot_similarity(a, b)
 
 
 def squared_euclidean_distance(

@@ -45,14 +45,23 @@ def read_config_json(path: Path) -> dict | None:
     return saved
 
 
+# Config fields whose keys the user chooses (a map, not a schema): a saved run's map is
+# complete as it is, e.g. In-Shop's `{"model": 1.0, "model/stem": 0.0, ...}` has no "loss".
+USER_KEYED_MAPS = ("optimizer.lr_multipliers",)
+
+
 def _fill_missing(saved: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Adds the fields of `defaults` that `saved` lacks (recursively); returns their names."""
     added = []
     for key, value in defaults.items():
+        name = prefix + key
         if key not in saved:
             saved[key] = value
-            added.append(prefix + key)
-        elif isinstance(value, dict) and isinstance(saved[key], dict):
-            added += _fill_missing(saved[key], value, f"{prefix}{key}.")
+            added.append(name)
+        elif (
+            isinstance(value, dict) and isinstance(saved[key], dict) and name not in USER_KEYED_MAPS
+        ):
+            added += _fill_missing(saved[key], value, f"{name}.")
     return added
 
 

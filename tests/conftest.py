@@ -10,6 +10,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent XLA compilation cache for the session, shared by the xdist workers and
+# the subprocesses the tests start (all inherit this environment), removed at the end:
+# every run that builds ResNet-50 initialises it op by op, about 200 small programs to
+# compile, and many tests compile the same train and eval steps. No size limit: with one,
+# JAX scans the whole directory on every write (thousands of entries: slower than
+# compiling). A read that meets an entry still being written is a warning and a compile.
+SESSION_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="himl-tests-xla-cache-")
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=SESSION_XLA_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.02",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 import pytest  # noqa: E402
 
@@ -31,6 +47,12 @@ def pytest_addoption(parser):
         action="store_true",
         help="also run the tests marked slow (end to end, subprocesses); .ci/run does",
     )
+
+
+def pytest_unconfigure(config):
+    """The process that made the session's compilation cache removes it."""
+    if SESSION_XLA_CACHE is not None:
+        shutil.rmtree(SESSION_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,6 +12,7 @@ from himl.distances import (
     mahalanobis_diag_distance,
     pairwise,
     safe_sqrt,
+    self_gram,
 )
 
 
@@ -65,6 +66,30 @@ def test_safe_sqrt_and_zero_gradients():
         assert np.all(np.isfinite(g)), name
     g = jax.grad(lambda x: jnp.sum(pairwise("mahalanobis", x, s2=jnp.ones(2))))(x)
     assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_self_gram_gradient_is_both_operands(data, backend, monkeypatch):
+    """`self_gram`'s backward (one product on the CPU, two elsewhere) against NumPy float64
+    for a cotangent that is not symmetric (a symmetric one would hide a missing transpose),
+    and `pairwise(name, x)` against the same measure with a copy as second operand."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    a, _ = data
+    g = np.random.default_rng(1).normal(size=(a.shape[0], a.shape[0]))
+    value, vjp = jax.vjp(self_gram, jnp.asarray(a))
+    a64 = a.astype(np.float64)
+    np.testing.assert_allclose(value, a64 @ a64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], (g + g.T) @ a64, rtol=1e-5)
+    for name in ("dot", "cosine"):
+
+        def weighted(x, y, name=name):
+            return jnp.sum(jnp.asarray(g, jnp.float32) * pairwise(name, x, y))
+
+        expected = sum(jax.grad(weighted, argnums=(0, 1))(a, a))
+        got = jax.grad(lambda x, name=name: weighted(x, None))(a)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    half = jnp.asarray(a, jnp.bfloat16)
+    assert jax.grad(lambda x: jnp.sum(self_gram(x)))(half).dtype == jnp.bfloat16
 
 
 def test_bf16_inputs_give_float32(data):

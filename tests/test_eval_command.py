@@ -102,3 +102,19 @@ def test_older_run_config_gets_new_fields_from_the_defaults(tmp_path, capsys):
     config = load_run_config(tmp_path)
     assert config.eval.query_gallery == () and config.model.widths == [8, 16]
     assert "eval.query_gallery" in capsys.readouterr().err
+
+
+def test_run_config_keeps_its_own_lr_multipliers_without_a_note(tmp_path, capsys):
+    """`optimizer.lr_multipliers` is keyed by the user (In-Shop's has no "loss"): a run
+    that saved it is not an older run, and its map is not filled from the defaults."""
+    import json
+
+    from himl.configs import inshop
+    from himl.eval.run import load_run_config
+
+    saved = inshop.get_config("himulcone").to_dict()
+    assert "loss" not in saved["optimizer"]["lr_multipliers"]
+    (tmp_path / "config.json").write_text(json.dumps(saved, default=list))
+    config = load_run_config(tmp_path)
+    assert config.optimizer.lr_multipliers.to_dict() == saved["optimizer"]["lr_multipliers"]
+    assert "predates" not in capsys.readouterr().err
