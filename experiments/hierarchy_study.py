@@ -3,6 +3,8 @@
     python experiments/hierarchy_study.py --jobs 2 \\
         --fashion_mnist DIR_OF_IDX_FILES --omniglot DIR_OF_OMNIGLOT_ZIPS
     python experiments/hierarchy_study.py --report       # tables + figure from the JSON only
+    python experiments/hierarchy_study.py --datasets embedded \\
+        --objectives supcon_fine,himulcone --samplers hierarchical   # a part of the plan
 
 Trains every cell of the plan (`--plan`, below) once per seed on the CPU-sized setup of the
 main job (small CNN, 600 steps, 64-sample batches of two views), evaluates the final
@@ -444,13 +446,15 @@ def figure(data: dict, path: Path) -> None:
 
 
 # ---------------------------------------------------------------- driver
-def plan_cells(datasets, seeds, objectives=None, steps: int = 0) -> list[dict]:
+def plan_cells(datasets, seeds, objectives=None, steps: int = 0, samplers=None) -> list[dict]:
+    """The plan's cells (dicts) for these datasets and seeds, limited to `objectives` and
+    `samplers` where given (empty: all the plan names)."""
     cells = []
-    for dataset, plan_objectives, samplers in PLAN:
+    for dataset, plan_objectives, plan_samplers in PLAN:
         if dataset not in datasets:
             continue
         for objective in [o for o in plan_objectives if not objectives or o in objectives]:
-            for sampler in samplers:
+            for sampler in [s for s in plan_samplers if not samplers or s in samplers]:
                 for seed in seeds:
                     cell = dict(dataset=dataset, objective=objective, sampler=sampler, seed=seed)
                     cells.append(cell | ({"steps": steps} if steps else {}))
@@ -470,6 +474,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--objectives", default="", help="default: each dataset's plan")
+    parser.add_argument("--samplers", default="", help="default: each dataset's plan")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--fashion_mnist", default="", help="folder of the Fashion-MNIST IDX")
     parser.add_argument("--omniglot", default="", help="folder of the Omniglot zips")
@@ -517,10 +522,14 @@ def study(args, data: dict, out: Path) -> dict:
     for o in objectives:
         if o not in OBJECTIVES:
             sys.exit(f"unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
+    samplers = [s for s in args.samplers.split(",") if s]
+    for s in samplers:
+        if s not in SAMPLERS:
+            sys.exit(f"unknown sampler {s!r}; valid: {', '.join(SAMPLERS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = Path(args.cache or tempfile.gettempdir()) / "himl_hierarchy_study"
     cache.mkdir(parents=True, exist_ok=True)
-    cells = plan_cells(datasets, seeds, objectives, args.steps)
+    cells = plan_cells(datasets, seeds, objectives, args.steps, samplers)
     cells = list({run_id(c): c for c in cells}.values())  # a cell named twice runs once
     todo = [c for c in cells if run_id(c) not in data["runs"]]
     print(f"{len(cells)} runs in the plan, {len(cells) - len(todo)} already in {out}")

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from himl.models.cnn import SmallCNN
 from himl.models.registry import build_model
 from himl.models.resnet import ResNet
 
@@ -73,3 +74,31 @@ def test_batchnorm_backbone_in_the_sharded_train_step(tiny_config):
         state, metrics = step_fn(state, device_batch(batcher(step), mesh))
     assert np.isfinite(float(metrics["loss"]))
     assert not np.allclose(np.asarray(state.batch_stats["model"]["stem_bn"]["var"]), before)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ResNet(stage_sizes=(1, 1), width=4, embedding_dim=8),  # as the tests above
+        SmallCNN(widths=(8, 16), embedding_dim=16),  # configs/tiny.py's
+    ],
+    ids=["small_resnet", "small_cnn"],
+)
+def test_initial_state_holds_the_variables_of_model_init(tiny_config, model):
+    """`create_state` skips `init`'s forward pass: the values must be `init`'s bit for bit
+    (every run and checkpoint since the first starts from them)."""
+    import dataclasses
+
+    from himl.train.experiment import build_experiment
+
+    exp = dataclasses.replace(build_experiment(tiny_config), model=model)
+    state = exp.initial_state()
+    model_rng, _ = jax.random.split(jax.random.key(tiny_config.seed))
+    image = jnp.zeros((1, *exp.dataset.split("train").images.shape[1:]))
+    expected = model.init(model_rng, image, train=False)
+    got = {"params": state.params["model"]}
+    got |= {"batch_stats": state.batch_stats["model"]} if "batch_stats" in expected else {}
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)

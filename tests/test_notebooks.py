@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import tempfile
 
 import pytest
 
@@ -12,6 +13,7 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipy
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its work dirs go with tmp_path
     cells = json.loads(path.read_text())["cells"]
     namespace = {}
     for i, cell in enumerate(cells):

@@ -61,7 +61,8 @@ def himl_features():
     """`features(weights) -> [N, 2048]`: himl's ResNet-50 ("none" head: the pooled backbone
     features, unnormalised) with `weights` loaded, in eval mode, jitted once."""
     model = ResNet(head="none", normalize=False)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, SIDE, SIDE, 3)), train=False)
+    image = jax.ShapeDtypeStruct((1, SIDE, SIDE, 3), jnp.float32)  # the file replaces all
+    variables = model.lazy_init(jax.random.key(0), image, train=False)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
     def features(weights, images):

@@ -10,9 +10,9 @@ import pytest
 REPO = pathlib.Path(__file__).parents[1]
 
 
-def _train(*args):
+def _train(*args, python=()):
     return subprocess.run(
-        [sys.executable, "-m", "himl.train", *args],
+        [sys.executable, *python, "-m", "himl.train", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -56,6 +56,18 @@ def test_mistake_is_one_line_before_any_work(args, expected, tmp_path):
     line = _one_error_line(_train(f"--workdir={tmp_path / 'w'}", *args))
     assert expected in line
     assert not (tmp_path / "w").exists()
+
+
+def test_a_mistake_is_reported_before_the_evaluation_libraries_load(tmp_path):
+    """scikit-learn (k-means, the probe) takes ~2 s to import: a config mistake must not
+    wait for it (nor for plotting)."""
+    result = _train(
+        f"--workdir={tmp_path / 'w'}", "--config.eval.ks=0", python=("-X", "importtime")
+    )
+    assert "config.eval.ks" in _one_error_line(result)
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "jax" in imported  # the import log is there
+    assert not imported & {"sklearn", "scipy.stats", "matplotlib"}
 
 
 def test_workdir_that_is_a_file(tmp_path):

@@ -7,6 +7,7 @@ import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import himl.train.loop as loop
@@ -117,10 +118,19 @@ def test_exception_mid_run_waits_for_the_save_and_closes_the_manager(config, tmp
         closed.append(self.manager.is_saving_in_progress())
 
     monkeypatch.setattr(Checkpointer, "close", spy)
+    managers_closed = []
+    manager_close = ocp.CheckpointManager.close
+
+    def manager_spy(manager):
+        managers_closed.append(manager)
+        manager_close(manager)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "close", manager_spy)
     _poisoned_batcher(monkeypatch, raise_at=6)
     with pytest.raises(RuntimeError, match="disk went away"):
         train_and_evaluate(config, tmp_path, progress=False)
     assert closed and closed[-1] is False
+    assert managers_closed  # its threads stopped, not only its save awaited
     assert 4 in _steps(tmp_path)
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
     assert _all_finite(_restore(config, tmp_path, 4))

@@ -119,10 +119,13 @@ def _wait_for_checkpoint(proc, directory, past_step, timeout=240):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
+def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path, mesh_env):
     steps = 200
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = functools.partial(subprocess.Popen, cwd=repo, stderr=subprocess.PIPE, text=True)
+    # The commands run on this process's mesh: their parameters are compared bit for bit.
+    run = functools.partial(
+        subprocess.Popen, cwd=repo, stderr=subprocess.PIPE, text=True, env=mesh_env
+    )
     ckpts = tmp_path / "interrupted" / "checkpoints"
 
     # Ctrl-C: the run saves where it stopped and exits 130.
@@ -146,6 +149,7 @@ def test_interrupted_run_resumes_to_identical_parameters(tiny_config, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env=mesh_env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stdout

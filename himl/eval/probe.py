@@ -11,8 +11,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from himl.eval.knn import as_embeddings
 from himl.eval.retrieval import as_labels
@@ -65,6 +63,11 @@ def linear_probe(
         pred_tr = np.full(len(y_tr), classes[0])
         pred_te = np.full(len(y_te), classes[0])
     else:
+        # scikit-learn imported here, not with the module: ~2 s that a command pays before
+        # it can even report a config mistake.
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
         clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
         with warnings.catch_warnings(record=True) as caught:  # reported in the result instead
             warnings.simplefilter("always", ConvergenceWarning)

@@ -128,4 +128,4 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         finally:
-            self.close()
+            self.manager.close()

@@ -47,11 +47,16 @@ def embed(model: nn.Module, params, batch_stats, images, *, train: bool):
 def create_state(
     rng, model: nn.Module, objective: Objective, tx: optax.GradientTransformation, image_shape
 ) -> TrainState:
-    """Fresh parameters for `model` and `objective` (a function of `rng` only)."""
+    """Fresh parameters for `model` and `objective` (a function of `rng` only).
+
+    The model's variables are those of `model.init` bit for bit, without its forward pass:
+    `lazy_init` runs only the initialisers, op by op as `init` does (jitting them whole
+    would let XLA fuse them and change the values in the last bit).
+    """
     model_rng, loss_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    model_vars = model.init(model_rng, dummy, train=False)
-    embedding_dim = model.apply(model_vars, dummy).shape[-1]
+    dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    model_vars = model.lazy_init(model_rng, dummy, train=False)
+    embedding_dim = jax.eval_shape(model.apply, model_vars, dummy).shape[-1]
     loss_vars = objective.init(loss_rng, embedding_dim)
     params = {"model": model_vars["params"], "loss": loss_vars["params"]}
     batch_stats = {"model": model_vars.get("batch_stats", {}), "loss": loss_vars["batch_stats"]}
