@@ -61,6 +61,20 @@ def test_batch_composition_counts_by_a_loop(study):
     assert got["coarse_only_positives"] == pytest.approx(np.mean(coarse), abs=0.01)
 
 
+def test_every_sampler_of_the_plan_makes_its_batches(study, tmp_path):
+    """Each sampler's cell config on the embedded default (the command's test below runs
+    one of them): the control `many_classes` is m-per-class with all 7 training classes."""
+    composition = {}
+    for sampler in study.SAMPLERS:
+        cell = dict(dataset="embedded", objective=study.BASELINE, sampler=sampler, seed=0)
+        config = study.cell_config(cell, {"": ""}, tmp_path)
+        composition[sampler] = study.batch_composition(config, batches=5)
+    assert composition["m_per_class"]["classes"] == 4
+    assert composition["many_classes"]["classes"] == 7
+    assert composition["many_classes"]["class_positives"] == 7  # 8 images of each class
+    assert composition["hierarchical"]["coarse_only_positives"] > 0
+
+
 def _run(dataset, objective, sampler, seed, unseen_map):
     levels = ["group", "class"]
     row = {lv: {"recall@1": 0.5, "map@r": unseen_map, "nmi": 0.5} for lv in levels}
