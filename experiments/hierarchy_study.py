@@ -505,6 +505,15 @@ def _pin_worker(workers) -> None:
     os.sched_setaffinity(0, {cpus[index % len(cpus)]})
 
 
+def _names(text: str, valid, what: str) -> list[str]:
+    """The names of a comma list (empty: none); exits with one line on an unknown one."""
+    names = [name for name in text.split(",") if name]
+    for name in names:
+        if name not in valid:
+            sys.exit(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+    return names
+
+
 def study(args, data: dict, out: Path) -> dict:
     if args.jobs > 1:  # before JAX starts, here and in the workers (they inherit it)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
@@ -518,14 +527,8 @@ def study(args, data: dict, out: Path) -> dict:
             print(f"skipping {name}: give its files with --{folder}=DIR")
             continue
         datasets.append(name)
-    objectives = [o for o in args.objectives.split(",") if o]
-    for o in objectives:
-        if o not in OBJECTIVES:
-            sys.exit(f"unknown objective {o!r}; valid: {', '.join(OBJECTIVES)}")
-    samplers = [s for s in args.samplers.split(",") if s]
-    for s in samplers:
-        if s not in SAMPLERS:
-            sys.exit(f"unknown sampler {s!r}; valid: {', '.join(SAMPLERS)}")
+    objectives = _names(args.objectives, OBJECTIVES, "objective")
+    samplers = _names(args.samplers, SAMPLERS, "sampler")
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = Path(args.cache or tempfile.gettempdir()) / "himl_hierarchy_study"
     cache.mkdir(parents=True, exist_ok=True)
