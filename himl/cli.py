@@ -51,9 +51,29 @@ def with_default_config(argv: list[str], default: str | None, program: str = "hi
     return [argv[0], *files, *rest]
 
 
+def split_name_lists(config, overrides: dict) -> None:
+    """Reads an unquoted override of a tuple field as names: `--config.eval.splits=a,b`
+    is `("a", "b")` and `--config.eval.splits=` is `()`, as `--config.eval.ks=1,2` is
+    `(1, 2)` (ml_collections would make them `("a,b",)` and `("",)`).
+
+    `overrides` maps a field's dotted path to its parsed value (`override_values`); only
+    a one-string tuple with a comma, or empty, changes: no name has either.
+    """
+    for path, value in overrides.items():
+        one_string = isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str)
+        if not one_string or (value[0] and "," not in value[0]):
+            continue
+        *parents, key = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = tuple(name.strip() for name in value[0].split(",")) if value[0] else ()
+
+
 def flags_parser(program: str):
     """An `absl.app.run(flags_parser=...)` that reports bad flags and config overrides
-    (unknown field, wrong type, missing config file) in one line and exits 2."""
+    (unknown field, wrong type, missing config file) in one line and exits 2, and reads
+    comma-separated names in tuple overrides (`split_name_lists`)."""
 
     def parse(argv):
         try:
@@ -61,11 +81,15 @@ def flags_parser(program: str):
             config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
             if config is not None:
                 config.keys()  # a config file that failed to load raises only when touched
+                split_name_lists(config, flags.FLAGS["config"].override_values)
             return rest
         except flags.Error as err:
             message = _one_line(err)
         except (AttributeError, KeyError, TypeError, ValueError, OSError) as err:
-            overrides = [a for a in argv[1:] if a.startswith("--config")]
+            # The overrides, or the config file when there are none (a default added by
+            # `with_default_config` is not what the user typed).
+            overrides = [a for a in argv[1:] if a.startswith("--config.")]
+            overrides = overrides or [a for a in argv[1:] if a.startswith("--config")]
             message = f"bad --config or override ({' '.join(overrides)}): {_one_line(err)}"
         print(f"{program}: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -97,6 +97,10 @@ def _check_data(config, *, num_devices: int) -> None:
             "config.data.custom.source must point at your manifest, image-folder tree or .npz: "
             "--config=configs/custom.py --config.data.custom.source=PATH"
         )
+    if config.data.name == "custom":
+        from himl.data.custom import check_custom_config
+
+        check_custom_config(config.data.custom)
     if config.data.name not in ("embedded", "fashion_mnist", "custom") and not (
         config.data.manual_dir
     ):

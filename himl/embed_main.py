@@ -4,11 +4,15 @@
     himl-embed --workdir=W --images=catalogue.csv --query=q1.jpg,q2.jpg --k=5 --plot=top5.png
 
 `--images` is a folder (every image below it; labels from the folder names when every
-image is at the same depth), a manifest (.csv/.tsv/.jsonl as `configs/custom.py` reads it)
-or one image file. `--out` writes an .npz with `embeddings [N, D]` float32, `paths [N]`,
-and, when known, `labels [N, L]` (names) and `level_names [L]`. `--query` searches the
-embedded images (exact kNN, the run's metric) and prints the top `--k` for each query;
-`--plot` also draws them as a grid.
+image is at the same depth), a manifest (.csv/.tsv/.jsonl as `configs/custom.py` reads it,
+with the run's `config.data.custom` path_column, split_column and levels) or one image
+file. A manifest's label columns are optional: a `path`-only manifest lists unlabelled
+images, and a row with empty (or, in JSON lines, null) labels is an image of unknown labels
+(written as "" in `labels`). `--out` writes an .npz with `embeddings [N, D]` float32,
+`paths [N]`, and, when known, `labels [N, L]` (names) and `level_names [L]`. `--query`
+searches the embedded images (exact kNN, the run's metric) and prints the top `--k` for
+each query; `--plot` also draws them as a grid. `--input_shape=H,W,C` is needed only for a
+run trained on an `.npz` that is no longer at its saved path (see `himl.embedder`).
 """
 
 from __future__ import annotations
@@ -34,28 +38,111 @@ _K = flags.DEFINE_integer("k", 5, "Neighbours to show per query.", lower_bound=1
 _PLOT = flags.DEFINE_string("plot", None, "With --query: write a retrieval grid PNG here.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_INPUT_SHAPE = flags.DEFINE_list(
+    "input_shape", None, "H,W,C the run was trained on: only for an .npz run whose .npz moved."
+)
+
+# The `config.data.custom` options that say how a manifest is read.
+LISTING_OPTIONS = ("path_column", "split_column", "levels")
 
 
-def read_listing(source) -> tuple[list[Path], tuple[str, ...], list[tuple[str, ...]] | None]:
-    """`(paths, level_names, labels or None)` of a folder, manifest or single image."""
+def listing_options(config) -> dict:
+    """The run's manifest options (`LISTING_OPTIONS`) when it trained on its own data."""
+    if config is None or config.data.name != "custom":
+        return {}
+    return {k: config.data.custom[k] for k in LISTING_OPTIONS if k in config.data.custom}
+
+
+Listing = tuple[list[Path], tuple[str, ...], list[tuple[str, ...]] | None]
+
+
+def read_listing(source, options: dict | None = None) -> Listing:
+    """`(paths, level_names, labels or None)` of a folder, manifest or single image.
+
+    `options`: the run's manifest options (`listing_options`). A folder's levels are
+    named by `levels` when the depths agree."""
     from himl.data import custom
     from himl.errors import UserError
 
+    options = options or {}
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() not in (*custom.MANIFEST_DELIMITERS, ".jsonl"):
+    if path.is_file() and path.suffix.lower() in (*custom.MANIFEST_DELIMITERS, ".jsonl"):
+        return read_manifest_listing(path, **options)
+    if path.is_file():
         return [path], (), None
+    if not path.exists():
+        raise custom.MissingDataError(f"--images: {path} does not exist")
+    if not path.is_dir():
+        raise custom.MalformedDataError(
+            f"--images: {path} is not a folder, a manifest (.csv, .tsv, .jsonl) or an image"
+        )
     try:
-        table = custom.read_source(path, {})
+        table = custom.read_folder(path)
     except UserError:
-        if not path.is_dir():
-            raise
         table = None  # a folder whose images are not all at one depth: no labels
-    if table is None or table.files is None:
+    if table is None:
         from himl.embedder import list_images
 
         return list_images(path), (), None
-    custom.check_images_exist(table)
-    return [table.root / f for f in table.files], table.level_names, table.values
+    levels = tuple(options.get("levels") or ())
+    names = levels if len(levels) == len(table.level_names) else table.level_names
+    return [table.root / f for f in table.files], names, table.values
+
+
+def read_manifest_listing(path: Path, *, path_column="path", split_column="split",
+                          levels=()) -> Listing:  # fmt: skip
+    """A manifest's images, labelled or not (see the module docstring).
+
+    The label columns are `levels` (all in the header, or none of them: no labels), else
+    every column but the path and split columns."""
+    from himl.data import custom
+
+    header, records = custom._manifest_records(path)
+    if path_column not in header:
+        raise custom.MalformedDataError(
+            f"{path}: no path column {path_column!r} (the run's config.data.custom.path_column) "
+            f"in the header {list(header)}"
+        )
+    levels = tuple(levels or ())
+    present = [c for c in levels if c in header]
+    if levels and present and len(present) != len(levels):
+        absent = next(c for c in levels if c not in header)
+        raise custom.MalformedDataError(
+            f"{path}: label column {absent!r} (the run's config.data.custom.levels) is not in "
+            f"the header {list(header)}; give all of {list(levels)}, or none"
+        )
+    if levels:
+        columns = levels if present else ()
+    else:
+        columns = tuple(c for c in header if c not in (path_column, split_column))
+    paths, labels = [], []
+    for lineno, record in records:
+        here = f"{path}:{lineno}"
+        file = str(record.get(path_column) or "").strip()
+        if not file:
+            raise custom.MalformedDataError(f"{here}: empty image path (column {path_column!r})")
+        paths.append(path.parent / file)  # an absolute path stays absolute
+        labels.append(tuple(_label(record.get(c), c, here) for c in columns))
+    if not records:
+        raise custom.MalformedDataError(f"{path}: no rows after the header")
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        examples = "; ".join(f"{path}:{records[i][0]}: {paths[i]}" for i in missing[:3])
+        raise custom.MissingDataError(
+            f"{path}: {len(missing)} of {len(paths)} listed images are missing, e.g. {examples}"
+        )
+    if not columns or not any(any(row) for row in labels):
+        return paths, (), None
+    return paths, columns, labels
+
+
+def _label(value, column: str, where: str) -> str:
+    """A label's text; "" when unknown (empty, or null in JSON lines)."""
+    from himl.data import custom
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    return custom._label_value(value, column, where)
 
 
 def write_embeddings(out, embeddings, paths, level_names, labels) -> Path:
@@ -122,12 +209,26 @@ def main(argv):
             from himl.embedder import EmbedderError
 
             raise EmbedderError("nothing to do: pass --out=FILE.npz and/or --query=IMAGES")
-        # Every file is checked before the model loads.
-        paths, level_names, labels = read_listing(_IMAGES.value)
-        queries = query_files(_QUERY.value or [])
-        from himl.embedder import Gallery, load_embedder
+        from himl.embedder import EmbedderError, Gallery, load_embedder
+        from himl.runs import load_run_config, split_checkpoint_path
 
-        embedder = load_embedder(_WORKDIR.value, _STEP.value, batch_size=_BATCH.value)
+        input_shape = None
+        if _INPUT_SHAPE.value is not None:
+            try:
+                input_shape = tuple(int(n) for n in _INPUT_SHAPE.value)
+            except ValueError:
+                raise EmbedderError(
+                    f"--input_shape must be H,W,C integers, got {','.join(_INPUT_SHAPE.value)}"
+                ) from None
+        # Every file is checked before the model loads (the run's config is read first: it
+        # says how its manifests are read).
+        workdir, _ = split_checkpoint_path(_WORKDIR.value, _STEP.value)
+        config = load_run_config(workdir) if workdir.is_dir() else None
+        paths, level_names, labels = read_listing(_IMAGES.value, listing_options(config))
+        queries = query_files(_QUERY.value or [])
+        embedder = load_embedder(
+            _WORKDIR.value, _STEP.value, batch_size=_BATCH.value, input_shape=input_shape
+        )
         print(
             f"himl-embed: step {embedder.step} of {_WORKDIR.value}, {len(paths)} images",
             file=sys.stderr,

@@ -11,11 +11,18 @@ preprocessed the way the run's evaluation images were: decoded (RGB or grayscale
 run's data), the shorter side resized to `H / crop_fraction`, centre-cropped to `H x W`
 (`himl.data.images.eval_transform`). The network is compiled once per batch shape; batches
 are split over every local device.
+
+A run trained on an `.npz` (`config.data.custom.source`) takes its image shape from that
+file's header, the one thing besides the work directory the embedder reads; when the file
+is not at the path saved in `config.json` (relative paths are to the directory himl-train
+ran in), pass the shape: `load_embedder(workdir, input_shape=(H, W, C))` (himl-embed
+`--input_shape=H,W,C`).
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,12 +32,12 @@ from tqdm.auto import tqdm
 
 from himl.data.custom import find_images
 from himl.data.images import decode, eval_transform
-from himl.data.registry import input_spec
+from himl.data.registry import IN_MEMORY_SHAPES, input_spec
 from himl.errors import UserError
 from himl.eval.knn import knn
 from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
-from himl.runs import load_run_config, restore_model_variables, split_checkpoint_path
+from himl.runs import RunError, load_run_config, restore_model_variables, split_checkpoint_path
 
 
 class EmbedderError(UserError, ValueError):
@@ -102,7 +109,12 @@ class Embedder:
     def _from_array(self, images) -> np.ndarray:
         array = np.asarray(images)
         h, w, c = self.input_shape
-        if array.ndim == 3 and c == 1:
+        if array.ndim == 3:  # [N, H, W] grayscale (converted to RGB for an RGB model)
+            if array.shape[-1] in (1, 3, 4):
+                raise EmbedderError(
+                    f"images of shape {array.shape} look like one [H, W, C] image; pass a "
+                    "batch [1, H, W, C] (image[None]), or [N, H, W] grayscale images"
+                )
             array = array[..., None]
         if array.ndim != 4:
             raise EmbedderError(f"images must be [N, H, W(, C)] or paths, got shape {array.shape}")
@@ -140,7 +152,7 @@ class Embedder:
 
     def gallery(self, images, *, labels=None, progress: bool = False) -> Gallery:
         """Embeds `images` once and returns a searchable `Gallery` of them."""
-        items = list_images(images) if isinstance(images, str | os.PathLike) else images
+        items = image_paths(images) if isinstance(images, str | os.PathLike) else images
         return Gallery(self, self.embed(items, progress=progress), items=items, labels=labels)
 
 
@@ -178,7 +190,43 @@ class Gallery:
         return knn(q, self.embeddings, k=k, metric=self.embedder.metric, block_size=block_size)
 
 
-def load_embedder(workdir, step: int | None = None, *, batch_size: int = 128) -> Embedder:
+def run_input_spec(data_config, input_shape=None) -> tuple[tuple[int, int, int], float]:
+    """`((H, W, C), crop_fraction)` of a run's input (`himl.data.registry.input_spec`).
+
+    A run trained on an `.npz` has its shape in that file's header only: `input_shape`
+    gives it when the file cannot be read; when it can, the two must agree."""
+    custom = data_config.name == "custom"
+    source = str(data_config.custom.source) if custom else ""
+    try:
+        known = input_spec(data_config)
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as e:
+        if not custom:
+            raise
+        known, why = None, getattr(e, "strerror", None) or str(e) or type(e).__name__
+    if input_shape is None:
+        if known is None:
+            raise EmbedderError(
+                f"the run was trained on config.data.custom.source={source!r}, which cannot be "
+                f"read from here ({Path(source).expanduser().absolute()}: {why}); the image "
+                "shape the network takes is read from it. Pass that shape with "
+                "--input_shape=H,W,C (load_embedder(..., input_shape=(H, W, C))), or run "
+                "from the folder himl-train ran in"
+            )
+        return known
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(n, int | np.integer) and n > 0 for n in shape):
+        raise EmbedderError(f"input_shape must be three positive integers H, W, C, got {shape}")
+    shape = tuple(int(n) for n in shape)
+    if shape[2] not in (1, 3):
+        raise EmbedderError(f"input_shape: C must be 1 (grayscale) or 3 (RGB), got {shape[2]}")
+    if known is not None and known[0] != shape:
+        raise EmbedderError(f"input_shape {shape} differs from the run's {known[0]}")
+    in_memory = data_config.name in IN_MEMORY_SHAPES or source.lower().endswith(".npz")
+    return shape, 1.0 if in_memory else data_config.eval_crop
+
+
+def load_embedder(workdir, step: int | None = None, *, batch_size: int = 128,
+                  input_shape=None) -> Embedder:  # fmt: skip
     """The embedding network of a `himl-train` work directory, ready to embed images.
 
     Args:
@@ -186,14 +234,21 @@ def load_embedder(workdir, step: int | None = None, *, batch_size: int = 128) ->
         checkpoints `<workdir>/checkpoints/<step>`.
       step: the checkpoint step (default: the latest).
       batch_size: images per compiled call (rounded up to a multiple of the devices).
+      input_shape: `(H, W, C)` the network was trained on; needed only for a run trained
+        on an `.npz` that is no longer at its `config.data.custom.source` path.
     """
     workdir, step = split_checkpoint_path(workdir, step)
     if not workdir.is_dir():
         raise EmbedderError(f"work directory {workdir} does not exist")
     config = load_run_config(workdir)
     model = build_model(config.model)
-    shape, crop = input_spec(config.data)
-    variables, step = restore_model_variables(model, shape, workdir, step)
+    shape, crop = run_input_spec(config.data, input_shape)
+    try:
+        variables, step = restore_model_variables(model, shape, workdir, step)
+    except RunError as e:
+        if input_shape is None:
+            raise
+        raise EmbedderError(f"input_shape {shape} does not fit the run's network ({e})") from None
     return Embedder(
         model, variables, input_shape=shape, crop_fraction=crop, metric=config.eval.metric,
         config=config, step=step, batch_size=batch_size,

@@ -1,7 +1,10 @@
 """A `himl-train` work directory as the tools that read it see it (himl-eval, himl-embed).
 
     config = load_run_config(workdir)                    # its config.json (+ newer fields)
-    variables, step = restore_model_variables(model, config, workdir, step=None)
+    variables, step = restore_model_variables(model, input_shape, workdir, step=None)
+
+A command's `--config=himl/runs.py:WORKDIR` is that config as a config file (`get_config`),
+so that `--config.x=y` overrides its fields (himl-eval's default config).
 
 A work directory holds `config.json` and `checkpoints/<step>/` (orbax). Readers need only
 the embedding network, so `restore_model_variables` restores the model's parameters and
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from ml_collections import config_dict
 
 from himl.errors import ConfigError, UserError
 
@@ -86,6 +90,57 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(saved)
 
 
+def get_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config-file entry point: `--config=<this file>:WORKDIR` loads the config.json
+    of WORKDIR (or of the run of a checkpoint path) with the same types as the config
+    file it was made from, so that `--config.x=y` overrides check them: lists become
+    tuples, and a null field the defaults declare (a placeholder) keeps its type."""
+    from himl.configs import default
+    from himl.runs import load_run_config, split_checkpoint_path  # loaded by path, too
+
+    if not workdir:
+        raise ConfigError("--workdir is required: the run whose saved config to evaluate")
+    saved = load_run_config(split_checkpoint_path(Path(workdir), None)[0]).to_dict()
+    return _typed(saved, default.get_config())
+
+
+def _typed(saved: dict, defaults) -> ml_collections.ConfigDict:
+    """`saved` (JSON) as a ConfigDict typed like `defaults` where they share fields."""
+    typed = {}
+    for key, value in saved.items():
+        known = isinstance(defaults, ml_collections.ConfigDict) and key in defaults
+        if isinstance(value, dict):
+            value = _typed(value, defaults[key] if known else None)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif value is None and known and defaults.get_type(key) is not type(None):
+            value = config_dict.placeholder(defaults.get_type(key))
+        typed[key] = value
+    return ml_collections.ConfigDict(typed)
+
+
+def config_differences(saved: dict, config, sections=("model", "data", "seed")) -> list[str]:
+    """`config.<key> = X here; the run saved Y` for each field of `sections` whose value
+    in `config` differs from a run's saved config.json dict (`(absent)` where one lacks
+    it), values as JSON."""
+    used = json.loads(json.dumps(config.to_dict(), default=list))  # tuples as saved: lists
+
+    def flat(tree, prefix):
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        return {k: v for key in tree for k, v in flat(tree[key], f"{prefix}.{key}").items()}
+
+    lines = []
+    for section in sections:
+        ours = flat(used.get(section, {}), f"config.{section}")
+        theirs = flat(saved.get(section, {}), f"config.{section}")
+        for key in dict.fromkeys([*ours, *theirs]):
+            mine, run = (json.dumps(d[key]) if key in d else "(absent)" for d in (ours, theirs))
+            if mine != run:
+                lines.append(f"{key} = {mine} here; the run saved {run}")
+    return lines
+
+
 def split_checkpoint_path(path: Path, step: int | None) -> tuple[Path, int | None]:
     """`(workdir, step)` of a work directory or of a checkpoint `<workdir>/checkpoints/<step>`."""
     path = Path(path).expanduser()
@@ -94,6 +149,17 @@ def split_checkpoint_path(path: Path, step: int | None) -> tuple[Path, int | Non
             raise ConfigError(f"--step={step} contradicts the checkpoint path {path}")
         return path.parent.parent, int(path.name)
     return path, step
+
+
+def checkpoint_step(workdir: Path, step: int | None = None) -> int:
+    """`step` (default: the latest) if `<workdir>/checkpoints` holds it; RunError if not."""
+    steps = checkpoint_steps(workdir)
+    directory = Path(workdir) / "checkpoints"
+    if not steps:
+        raise RunError(f"no checkpoint in {directory}: train first (himl-train)")
+    if step is not None and step not in steps:
+        raise RunError(f"no checkpoint for step {step} in {directory}; have {steps}")
+    return steps[-1] if step is None else step
 
 
 def checkpoint_steps(workdir: Path) -> list[int]:
@@ -124,8 +190,8 @@ def leaf_specs(tree) -> dict[str, tuple]:
 def _check_model_shapes(path: Path, item, step: int) -> None:
     """Raises RunError naming the first model array whose shape or dtype differs between
     the checkpoint's metadata and this config's model (nothing is restored)."""
-    try:
-        saved = leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
+    try:  # the handler's metadata: the checkpointer's looks for a step-level file here
+        saved = leaf_specs(ocp.PyTreeCheckpointHandler().metadata(path))
     except Exception:  # unreadable metadata: the restore below reports the checkpoint
         return
     for key, spec in leaf_specs(item).items():
@@ -150,12 +216,7 @@ def restore_model_variables(model, input_shape, workdir: Path, step: int | None 
       input_shape: `(H, W, C)` of its input, to know the variables' shapes.
     """
     workdir = Path(workdir)
-    steps = checkpoint_steps(workdir)
-    if not steps:
-        raise RunError(f"no checkpoint in {workdir / 'checkpoints'}: train first (himl-train)")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise RunError(f"no checkpoint for step {step} in {workdir / 'checkpoints'}; have {steps}")
+    step = checkpoint_step(workdir, step)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))
     item = {"params": {"model": abstract["params"]}}
@@ -174,7 +235,7 @@ def restore_model_variables(model, input_shape, workdir: Path, step: int | None 
                 ),
             )
     except Exception as err:  # orbax raises many types; all mean "not this model's data"
-        intact = [s for s in steps if s != step]
+        intact = [s for s in checkpoint_steps(workdir) if s != step]
         hint = f"; other steps: {intact} (--step)" if intact else ""
         raise RunError(
             f"cannot read the model of checkpoint {path.parent} (truncated or corrupt, or "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from himl.data import custom
 from himl.data.custom import load_custom
@@ -256,7 +257,9 @@ def test_missing_images_counted_with_rows(tree, tmp_path):
 
 def test_class_with_one_training_image(tree, tmp_path):
     rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
-    rows.append((rows[0][0], "bags", "Wallet"))
+    wallet = tmp_path / "wallet.png"  # another file: an image listed twice is refused
+    wallet.write_bytes(Path(rows[0][0]).read_bytes())
+    rows.append((str(wallet), "bags", "Wallet"))
     rows = [(*r, "train") for r in rows]
     path = _write_csv(tmp_path / "m.csv", ["path", "group", "class", "split"], rows)
     with pytest.raises(MalformedDataError, match=r"class 'Wallet' .* 1 training image .*m.csv:72"):
@@ -363,3 +366,211 @@ def test_one_call_from_python(tree):
     assert sorted(ds.splits) == ["test", "train"]
     with pytest.raises(UserError, match="no field 'sauce'"):
         himl.data.load("custom", sauce=str(tree))
+
+
+# --- review fixes: duplicates, label order, links, config checks, encodings, export ------
+
+
+def _pngs(root, folders, n=3):
+    """`root/<folder>/img<i>.png`: small distinct RGB images; the paths, sorted."""
+    paths = []
+    for k, folder in enumerate(folders):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = np.random.default_rng(100 * k + i).integers(0, 256, (12, 12, 3), np.uint8)
+            paths.append(root / folder / f"img{i}.png")
+            Image.fromarray(pixels).save(paths[-1])
+    return sorted(paths)
+
+
+SMALL = {"image_size": 8, "eval_crop": 1.0, "verbose": False}
+
+
+@pytest.mark.parametrize("relabel", [False, True])
+def test_image_listed_twice_is_refused(tmp_path, relabel):
+    """The same file twice (other labels, or the same; by another spelling of its path)
+    is one line naming both rows: a copy would be its own nearest neighbour."""
+    _pngs(tmp_path, ["a/x", "a/y", "b/z", "b/w"])
+    rows = [(p.relative_to(tmp_path).as_posix(), *p.relative_to(tmp_path).parts[:2])
+            for p in sorted(tmp_path.rglob("*.png"))]  # fmt: skip
+    again = (f"./{rows[0][0]}", "a", "y" if relabel else "x")  # resolves to the row-2 file
+    path = _write_csv(tmp_path / "m.csv", ["path", "group", "class"], [*rows, again])
+    with pytest.raises(MalformedDataError) as info:
+        load_custom(path, **SMALL)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:14: image ./a/x/img0.png is already listed at {path}:2")
+    assert f"here as 'a/{again[2]}'" in message
+
+
+def test_image_linked_twice_into_a_tree_is_refused(tmp_path):
+    _pngs(tmp_path, ["g/a", "g/b"])
+    (tmp_path / "g" / "b" / "z.png").symlink_to(tmp_path / "g" / "a" / "img1.png")
+    with pytest.raises(MalformedDataError, match=r"g/b/z.png is already listed at .*g/a/img1.png"):
+        load_custom(tmp_path, **SMALL)
+
+
+def test_label_ids_do_not_depend_on_the_hash_seed():
+    """Integer-like labels that tie by value ("1", "01") are ordered by text, so ids (and
+    the seeded split) are the same in every process; texts like "--5" or "²" are names."""
+    code = (
+        "from himl.data.custom import LabelTable, encode_levels\n"
+        "names = ['2', '01', '1', '--5', '002', '²', '001', '02', '-3', '+4']\n"
+        "t = LabelTable('x', ('c',), [(n,) for n in names], [''] * len(names))\n"
+        "print(encode_levels(t)[1][0])"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout.strip()
+        for seed in range(6)
+    }  # fmt: skip
+    assert outputs == {str(("-3", "001", "01", "1", "002", "02", "2", "+4", "--5", "²"))}
+
+
+def test_linked_class_folders_are_followed(tmp_path):
+    _pngs(tmp_path / "s", ["g/a", "g/b"])
+    _pngs(tmp_path / "elsewhere", ["c"])
+    (tmp_path / "s" / "g" / "c").symlink_to(tmp_path / "elsewhere" / "c")
+    ds = load_custom(tmp_path / "s", **SMALL)
+    assert ds.label_names == (("g",), ("a", "b", "c"))
+    assert sum(len(s) for s in ds.splits.values()) == 9
+    # A link back up the tree (a cycle) is one line, not an endless walk.
+    (tmp_path / "s" / "g" / "a" / "loop").symlink_to(tmp_path / "s" / "g")
+    with pytest.raises(MalformedDataError, match=r"g/a/loop: the same folder as .*s/g "):
+        load_custom(tmp_path / "s", **SMALL)
+
+
+def test_unreadable_folder_is_named(tmp_path, monkeypatch):
+    import os
+
+    _pngs(tmp_path, ["g/a", "g/b"])
+    scandir = os.scandir
+
+    def denied(path="."):
+        if str(path).endswith("b"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(MissingDataError, match=r"g/b: cannot read the folder \(Permission denied"):
+        custom.find_images(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        ({"protocol": "seenunseen"}, r"unknown config.data.custom.protocol 'seenunseen'"),
+        ({"test_fraction": 2}, r"config.data.custom.test_fraction must be a number in \(0, 1\)"),
+        ({"seen_test_fraction": 0.0}, r"config.data.custom.seen_test_fraction must be"),
+        ({"channels": 4}, r"config.data.custom.channels must be 1 \(grayscale\) or 3"),
+        ({"channels": 0}, r"config.data.custom.channels must be"),
+        ({"split_level": 1.5}, r"config.data.custom.split_level must be a level index or name"),
+        ({"split_level": "kind", "levels": ("group", "class")},
+         r"config.data.custom.split_level = 'kind' is not a level of \['group', 'class'\]"),
+        ({"split_seed": -1}, r"config.data.custom.split_seed must be an int >= 0"),
+        ({"chanels": 1}, r"config.data.custom.chanels is not a field"),
+    ],
+)  # fmt: skip
+def test_custom_config_is_checked_before_reading(tmp_path, option, expected):
+    from himl.config_lib import validate_config
+    from himl.configs import custom as custom_config
+    from himl.errors import ConfigError
+
+    # The source does not exist: the config is refused before anything is read.
+    with pytest.raises(ConfigError, match=expected):
+        load_custom(tmp_path / "nothing_here.csv", **option)
+    if "chanels" not in option and not isinstance(option.get("split_level", 0), float | str):
+        config = custom_config.get_config("small")
+        config.data.custom.source = str(tmp_path / "nothing_here.csv")
+        config.data.custom.update(option)
+        with pytest.raises(ConfigError, match=expected):
+            validate_config(config)
+
+
+def test_npz_channels_and_repeated_class_names(tmp_path):
+    path = tmp_path / "d.npz"
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    np.savez(path, images=np.zeros((8, 4, 4, 4), np.uint8), labels=labels)
+    with pytest.raises(MalformedDataError, match=r"d.npz: images have 4 channels .* 1 .* or 3"):
+        load_custom(path, verbose=False)
+    np.savez(path, images=np.zeros((8, 4, 4, 3), np.uint8), labels=labels,
+             class_names=np.array(["cat", "dog", "cat", "dog"]))  # fmt: skip
+    with pytest.raises(MalformedDataError, match=r"ids 0 and 2 the same name 'cat'"):
+        load_custom(path, verbose=False)
+
+
+def test_jsonl_records_need_the_keys_of_the_first(tmp_path):
+    files = _pngs(tmp_path, ["a", "b"])
+    records = [{"path": p.name, "class": p.parent.name, "split": "train"} for p in files]
+    for p, r in zip(files, records, strict=True):
+        r["path"] = str(p)
+    del records[0]["split"]  # the split values of the other lines would be ignored
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(MalformedDataError, match=r"m.jsonl:2: keys \['class', 'path', 'split'\] "
+                       r"differ from those of line 1 \['class', 'path'\]"):  # fmt: skip
+        load_custom(path, **SMALL)
+    # A byte-order mark is accepted, as for .csv.
+    path.write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in records[1:]))
+    assert sorted(load_custom(path, **SMALL).splits) == ["train"]
+
+
+def test_manifest_not_utf8_names_the_line(tmp_path):
+    _pngs(tmp_path, ["caf\u00e9"])
+    text = "path,class\n" + "".join(f"caf\u00e9/img{i}.png,caf\u00e9\n" for i in range(3))
+    path = tmp_path / "m.csv"
+    path.write_bytes(text.replace("\u00e9", "e").encode() + text.splitlines()[2].encode("cp1252"))
+    with pytest.raises(MalformedDataError, match=r"m.csv:5: not UTF-8 \(byte 0xe9\); save the "
+                       "manifest as UTF-8"):  # fmt: skip
+        load_custom(path, **SMALL)
+
+
+def test_default_npz_export_round_trips(tree, tmp_path):
+    """`write_npz` with its default splits writes each image once, and `load_custom` reads
+    it back with the same train / test splits and pixels (train_no_val / val, carved
+    from train, are carved again on loading)."""
+    import himl.data
+
+    ds = himl.data.load("custom", source=str(tree), channels=1, image_size=28, eval_crop=1.0,
+                        val_fraction=0.3)  # fmt: skip
+    assert sorted(ds.splits) == ["test", "train", "train_no_val", "val"]
+    back = load_custom(write_npz(ds, tmp_path / "e.npz"), verbose=False)
+    assert sorted(back.splits) == ["test", "train"]
+    assert sum(len(s) for s in back.splits.values()) == 70  # every image of the tree, once
+    for name in ("train", "test"):
+        np.testing.assert_array_equal(back.split(name).images, ds.split(name).images[:])
+        assert [back.class_names[c] for c in back.split(name).labels[:, 1]] == [
+            ds.class_names[c] for c in ds.split(name).labels[:, 1]
+        ]
+
+
+def test_default_npz_export_writes_query_gallery_not_their_union(tmp_path):
+    from himl.data.dataset import Dataset, Split
+
+    def split(rows, items):  # In-Shop-like: an item's images in query and in gallery
+        rows, items = np.asarray(rows), np.asarray(items)
+        return Split(images=np.full((len(rows), 2, 2, 1), rows[:, None, None, None], np.uint8),
+                     labels=np.stack([items // 2, items], 1))  # fmt: skip
+
+    splits = {"train": split([0, 1, 2, 3], [0, 0, 1, 1]), "query": split([4, 5], [2, 3]),
+              "gallery": split([6, 7], [2, 3])}  # fmt: skip
+    splits["test"] = split([4, 5, 6, 7], [2, 3, 2, 3])
+    ds = Dataset("shop", ("group", "item"), 1, {i: f"i{i}" for i in range(4)}, splits)
+    back = load_custom(write_npz(ds, tmp_path / "e.npz"), verbose=False)
+    assert sorted(back.splits) == ["gallery", "query", "train"]
+    for name in back.splits:  # every image once, in its own split
+        np.testing.assert_array_equal(back.split(name).images, ds.split(name).images)
+    with pytest.raises(ValueError, match="split 'train_no_val' cannot be read back"):
+        write_npz(himl_data_with_val(tmp_path), tmp_path / "x.npz", splits=["train_no_val"])
+
+
+def himl_data_with_val(tmp_path):
+    import himl.data
+
+    _pngs(tmp_path / "t", ["g/a", "g/b", "g/c", "h/d", "h/e"])
+    return himl.data.load("custom", source=str(tmp_path / "t"), image_size=8, val_fraction=0.3)
+
+
+def test_written_manifest_creates_its_folder(embedded, tmp_path):
+    path = write_manifest(embedded, tmp_path / "new" / "m.csv", per_class=2)
+    assert len(load_custom(path, **GRAY_28).split("train")) == 14

@@ -97,6 +97,32 @@ def test_all_singletons_and_r_cap():
     assert res["k"] == 5 and res["num_r_truncated"] == 20 and res["map@r"] == 1.0
 
 
+def test_large_k_never_changes_the_r_cap():
+    """R is capped at max_k whatever the ks: a Recall@K beyond the cap fetches more
+    neighbours but leaves R-Precision and MAP@R as PML's capped definition has them."""
+    x, y = clustered(120, 3, noise=2.0)  # R ~ 40 > max_k
+    for ks in [(1, 2), (1, 2, 30, 100)]:
+        res = retrieval_metrics(x, y, ks=ks, max_k=8)
+        assert_close(res, reference_metrics(x, y, x, y, ks, exclude_self=True, r_cap=8))
+        assert res["num_r_truncated"] == 120
+        tree = np.stack([y // 2, y], 1)
+        levels = hierarchical_metrics(
+            x, tree, ks=ks, level_names=["coarse", "fine"], clustering=False, max_k=8
+        )
+        for level, labels in zip(("coarse", "fine"), (y // 2, y), strict=True):
+            ref = reference_metrics(x, labels, x, labels, ks, exclude_self=True, r_cap=8)
+            assert levels[level]["map@r"] == pytest.approx(ref["map@r"], abs=1e-9)
+    g, gl = clustered(90, 3, seed=1)
+    res = query_gallery_retrieval_metrics(x[:20], y[:20], g, gl, ks=(1, 50), max_k=8)
+    assert_close(res, reference_metrics(x[:20], y[:20], g, gl, (1, 50), False, r_cap=8))
+
+
+def test_a_repeated_k_is_refused():
+    x, y = clustered(10, 2)
+    with pytest.raises(ValueError, match="must not repeat a K"):
+        retrieval_metrics(x, y, ks=(1, 1, 2))
+
+
 def test_retrieval_validation():
     x, y = clustered(10, 2)
     with pytest.raises(ValueError, match="9 entries but there are 10"):

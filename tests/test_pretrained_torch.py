@@ -156,3 +156,129 @@ def test_a_whole_torch_module_is_refused(tmp_path):
     torch.save(torch.nn.Linear(2, 3), path)
     with pytest.raises(WeightFileError, match="not a plain state dict.*convert_weights"):
         read_weights(path)
+
+
+def _small_state() -> dict:
+    return {
+        "a.weight": torch.arange(600, dtype=torch.float32).reshape(20, 30),
+        "a.bias": torch.ones(20),
+    }
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("keep", [0.05, 0.6, 0.98])
+def test_a_truncated_pth_is_named_truncated(tmp_path, legacy, keep):
+    """An interrupted download (cut in the storages, or near the end) is one line saying so."""
+    whole = tmp_path / "whole.pth"
+    torch.save(_small_state(), whole, _use_new_zipfile_serialization=not legacy)
+    data = whole.read_bytes()
+    path = tmp_path / "cut.pth"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(WeightFileError) as info:
+        read_weights(path)
+    message = str(info.value)
+    assert "truncated" in message and str(path) in message and "\n" not in message
+    assert "convert_weights" not in message  # converting cannot help
+
+
+def test_a_zip_pth_missing_a_storage_or_bytes_is_named_truncated(tmp_path):
+    import zipfile
+
+    whole = tmp_path / "whole.pth"
+    torch.save(_small_state(), whole)
+    with zipfile.ZipFile(whole) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    storages = sorted(n for n in members if "/data/" in n)
+    assert len(storages) == 2
+
+    def rewrite(name, edit):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as z:
+            for n, raw in members.items():
+                if (raw := edit(n, raw)) is not None:
+                    z.writestr(n, raw)
+        return path
+
+    missing = rewrite("missing.pth", lambda n, raw: None if n == storages[0] else raw)
+    with pytest.raises(WeightFileError, match=rf"truncated.*no member {storages[0]}"):
+        read_weights(missing)
+    short = rewrite("short.pth", lambda n, raw: raw[:-4] if n == storages[0] else raw)
+    with pytest.raises(WeightFileError, match=r"truncated.*has \d+ of its \d+ bytes"):
+        read_weights(short)
+
+
+def test_a_checkpoint_wrapping_the_state_dict_is_unwrapped(tmp_path):
+    """{"model": state dict, "epoch": 3} reads as the state dict, as convert_weights does."""
+    state = _small_state()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": state, "epoch": 3}, path)
+    got = read_weights(path)
+    assert sorted(got) == sorted(state)
+    for name, tensor in state.items():
+        np.testing.assert_array_equal(got[name], tensor.numpy())
+    out = tmp_path / "converted.safetensors"
+    from himl.models.convert_weights import convert
+
+    assert convert(str(path), str(out)) == len(state)
+    assert sorted(read_weights(out)) == sorted(state)
+
+
+def test_a_dict_without_tensors_names_its_keys(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"net": _small_state(), "epoch": 3}, path)
+    with pytest.raises(WeightFileError) as info:
+        read_weights(path)
+    assert "no tensors at the top level" in str(info.value)
+    assert str(info.value).endswith("its keys: net, epoch")
+
+
+def test_converter_reports_a_missing_file_and_a_whole_module_in_one_line(tmp_path, capsys):
+    from himl.models.convert_weights import main
+
+    module = tmp_path / "module.pth"
+    torch.save(torch.nn.Linear(2, 3), module)
+    out = tmp_path / "out.safetensors"
+    for src, expected in [
+        (tmp_path / "absent.pth", f"no file {tmp_path / 'absent.pth'}"),
+        (module, "holds pickled Python objects, not only tensors (it names torch.nn."),
+    ]:
+        assert main([str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path, monkeypatch):
+    """A pickle whose tensor needs more elements than its storage holds: never read past it."""
+    import io
+    import pickle
+    import zipfile
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only pickled here")
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    monkeypatch.setattr(torch._utils, "_rebuild_tensor_v2", _rebuild_tensor_v2)
+
+    class Storage:  # persistent id of a 4-element float32 storage
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, (Storage(), 0, (10,), (1,)))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return (
+                ("storage", torch.FloatStorage, "0", "cpu", 4) if isinstance(obj, Storage) else None
+            )
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"w": Tensor()})
+    path = tmp_path / "reach.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buffer.getvalue())
+        z.writestr("archive/data/0", np.arange(4, dtype=np.float32).tobytes())
+    with pytest.raises(WeightFileError, match="storage 0 holds 4 elements, a tensor needs 10"):
+        read_weights(path)

@@ -40,6 +40,7 @@ def _one_error_line(result) -> str:
         (["--config.loss.himulcone.temperature=0"], "config.loss.himulcone.temperature"),
         (["--config.train.keep_checkpoints=0"], "config.train.keep_checkpoints must be >= 1"),
         (["--config.eval.ks=0"], "config.eval.ks"),
+        (["--config.data.crop_ratio=0.5"], "config.data.crop_ratio must be two numbers"),
         (
             [
                 "--config.loss.name=supcon",

@@ -53,6 +53,7 @@ BAD_VALUES = [
     ("train.keep_checkpoints", 0, "config.train.keep_checkpoints"),
     ("eval.ks", (0,), "config.eval.ks"),
     ("eval.ks", (), "config.eval.ks"),
+    ("eval.ks", (1, 1, 5), "config.eval.ks"),  # a repeat would count its Recall@K twice
     ("eval.metric", "manhattan", "config.eval.metric"),
     ("eval.batch_size", 0, "config.eval.batch_size"),
     ("eval.block_size", 0, "config.eval.block_size"),

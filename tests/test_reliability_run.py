@@ -234,7 +234,7 @@ def test_a_run_saved_before_new_model_fields_resumes(tiny_run_copy):
     config.train.steps = 12
     assert train_and_evaluate(config, workdir, progress=False)["step"] == 12
     config.train.steps, config.model.embedding_dim = 16, 8
-    with pytest.raises(ConfigError, match="config.model = "):
+    with pytest.raises(ConfigError, match="config.model.embedding_dim = 16, this run has 8"):
         train_and_evaluate(config, workdir, progress=False)
 
 

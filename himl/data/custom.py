@@ -10,17 +10,26 @@ Sources (`config.data.custom.source`):
   and one column per label level, coarse to fine (`levels`; default every other column in
   the header's order). Values may be strings or integers. An optional split column
   (`split_column`) with values train / val / test / query / gallery (or the seen/unseen
-  protocol's train / seen_test / unseen) is used when present.
+  protocol's train / seen_test / unseen) is used when present. The file is UTF-8 (a
+  byte-order mark is fine); every JSON-lines record has the keys of the first. Each image
+  is listed once (by its resolved path): a second row for it is an error naming both.
 - an image-folder tree `ROOT/<level 0>/.../<level L-1>/<image file>`: every image at the
-  same depth; the folder names are the labels (`levels` names the levels).
-- an `.npz` of in-memory arrays: `images [N, H, W(, C)] uint8`, `labels [N, L]` integers,
-  optional `level_names [L]`, `class_names` (names of the finest level's values, indexed
-  by value) and `split [N]`.
+  same depth; the folder names are the labels (`levels` names the levels). Links to
+  folders are followed (a folder reached twice, e.g. by a link cycle, is an error).
+- an `.npz` of in-memory arrays: `images [N, H, W(, C)] uint8` (C = 1 or 3), `labels
+  [N, L]` integers, optional `level_names [L]`, `class_names` (distinct names of the
+  finest level's values, indexed by value) and `split [N]`.
 
-Labels become dense ids per level, sorted by name (numerically when every name of a level
-is an integer); the names are kept (`Dataset.label_names`, `Dataset.class_names`). An
-"image" column (the record's index) is appended, so the hierarchical losses see the
-instance level as the official code does (Zhang et al., "Use All The Labels", CVPR 2022).
+Image files are decoded as RGB (`channels=3`) or grayscale (`channels=1`); 16-bit and
+float grayscale images are mapped to 8 bits (`himl.data.images.to_8bit`). The options are
+checked (`check_custom_config`, also run by `himl.config_lib.validate_config`) before any
+data is read.
+
+Labels become dense ids per level, sorted by name (integers such as "-3" or "007" first,
+by value, then by text; then the other names); the names are kept (`Dataset.label_names`,
+`Dataset.class_names`). An "image" column (the record's index) is appended, so the
+hierarchical losses see the instance level as the official code does (Zhang et al., "Use
+All The Labels", CVPR 2022).
 The rows must form a tree: a label under two parents is an error naming the label, both
 parents and a row of each, unless `unique_labels=True` makes labels unique within their
 parent ("tops/other" and "shoes/other" become two labels).
@@ -46,8 +55,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -56,7 +67,9 @@ import numpy as np
 from himl.data.dataset import Dataset, Split
 from himl.data.images import FileSource, LazyImages
 from himl.data.records import MalformedDataError, MissingDataError, carve_val
+from himl.errors import ConfigError, check_choice
 
+CHANNELS = (1, 3)  # grayscale, RGB
 SPLIT_VALUES = ("train", "val", "test", "query", "gallery", "seen_test", "unseen")
 PROTOCOLS = ("dml", "seen_unseen")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -94,6 +107,47 @@ def _options(custom) -> dict:
     return dict(custom.to_dict() if hasattr(custom, "to_dict") else custom)
 
 
+def check_custom_config(custom) -> None:
+    """Raises ConfigError, one line naming the key, for a `config.data.custom` value (or a
+    `load_custom` option) that cannot work; reads no data. `split_level` given by name is
+    checked against `levels` when those are set, else once the source's levels are known."""
+    from himl.data.defaults import custom_data_config
+
+    options, key = _options(custom), "config.data.custom."
+    fields = custom_data_config()
+    unknown = sorted(set(options) - set(fields.keys()))
+    if unknown:
+        raise ConfigError(f"{key}{unknown[0]} is not a field; fields: {', '.join(fields.keys())}")
+    get = lambda name: options.get(name, fields[name])
+    check_choice(get("protocol"), PROTOCOLS, f"{key}protocol")
+    for name in ("test_fraction", "seen_test_fraction"):
+        value = get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ConfigError(f"{key}{name} must be a number in (0, 1), got {value!r}")
+    channels = get("channels")
+    if isinstance(channels, bool) or channels not in CHANNELS:
+        raise ConfigError(f"{key}channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    seed = get("split_seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{key}split_seed must be an int >= 0, got {seed!r}")
+    if not isinstance(get("unique_labels"), bool):
+        raise ConfigError(f"{key}unique_labels must be True or False, got {get('unique_labels')!r}")
+    levels = tuple(get("levels") or ())
+    if not all(isinstance(v, str) and v for v in levels) or len(set(levels)) != len(levels):
+        raise ConfigError(f"{key}levels must be distinct non-empty names, got {levels!r}")
+    for name in ("path_column", "split_column"):
+        if not isinstance(get(name), str) or not get(name):
+            raise ConfigError(f"{key}{name} must be a column name, got {get(name)!r}")
+    level = get("split_level")
+    if isinstance(level, bool) or not isinstance(level, int | str):
+        raise ConfigError(f"{key}split_level must be a level index or name, got {level!r}")
+    if levels:
+        try:
+            _level_index(level, levels, f"{key}split_level")
+        except MalformedDataError as e:
+            raise ConfigError(str(e)) from None
+
+
 # --- readers -----------------------------------------------------------------------------
 
 
@@ -125,10 +179,27 @@ def _label_columns(header, path_column, split_column, levels, source) -> tuple[s
     return columns
 
 
+def _manifest_text(path: Path) -> str:
+    """The manifest's text (UTF-8, with or without a byte-order mark)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise MalformedDataError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the manifest as UTF-8 "
+            "(e.g. Excel's 'CSV UTF-8')"
+        ) from None
+
+
 def _manifest_records(path: Path):
-    """`(header, [(line number, {column: value})])` of a CSV/TSV or JSON-lines manifest."""
+    """`(header, [(line number, {column: value})])` of a CSV/TSV or JSON-lines manifest.
+
+    Every JSON-lines record must have the keys of the first one (a key missing from some
+    records would otherwise be ignored, or read as empty, without a word)."""
+    text = _manifest_text(path)
     if path.suffix.lower() in MANIFEST_DELIMITERS:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.StringIO(text, newline="") as f:
             reader = csv.reader(f, delimiter=MANIFEST_DELIMITERS[path.suffix.lower()])
             header = [c.strip() for c in next(reader, [])]
             if not any(header):
@@ -147,7 +218,7 @@ def _manifest_records(path: Path):
                 records.append((reader.line_num, dict(zip(header, row, strict=True))))
         return header, records
     header, records = None, []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(text) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -157,7 +228,13 @@ def _manifest_records(path: Path):
                 raise MalformedDataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
             if not isinstance(record, dict):
                 raise MalformedDataError(f"{path}:{lineno}: expected a JSON object per line")
-            header = header or list(record)
+            if header is None:
+                header, first = list(record), lineno
+            elif set(record) != set(header):
+                raise MalformedDataError(
+                    f"{path}:{lineno}: keys {sorted(record)} differ from those of line {first} "
+                    f"{sorted(header)}; every record needs the same keys"
+                )
             records.append((lineno, record))
     if header is None:
         raise MalformedDataError(f"{path}: empty file")
@@ -203,11 +280,25 @@ def read_manifest(path, *, path_column="path", split_column="split", levels=()) 
     )  # fmt: skip
 
 
+def _unreadable(error: OSError):
+    raise MissingDataError(f"{error.filename}: cannot read the folder ({error.strerror})")
+
+
 def find_images(root) -> list[str]:
-    """Paths (relative to `root`, sorted) of every image file below it; hidden ones skipped."""
+    """Paths (relative to `root`, sorted) of every image file below it; hidden ones skipped.
+
+    Links to folders are followed; a folder reached twice (a link to a folder already in
+    the tree, or a link cycle) and a folder that cannot be read are errors naming it.
+    """
     root = Path(root).expanduser()
-    files = []
-    for folder, dirs, names in os.walk(root):
+    files, seen = [], {}  # real path -> the folder first reached there
+    for folder, dirs, names in os.walk(root, onerror=_unreadable, followlinks=True):
+        first = seen.setdefault(os.path.realpath(folder), folder)
+        if first != folder:
+            raise MalformedDataError(
+                f"{folder}: the same folder as {first} (through a link); every folder can "
+                "appear once in the tree"
+            )
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(folder).relative_to(root)
         files += [
@@ -268,6 +359,11 @@ def read_npz(path, *, levels=()) -> LabelTable:
             f"{path}: images must be uint8 [N, H, W(, C)], got {images.dtype} {images.shape}"
         )
     images = images[..., None] if images.ndim == 3 else images
+    if images.shape[-1] not in CHANNELS:
+        raise MalformedDataError(
+            f"{path}: images have {images.shape[-1]} channels ({images.shape}); 1 (grayscale) "
+            "or 3 (RGB) are supported"
+        )
     labels = labels[:, None] if labels.ndim == 1 else labels
     if (
         labels.ndim != 2
@@ -286,6 +382,14 @@ def read_npz(path, *, levels=()) -> LabelTable:
     columns = [[str(v) for v in labels[:, i]] for i in range(num_levels)]
     if "class_names" in arrays:
         class_names = [str(n) for n in arrays["class_names"]]
+        first = {}
+        for i, name in enumerate(class_names):
+            j = first.setdefault(name, i)
+            if j != i:
+                raise MalformedDataError(
+                    f"{path}: class_names gives ids {j} and {i} the same name {name!r}; "
+                    "every class needs its own name"
+                )
         finest = labels[:, -1]
         if finest.min() < 0 or finest.max() >= len(class_names):
             raise MalformedDataError(
@@ -339,7 +443,8 @@ def read_source(source, options: dict) -> LabelTable:
 
 
 def _name_order(name: str):
-    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+    """Integers first, by value (ties such as "1", "01" by text), then other names."""
+    return (0, int(name), name) if re.fullmatch(r"-?[0-9]+", name) else (1, 0, name)
 
 
 def _label_order(key):
@@ -460,16 +565,8 @@ def make_splits(table: LabelTable, ids: np.ndarray, options: dict, class_level: 
         if "train" not in splits:
             raise MalformedDataError(f"{table.source}: no rows with split 'train'")
         return splits
-    protocol = options.get("protocol", "dml")
-    if protocol not in PROTOCOLS:
-        raise MalformedDataError(
-            f"config.data.custom.protocol = {protocol!r}; valid: {', '.join(PROTOCOLS)}"
-        )
+    protocol = options.get("protocol", "dml")  # the values: see check_custom_config
     seed, fraction = int(options.get("split_seed", 0)), float(options.get("test_fraction", 0.5))
-    if not 0.0 < fraction < 1.0:
-        raise MalformedDataError(
-            f"config.data.custom.test_fraction must be in (0, 1), got {fraction}"
-        )
     level = _level_index(
         options.get("split_level", -1), table.level_names, "config.data.custom.split_level"
     )
@@ -506,6 +603,29 @@ def check_images_exist(table: LabelTable, show: int = 3) -> None:
         )
 
 
+def check_unique_images(table: LabelTable) -> None:
+    """Every image file is listed once (by its resolved path): a second listing, with the
+    same labels or others, would leak between splits and match itself in retrieval."""
+    if table.files is None:
+        return
+    first, folders = {}, {}  # resolved path -> record; folder -> resolved folder
+    for i, file in enumerate(table.files):
+        path = os.path.join(table.root, file)  # one realpath per folder, not per image
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        key = (
+            os.path.realpath(path) if os.path.islink(path) else os.path.join(folders[folder], name)
+        )
+        j = first.setdefault(key, i)
+        if j != i:
+            raise MalformedDataError(
+                f"{table.where[i]}: image {file} is already listed at {table.where[j]} (as "
+                f"{'/'.join(table.values[j])!r}, here as {'/'.join(table.values[i])!r}); list "
+                "each image once"
+            )
+
+
 def check_training_classes(table, ids, names, train: np.ndarray, class_level: int) -> None:
     """Every training class has >= 2 images: one image gives no positive pair to sample."""
     counts = np.bincount(ids[train, class_level], minlength=len(names[class_level]))
@@ -527,6 +647,8 @@ def build_dataset(
     val_fraction: float = 0.0, verbose: bool = True,
 ) -> Dataset:  # fmt: skip
     """The `Dataset` of a `LabelTable`: labels encoded, splits made, files checked."""
+    check_custom_config(options)
+    check_unique_images(table)
     check_images_exist(table)
     ids, names = encode_levels(table, unique_labels=bool(options.get("unique_labels", False)))
     class_level = len(table.level_names) - 1
@@ -568,6 +690,7 @@ def load_custom(source, *, image_size=224, eval_crop=0.875, val_fraction=0.0, ve
     test_fraction, seen_test_fraction, split_seed, levels, path_column, split_column,
     unique_labels, channels).
     """
+    check_custom_config(options)
     table = read_source(source, options)
     return build_dataset(
         table, options, image_size=image_size, eval_crop=eval_crop,

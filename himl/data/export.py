@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from himl.data.custom import SPLIT_VALUES
 from himl.data.dataset import Dataset
+
+# Splits that are the union of others: "train" of "train_no_val" + "val" (carved from it
+# for model selection), In-Shop's "test" of "query" + "gallery".
+UNIONS = {"train": ("train_no_val", "val"), "test": ("query", "gallery")}
 
 
 def _rows(dataset: Dataset, split: str, per_class: int | None) -> np.ndarray:
@@ -19,6 +24,38 @@ def _rows(dataset: Dataset, split: str, per_class: int | None) -> np.ndarray:
         return rows
     classes = labels[:, dataset.class_level]
     return np.concatenate([rows[classes == c][:per_class] for c in np.unique(classes)])
+
+
+def _is_union(dataset: Dataset, whole: str, parts) -> bool:
+    """Whether split `whole` holds the label rows of `parts` together (the same images)."""
+    if not all(s in dataset.splits for s in (whole, *parts)):
+        return False
+    a = dataset.split(whole).labels
+    b = np.concatenate([dataset.split(s).labels for s in parts])
+    return a.shape == b.shape and bool((a[np.lexsort(a.T)] == b[np.lexsort(b.T)]).all())
+
+
+def default_splits(dataset: Dataset) -> list[str]:
+    """The splits to export by default, in the dataset's order: those `load_custom` reads
+    (SPLIT_VALUES), each image once: "train" rather than "train_no_val" + "val" carved from
+    it, "query" + "gallery" rather than "test" made of them."""
+    skip = set()
+    if _is_union(dataset, "train", UNIONS["train"]):
+        skip |= set(UNIONS["train"])
+    if _is_union(dataset, "test", UNIONS["test"]):
+        skip.add("test")
+    return [s for s in dataset.splits if s in SPLIT_VALUES and s not in skip]
+
+
+def _check_splits(dataset: Dataset, splits) -> list[str]:
+    for s in splits:
+        dataset.split(s)  # UnknownSplitError naming the dataset's splits
+        if s not in SPLIT_VALUES:
+            raise ValueError(
+                f"split {s!r} cannot be read back by himl.data.custom, which reads "
+                f"{', '.join(SPLIT_VALUES)}; choose among those"
+            )
+    return list(splits)
 
 
 def _image(array: np.ndarray) -> Image.Image:
@@ -56,8 +93,11 @@ def write_image_tree(
 
 def write_manifest(dataset: Dataset, path, *, splits=("train",), per_class=None) -> Path:
     """A CSV manifest (`path`, one column per level, `split`) with PNGs beside it in
-    `images/`; the split column keeps the dataset's own split names."""
+    `images/` (folders created); the split column keeps the dataset's own split names,
+    which must be ones `himl.data.custom` reads (SPLIT_VALUES)."""
     path = Path(path)
+    splits = _check_splits(dataset, splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
     levels = dataset.eval_level_names
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -82,10 +122,11 @@ def write_npz(dataset: Dataset, path, *, splits=None) -> Path:
 
     Writes `images [N, H, W, C]` uint8, `labels [N, class_level + 1]` (the dataset's ids,
     coarse to fine), `level_names`, `class_names` (indexed by class id) and `split` (the
-    dataset's split names) for `splits` (default: all of them, in the dataset's order).
+    dataset's split names) for `splits` (default: `default_splits`, so that every image is
+    written once and `load_custom` reads the file back with the dataset's splits).
     """
     path = Path(path)
-    splits = list(dataset.splits) if splits is None else list(splits)
+    splits = default_splits(dataset) if splits is None else _check_splits(dataset, splits)
     levels = dataset.class_level + 1
     parts = [dataset.split(s) for s in splits]
     labels = np.concatenate([p.labels[:, :levels] for p in parts])

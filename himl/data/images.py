@@ -32,15 +32,51 @@ class CorruptImageError(UserError, ValueError):
 
 
 def decode(data: bytes, name: str, channels: int) -> Image.Image:
-    """A Pillow image in mode RGB (`channels=3`) or L (`channels=1`)."""
+    """A Pillow image in mode RGB (`channels=3`) or L (`channels=1`).
+
+    Grayscale images of more than 8 bits are mapped to 8 bits first (`to_8bit`), not
+    clipped at 255 as Pillow's `convert` would.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as e:  # Pillow raises several types for bad data
         reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e))
         raise CorruptImageError(f"cannot decode image {name}: {reason}") from None
+    image = to_8bit(image, name)
     mode = "RGB" if channels == 3 else "L"
     return image if image.mode == mode else image.convert(mode)
+
+
+def to_8bit(image: Image.Image, name: str) -> Image.Image:
+    """A grayscale image of integer mode (`I;16*`, `I`) or float mode (`F`) as mode L.
+
+    Integers are read as 16-bit values (0..65535, the range of 16-bit PNG and TIFF files)
+    and mapped by `>> 8` (65535 -> 255; a value `257 * v` -> `v`); floats are read as
+    [0, 1] and mapped by `* 255`, rounded. Values outside those ranges (e.g. 32-bit counts,
+    float intensities in other units) are refused: CorruptImageError naming the file, the
+    mode and the range. Other modes are returned as they are.
+    """
+    if not (image.mode == "F" or image.mode == "I" or image.mode.startswith("I;16")):
+        return image
+    array = np.asarray(image)
+    low, high = (array.min(), array.max()) if array.size else (0, 0)
+    if image.mode == "F":
+        if not 0 <= low <= high <= 1:  # NaN fails too
+            raise CorruptImageError(
+                f"cannot decode image {name}: float (mode F) values must lie in [0, 1] to map "
+                f"to 8 bits, they run {low:g}..{high:g}; save the image as 8 or 16 bits"
+            )
+        return Image.fromarray(np.rint(array * 255).astype(np.uint8))
+    if not 0 <= low <= high <= 65535:
+        raise CorruptImageError(
+            f"cannot decode image {name}: integer (mode {image.mode}) values must lie in "
+            f"0..65535 (16 bits) to map to 8 bits, they run {low}..{high}; save the image as "
+            "8 or 16 bits"
+        )
+    return Image.fromarray((array.astype(np.uint16) >> 8).astype(np.uint8))
 
 
 def to_array(image: Image.Image) -> np.ndarray:

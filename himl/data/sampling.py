@@ -184,13 +184,21 @@ def check_data_config(data_config, *, num_devices: int = 1) -> None:
         if key in data_config and not ok(data_config[key]):
             raise BatchConfigError(f"config.data.{key} must be in {text}, got {data_config[key]}")
     for key, high in (("crop_scale", 1.0), ("crop_ratio", float("inf"))):
-        if key in data_config:
-            lo, hi = tuple(data_config[key])
-            if not 0 < lo <= hi <= high:
-                raise BatchConfigError(
-                    f"config.data.{key} must be (min, max) with 0 < min <= max <= {high:g}, "
-                    f"got {tuple(data_config[key])}"
-                )
+        if key in data_config and not _is_range(data_config[key], high):
+            value = data_config[key]
+            raise BatchConfigError(
+                f"config.data.{key} must be two numbers (min, max) with 0 < min <= max <= "
+                f"{high:g}, e.g. --config.data.{key}=0.5,1; got {value!r}"
+            )
+
+
+def _is_range(value, high: float) -> bool:
+    """Whether `value` is a pair of numbers `(lo, hi)` with `0 < lo <= hi <= high`."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        return False
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return False
+    return 0 < value[0] <= value[1] <= high
 
 
 def class_positives(data_config) -> int:

@@ -186,6 +186,8 @@ def check_eval_config(eval_config) -> None:
     ks = tuple(eval_config.ks)
     if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
         raise ConfigError(f"config.eval.ks must be a non-empty list of ints >= 1, got {ks}")
+    if len(set(ks)) != len(ks):
+        raise ConfigError(f"config.eval.ks must not repeat a K, got {ks}")
     check_choice(eval_config.metric, METRICS, "config.eval.metric")
     for key in ("batch_size", "block_size"):
         if not eval_config[key] >= 1:

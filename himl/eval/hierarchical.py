@@ -106,8 +106,8 @@ def hierarchical_metrics(
         level_ids.append(ids)
         level_r.append(counts[ids] - 1)
     r_max = max(int(r.max()) for r in level_r)
-    k = _num_neighbours(ks, r_max, n - 1, max_k)
-    accs = [RankAccumulator(ks, k) for _ in range(num_levels)]
+    k, r_cap = _num_neighbours(ks, r_max, n - 1, max_k)
+    accs = [RankAccumulator(ks, k, r_cap) for _ in range(num_levels)]
     correct = [dict.fromkeys(ks, 0) for _ in range(num_levels)]
     lca_sum = dict.fromkeys(ks, 0.0)
     sev_sum, num_mistakes = 0.0, 0

@@ -3,15 +3,21 @@
     himl-eval --workdir=runs/default                       # latest checkpoint, run's config
     himl-eval --workdir=runs/default --step=400 --splits=unseen
     himl-eval --workdir=runs/default/checkpoints/400          # the same checkpoint
-    himl-eval --workdir=W --config=configs/default.py --config.eval.ks=1,10,100
+    himl-eval --workdir=W --config.eval.ks=1,10,100 --config.eval.splits=unseen,seen_test
+    himl-eval --workdir=W --config=configs/other_data.py      # another config file
 
-Writes `<workdir>/eval/metrics.json` (every number, the config and the checkpoint step),
-prints a table, and saves PNG plots (Recall@K, 2-D projection, retrieval grid).
+`--config.x=y` overrides a field of the run's saved config.json (as himl-train's
+overrides do its config file); `--config=FILE` evaluates with FILE's config instead, and
+each field of `model`, `data` or `seed` that differs from the run's is printed as a note.
+Writes `<workdir>/eval/metrics.json` (every number, the config used and the checkpoint
+step), prints a table, and saves PNG plots (Recall@K, 2-D projection, retrieval grid);
+the plots of the evaluation it replaces there are removed.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,11 +31,15 @@ _WORKDIR = flags.DEFINE_string(
     required=True,
 )
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional config file (default: the run's saved config.json)."
+    "config",
+    None,
+    "Config file (default: the run's saved config.json); --config.x=y overrides its fields.",
 )
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: config.eval.splits).")
-_OUT = flags.DEFINE_string("out", None, "Output directory (default: <workdir>/eval).")
+_OUT = flags.DEFINE_string(
+    "out", None, "Output directory (default: <workdir>/eval); its earlier plots are removed."
+)
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 
@@ -52,9 +62,26 @@ def main(argv):
         )
 
 
+def run_config_file(argv: list[str]) -> str | None:
+    """`himl/runs.py:WORKDIR`, the config file that is the saved config.json of the
+    `--workdir` in `argv` (`himl.runs.get_config`); None without a --workdir, unless
+    there are overrides (which then say that --workdir is missing)."""
+    workdir = ""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith(("--workdir=", "-workdir=")):
+            workdir = arg.split("=", 1)[1]
+        elif arg in ("--workdir", "-workdir") and i + 1 < len(argv):
+            workdir = argv[i + 1]
+    if not workdir and not any(a.startswith("--config.") for a in argv):
+        return None  # absl says --workdir is required (after --help, if asked)
+    return f"{Path(__file__).parents[1] / 'runs.py'}:{workdir}"
+
+
 def run():
     """Console-script entry point."""
-    sys.argv = with_default_config(sys.argv, None, "himl-eval")  # ml_collections reads sys.argv
+    # ml_collections reads sys.argv
+    sys.argv = with_default_config(sys.argv, run_config_file(sys.argv), "himl-eval")
+    sys.modules["__main__"].__doc__ = __doc__  # what --help prints
     app.run(main, flags_parser=flags_parser("himl-eval"))
 
 

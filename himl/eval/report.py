@@ -18,20 +18,21 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
     """One table per split: rows (model, level), columns Recall@K, MAP@R, NMI, AMI (in %).
 
     `results_by_model` is `{"untrained": {split: metrics}, "trained": {...}}` as returned
-    by `himl.eval.evaluators.run_evaluators`.
+    by `himl.eval.evaluators.run_evaluators`. Every split any model has gets a table, in
+    order of first appearance; a model without that split (or level) gets rows of "-".
     """
+    splits = list(dict.fromkeys(s for results in results_by_model.values() for s in results))
+    header = ["model", "level"] + [f"R@{k}" for k in ks] + ["MAP@R", "NMI", "AMI"]
+    keys = [f"recall@{k}" for k in ks] + ["map@r", "nmi", "ami"]
     blocks = []
-    first = next(iter(results_by_model.values()))
-    for split in first:
-        header = ["model", "level"] + [f"R@{k}" for k in ks] + ["MAP@R", "NMI", "AMI"]
+    for split in splits:
         rows = []
         for model_name, results in results_by_model.items():
             for level in level_names:
-                m = results[split][level]
-                keys = [f"recall@{k}" for k in ks] + ["map@r", "nmi", "ami"]
+                m = results.get(split, {}).get(level, {})
                 # query->gallery results have no clustering scores: shown as "-".
                 rows.append([model_name, level] + [_percent(m.get(key)) for key in keys])
-        n = first[split].get("num_samples", "?")
+        n = next(r[split] for r in results_by_model.values() if split in r).get("num_samples", "?")
         blocks.append(f"split {split!r} ({n} images)\n{format_table(header, rows)}\n")
     return "\n".join(blocks)
 

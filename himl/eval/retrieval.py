@@ -13,9 +13,11 @@ matching `pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator`)
 - Queries with R = 0 ("left out") are excluded from Precision@1, R-Precision and MAP@R,
   as PML does; their number is reported as "num_left_out".
 
-R is capped at the number of neighbours searched, `k = min(max(max(ks), max R), max_k)`
-(PML caps it at 1023 because of faiss). Queries whose R exceeds k use R' = k in both the
-numerator window and the denominator, as PML does; their count is "num_r_truncated".
+R is capped at `min(max R, max_k)` (PML caps it at 1023 because of faiss), whatever the
+ks: the search fetches `k = max(max(ks), that cap)` neighbours, so asking for a large
+Recall@K never changes R-Precision or MAP@R. Queries whose R exceeds the cap use R' = cap
+in both the numerator window and the denominator, as PML does; their count is
+"num_r_truncated".
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
+    if len(set(ks)) != len(ks):  # each K is one entry of the results: a repeat is a typo
+        raise ValueError(f"ks must not repeat a K, got {ks}")
     return ks
 
 
@@ -55,12 +59,13 @@ class RankAccumulator:
     """Sums per-query rank metrics over streamed query blocks.
 
     `update(match [b, k] bool, r [b] int)`: `match[q, j]` is whether neighbour j of query q
-    has its label, `r[q]` the number of relevant gallery samples. `result()` gives the
-    metric dict.
+    has its label, `r[q]` the number of relevant gallery samples. R is capped at `r_cap`
+    (default k; see the module doc). `result()` gives the metric dict.
     """
 
-    def __init__(self, ks: Sequence[int], k: int):
+    def __init__(self, ks: Sequence[int], k: int, r_cap: int | None = None):
         self.ks, self.k = tuple(ks), k
+        self.r_cap = k if r_cap is None else min(r_cap, k)
         self.hits = dict.fromkeys(self.ks, 0)
         self.p1 = self.rp = self.map = 0.0
         self.num = self.left_out = self.truncated = 0
@@ -71,15 +76,15 @@ class RankAccumulator:
             self.hits[kk] += int(match[:, :kk].any(axis=1).sum())
         keep = r > 0
         self.left_out += int((~keep).sum())
-        self.truncated += int((r > self.k).sum())
-        match, r = match[keep], np.minimum(r[keep], self.k)
+        self.truncated += int((r > self.r_cap).sum())
+        match, r = match[keep], np.minimum(r[keep], self.r_cap)
         if not match.shape[0]:
             return
-        window = np.arange(self.k)[None, :] < r[:, None]
-        rel = match & window
         self.p1 += float(match[:, 0].sum())
+        cap = self.r_cap
+        rel = match[:, :cap] & (np.arange(cap)[None, :] < r[:, None])
         self.rp += float((rel.sum(axis=1) / r).sum())
-        precision = np.cumsum(rel, axis=1) / np.arange(1, self.k + 1)[None, :]
+        precision = np.cumsum(rel, axis=1) / np.arange(1, cap + 1)[None, :]
         self.map += float(((precision * rel).sum(axis=1) / r).sum())
 
     def result(self) -> dict:
@@ -96,9 +101,10 @@ class RankAccumulator:
         return out
 
 
-def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> int:
-    """Neighbours to fetch. A K above the `available` neighbours is clipped to them
-    (Recall@K then equals Recall@available), with a warning naming K."""
+def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> tuple[int, int]:
+    """`(neighbours to fetch, R cap)`: the cap is `min(r_max, max_k)` whatever the ks. A K
+    above the `available` neighbours is clipped to them (Recall@K then equals
+    Recall@available), with a warning naming K."""
     if max(ks) > available:
         warnings.warn(
             f"Recall@K for K in {[k for k in ks if k > available]}: only {available} "
@@ -106,8 +112,8 @@ def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> int:
             f"Recall@{available})",
             stacklevel=3,
         )
-    k = max(max(ks), min(r_max, max_k))
-    return max(1, min(k, available))
+    r_cap = max(1, min(r_max, max_k, available))
+    return max(1, min(max(max(ks), r_cap), available)), r_cap
 
 
 def retrieval_metrics(
@@ -141,8 +147,8 @@ def retrieval_metrics(
         raise ValueError(f"retrieval needs at least 2 samples, got {n}")
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     r_all = counts[inverse] - 1
-    k = _num_neighbours(ks, int(r_all.max()), n - 1, max_k)
-    acc = RankAccumulator(ks, k)
+    k, r_cap = _num_neighbours(ks, int(r_all.max()), n - 1, max_k)
+    acc = RankAccumulator(ks, k, r_cap)
     for start, idx, _ in iter_knn(embeddings, k=k, metric=metric, block_size=block_size, mesh=mesh):
         q = labels[start : start + idx.shape[0]]
         acc.update(labels[idx] == q[:, None], r_all[start : start + idx.shape[0]])
@@ -177,8 +183,8 @@ def query_gallery_retrieval_metrics(
     uniq, counts = np.unique(gallery_labels, return_counts=True)
     pos = np.clip(np.searchsorted(uniq, query_labels), 0, len(uniq) - 1)
     r_all = np.where(uniq[pos] == query_labels, counts[pos], 0)
-    k = _num_neighbours(ks, int(r_all.max()), g_n, max_k)
-    acc = RankAccumulator(ks, k)
+    k, r_cap = _num_neighbours(ks, int(r_all.max()), g_n, max_k)
+    acc = RankAccumulator(ks, k, r_cap)
     for start, idx, _ in iter_knn(
         query_emb,
         gallery_emb,

@@ -7,6 +7,8 @@ optimizer, no loss, no pretrained file, and any number of devices.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import jax
@@ -20,7 +22,18 @@ from himl.eval.plots import plot_embedding_2d, plot_recall_at_k, plot_retrieval_
 from himl.eval.report import probe_lines, results_table
 from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
-from himl.runs import load_run_config, restore_model_variables, split_checkpoint_path
+from himl.runs import (
+    RunError,
+    checkpoint_step,
+    config_differences,
+    load_run_config,
+    read_config_json,
+    restore_model_variables,
+    split_checkpoint_path,
+)
+
+# The plots of a split, written beside metrics.json.
+PLOT_FILES = ("{}_recall_at_k.png", "{}_embedding_2d.png", "{}_retrievals.png")
 
 
 def evaluate_checkpoint(
@@ -31,26 +44,44 @@ def evaluate_checkpoint(
     Args:
       workdir: a `himl-train` work directory (its config.json and checkpoints/), or one
         of its checkpoints, `<workdir>/checkpoints/<step>`.
-      config: overrides the run's saved config (must describe the same model).
+      config: the config to evaluate with (default: the run's saved config.json); each
+        field of its `model`, `data` or `seed` that differs from the saved one is printed
+        as a note (another dataset is a legitimate evaluation; another model fails on
+        the checkpoint's shapes).
       step: checkpoint step (default: latest). splits: split names (default:
         `config.eval.splits`; naming splits leaves the query -> gallery evaluation out).
-      out_dir: where results go (default: `<workdir>/eval`).
+      out_dir: where results go (default: `<workdir>/eval`). The plots of the evaluation
+        whose metrics.json is replaced there are removed, so none is left beside the new
+        metrics.json that it did not make.
+
+    Mistakes in the config, step, splits or output directory are reported (one line)
+    before the dataset is loaded.
 
     Returns:
       The dict written to `<out_dir>/metrics.json`.
     """
     workdir, step = split_checkpoint_path(Path(workdir).expanduser(), step)
-    config = config if config is not None else load_run_config(workdir)
+    if config is None:
+        config = load_run_config(workdir)
+    else:
+        saved = read_config_json(workdir / "config.json")
+        for line in config_differences(saved, config) if saved is not None else ():
+            print(f"note: {line}", file=sys.stderr)
     validate_config(config)  # any device count: evaluation batches are padded
+    step = checkpoint_step(workdir, step)
+    if splits is not None and not splits:
+        raise RunError("--splits is empty: name the splits to evaluate, or leave it out")
+    out = Path(out_dir).expanduser() if out_dir else workdir / "eval"
+    _check_writable_dir(out, "--out")
     dataset = load_dataset(config.data)
     evaluators = build_evaluators(config.eval, dataset, seed=config.seed, splits=splits)
     if splits:
         evaluators = [e for e in evaluators if not isinstance(e, QueryGalleryEvaluator)]
+    if not evaluators:
+        raise EvalInputError("nothing to evaluate: config.eval.splits and --splits are empty")
     model = build_model(config.model)
     shape = dataset.split(config.data.train_split).images.shape[1:]  # what the model saw
     variables, step = restore_model_variables(model, shape, workdir, step)
-    if not evaluators:
-        raise EvalInputError("nothing to evaluate: config.eval.splits and --splits are empty")
     embed_fn = EmbeddingFunction(model, batch_size=config.eval.batch_size)
     embeddings = {}
 
@@ -60,8 +91,8 @@ def evaluate_checkpoint(
 
     results = run_evaluators(evaluators, embed, progress=progress)
     levels = dataset.eval_level_names
-    out = Path(out_dir) if out_dir else workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_plots(out)
     if plots:
         for name in dict.fromkeys(s for e in evaluators for s in e.splits):
             if levels[0] in results.get(name, {}):  # a split with per-level retrieval results
@@ -84,17 +115,40 @@ def evaluate_checkpoint(
     return summary
 
 
+def _check_writable_dir(path: Path, what: str) -> None:
+    """RunError unless `path` is a directory, or can be made one, that we can write in."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"{what} {path}: {existing} is not writable")
+
+
+def _remove_previous_plots(out: Path) -> None:
+    """Removes the plots of the splits in `out`'s metrics.json (an earlier evaluation)."""
+    try:
+        previous = json.loads((out / "metrics.json").read_text())["results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier evaluation here (or not one of ours): nothing is removed
+    for split in previous:
+        for name in PLOT_FILES:
+            (out / name.format(split)).unlink(missing_ok=True)
+
+
 def _plot(out, name, split, emb, labels, metrics, levels, eval_cfg):
+    recall_file, embedding_file, retrievals_file = (f.format(name) for f in PLOT_FILES)
     plot_recall_at_k(
         {lvl: metrics[lvl] for lvl in levels},
-        out / f"{name}_recall_at_k.png",
+        out / recall_file,
         title=f"Recall@K on {name!r}",
     )
     plot_embedding_2d(
         emb,
         labels[:, 0],
         labels[:, -1],
-        out / f"{name}_embedding_2d.png",
+        out / embedding_file,
         title=f"{name}: PCA of the embedding",
     )
     top = min(5, len(split) - 1)
@@ -105,6 +159,6 @@ def _plot(out, name, split, emb, labels, metrics, levels, eval_cfg):
         split.images,
         labels[:, -1],
         np.asarray(jax.device_get(indices)),
-        out / f"{name}_retrievals.png",
+        out / retrievals_file,
         top=top,
     )

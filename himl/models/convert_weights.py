@@ -4,15 +4,40 @@
 
 Needs PyTorch, only while converting (`pip install torch`); himl reads the result without
 it. Loads with `torch.load(weights_only=True)` (no code in the file is run), takes the
-state dict (or its "state_dict" / "model" entry), and writes every tensor as float32 or
-its integer type, contiguous, under its own name.
+state dict (or its "state_dict" / "model" entry, as `weight_files.read_weights` does), and
+writes every tensor as float32 or its integer type, contiguous, under its own name.
+
+A missing or unreadable input, or a file that pickles more than tensors (a whole
+`torch.save(model)`), is reported in one line.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import sys
+from pathlib import Path
 
 from himl.errors import UserError
+from himl.models.weight_files import WRAPPER_KEYS
+
+
+def _load(src: str, torch):
+    if not Path(src).is_file():
+        raise UserError(f"no file {src}")
+    try:
+        return torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses any other Python object
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it names {named[1]})" if named else ""
+        raise UserError(
+            f"{src}: holds pickled Python objects, not only tensors{what}, e.g. a whole "
+            "torch.save(model); loading it would run code from the file. If you trust it, "
+            "load it where its classes are importable and save model.state_dict() instead"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{src}: PyTorch cannot read it, truncated or damaged? ({first})") from None
 
 
 def convert(src: str, dst: str) -> int:
@@ -23,17 +48,21 @@ def convert(src: str, dst: str) -> int:
         raise UserError("converting needs PyTorch: pip install torch") from None
     from safetensors.torch import save_file
 
-    obj = torch.load(src, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
+    obj = _load(src, torch)
+    for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
+    if not isinstance(obj, dict):
+        raise UserError(f"{src}: holds a {type(obj).__name__}, not a state dict")
     tensors = {
         name: (t.float() if t.is_floating_point() else t).contiguous()
         for name, t in obj.items()
         if isinstance(t, torch.Tensor)
     }
     if not tensors:
-        raise UserError(f"{src}: no tensors found (not a state dict)")
+        keys = ", ".join(map(str, obj)) or "none"
+        raise UserError(f"{src}: no tensors at the top level (nor under "
+                        f"{' or '.join(WRAPPER_KEYS)}); its keys: {keys:.200}")  # fmt: skip
     save_file(tensors, dst)
     return len(tensors)
 

@@ -11,6 +11,11 @@ allows only the handful that a state dict needs (`OrderedDict`, torch's tensor r
 functions and storage types), mapped to NumPy, so a file naming anything else is refused
 instead of executed. Anything this reader does not understand is converted once, with
 PyTorch, by `python -m himl.models.convert_weights IN OUT.safetensors`.
+
+A training checkpoint that wraps its weights (`{"state_dict": ...}` or `{"model": ...,
+"epoch": 3}`) is unwrapped, as `convert_weights` does. A file that ends early (an
+interrupted download) is reported as truncated: every storage must hold the bytes its
+tensors need, and every storage the pickle names must be present.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import io
 import pickle
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -44,6 +50,10 @@ STORAGE_DTYPES = {
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header
+# A checkpoint dict's entries that hold the state dict, unwrapped in this order
+# (`convert_weights` does the same).
+WRAPPER_KEYS = ("state_dict", "model")
 
 
 class WeightFileError(UserError, ValueError):
@@ -57,6 +67,11 @@ class WeightFileMissing(WeightFileError, FileNotFoundError):
 def _unsupported(path: Path, why: str) -> WeightFileError:
     hint = CONVERT_HINT.format(path=path, stem=path.with_suffix(""))
     return WeightFileError(f"{path}: {why}; convert it once (needs PyTorch only for this): {hint}")
+
+
+def _truncated(path: Path, why: str) -> WeightFileError:
+    return WeightFileError(f"{path}: the file is truncated or incomplete ({why}); copy or "
+                           "download it again")  # fmt: skip
 
 
 class _Storage:
@@ -73,8 +88,15 @@ class _Tensor:
     def __init__(self, storage: _Storage, offset: int, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), stride
 
-    def to_numpy(self) -> np.ndarray:
+    def to_numpy(self, path: Path) -> np.ndarray:
         data = self.storage.data
+        if data is None:
+            raise _truncated(path, f"no data for storage {self.storage.key}")
+        # Elements the view reaches: checked, since as_strided would read past the buffer.
+        reach = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
+        if 0 not in self.size and (self.offset < 0 or reach >= len(data)):
+            raise _truncated(path, f"storage {self.storage.key} holds {len(data)} elements, "
+                                   f"a tensor needs {reach + 1}")  # fmt: skip
         itemsize = data.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :],
@@ -135,15 +157,39 @@ class _TorchUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
+def _fill(storage: _Storage, raw: bytes, numel: int, path: Path) -> None:
+    """Sets `storage.data` from its raw bytes, refusing fewer bytes than `numel` needs."""
+    need = numel * storage.dtype.itemsize
+    if len(raw) < need:
+        raise _truncated(path, f"storage {storage.key} has {len(raw)} of its {need} bytes")
+    storage.data = np.frombuffer(raw, dtype=storage.dtype, count=numel)
+
+
+def _load_pickle(unpickler: pickle.Unpickler, path: Path):
+    try:
+        return unpickler.load()
+    except EOFError:
+        raise _truncated(path, "it ends inside a pickle") from None
+    except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise _truncated(path, "it ends inside a pickle") from None
+        raise _unsupported(path, f"is not a weight file this reader knows ({e})") from None
+
+
 def _materialise(obj, path: Path) -> dict[str, np.ndarray]:
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]  # a training checkpoint that wraps the weights
+    for key in WRAPPER_KEYS:  # a training checkpoint that wraps the weights
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
     if not isinstance(obj, dict):
         raise _unsupported(path, f"holds a {type(obj).__name__}, not a state dict")
     out = {}
     for name, value in obj.items():
         if isinstance(value, _Tensor):
-            out[str(name)] = value.to_numpy()
+            out[str(name)] = value.to_numpy(path)
+    if not out:
+        keys = ", ".join(map(str, obj)) or "none"
+        raise WeightFileError(f"{path}: no tensors at the top level (nor under "
+                              f"{' or '.join(WRAPPER_KEYS)}); its keys: {keys:.200}")  # fmt: skip
     return out
 
 
@@ -156,12 +202,20 @@ def _read_zip(path: Path) -> dict[str, np.ndarray]:
         names = set(archive.namelist())
         if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder") != b"little":
             raise _unsupported(path, "was written on a big-endian machine")
-        unpickler = _TorchUnpickler(io.BytesIO(archive.read(pickles[0])), path)
-        obj = unpickler.load()
+        unpickler = _TorchUnpickler(io.BytesIO(_member(archive, pickles[0], path)), path)
+        obj = _load_pickle(unpickler, path)
         for key, storage in unpickler.storages.items():
-            raw = archive.read(f"{prefix}data/{key}")
-            storage.data = np.frombuffer(raw, dtype=storage.dtype, count=storage.numel)
+            _fill(storage, _member(archive, f"{prefix}data/{key}", path), storage.numel, path)
     return _materialise(obj, path)
+
+
+def _member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        return archive.read(name)
+    except KeyError:
+        raise _truncated(path, f"the archive has no member {name}") from None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise _truncated(path, f"member {name} is damaged: {e}") from None
 
 
 def _read_legacy(path: Path) -> dict[str, np.ndarray]:
@@ -172,19 +226,26 @@ def _read_legacy(path: Path) -> dict[str, np.ndarray]:
             raise _unsupported(path, f"is not a weight file this reader knows ({e})") from None
         if magic != LEGACY_MAGIC:
             raise _unsupported(path, "is not a weight file this reader knows")
-        if pickle.load(f) != LEGACY_PROTOCOL:
+        if _load_pickle(pickle.Unpickler(f), path) != LEGACY_PROTOCOL:
             raise _unsupported(path, "has an unknown legacy torch.save protocol")
-        sys_info = pickle.load(f)
+        sys_info = _load_pickle(pickle.Unpickler(f), path)
+        if not isinstance(sys_info, dict):
+            raise _unsupported(path, "has an unknown legacy torch.save header")
         if not sys_info.get("little_endian", True):
             raise _unsupported(path, "was written on a big-endian machine")
         unpickler = _TorchUnpickler(f, path)
-        obj = unpickler.load()
-        keys = pickle.load(f)  # the storages follow in this order, each as int64 numel + data
+        obj = _load_pickle(unpickler, path)
+        # The storages follow in this order, each as an int64 element count and its data.
+        keys = _load_pickle(pickle.Unpickler(f), path)
         for key in keys:
-            storage = unpickler.storages[str(key)]
-            (numel,) = struct.unpack("<q", f.read(8))
-            raw = f.read(numel * storage.dtype.itemsize)
-            storage.data = np.frombuffer(raw, dtype=storage.dtype, count=numel)
+            storage = unpickler.storages.get(str(key))
+            if storage is None:
+                raise _unsupported(path, f"has data for a storage {key} its pickle never names")
+            header = f.read(8)
+            if len(header) < 8:
+                raise _truncated(path, f"it ends before storage {key}")
+            (numel,) = struct.unpack("<q", header)
+            _fill(storage, f.read(numel * storage.dtype.itemsize), numel, path)
     return _materialise(obj, path)
 
 
@@ -202,4 +263,7 @@ def read_weights(path) -> dict[str, np.ndarray]:
             raise WeightFileError(f"{path}: not a readable .safetensors file ({e})") from None
     if zipfile.is_zipfile(path):
         return _read_zip(path)
+    with open(path, "rb") as f:
+        if f.read(len(ZIP_MAGIC)) == ZIP_MAGIC:  # a zip archive without its directory
+            raise _truncated(path, "a zip archive without its central directory at the end")
     return _read_legacy(path)

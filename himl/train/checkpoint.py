@@ -31,6 +31,7 @@ class Checkpointer:
 
     def __init__(self, directory, *, every: int, keep: int):
         self.directory = Path(directory).absolute()
+        self.every = max(every, 1)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=max(every, 1), create=True
         )
@@ -40,15 +41,25 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def due(self, step: int) -> bool:
+        """Whether `step` is a periodic checkpoint step (a multiple of `every`). Not orbax's
+        `should_save`, which also asks for a save at the first step of a fresh directory."""
+        return step % self.every == 0
+
     def check_compatible(self, template, step: int) -> None:
         """Raises CheckpointError naming the first array whose path, shape or dtype differs
         between checkpoint `step` and `template`, from the metadata alone (no restore);
         DamagedCheckpoint if the metadata cannot be read."""
         path = self.directory / str(step) / "default"
+        # The item's own metadata: the step-level file StandardCheckpointer().metadata
+        # also looks for is never written by the manager (an absl warning each time).
+        handler = ocp.StandardCheckpointHandler()
         try:
-            saved = leaf_specs(ocp.StandardCheckpointer().metadata(path).item_metadata)
+            saved = leaf_specs(handler.metadata(path))
         except Exception as err:  # orbax raises many types; all mean a damaged checkpoint
             raise DamagedCheckpoint(step) from err
+        finally:
+            handler.close()
         if not saved:
             raise DamagedCheckpoint(step)
         expected = leaf_specs(template)

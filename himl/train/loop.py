@@ -29,17 +29,26 @@ from himl.train.metrics_writer import MetricsWriter
 from himl.train.state import train_step
 from himl.train.workdir import ReadRecorder, Workdir, jsonable
 
-# Config sections that decide the shape of the checkpointed state or the data it saw: a
-# resumed run must agree with the run that wrote the checkpoints on all of them.
+# Config sections that decide the checkpointed state, how it is updated or the data it saw:
+# a resumed run must agree with the run that wrote the checkpoints on all of them.
+# "{loss.name}" stands for the selected loss: only its own hyperparameters count.
+# `train.steps` may grow (the learning-rate schedule is then recomputed, with a note).
 RESUME_KEYS = (
     "seed",
     "data.name",
     "data.batch_size",
+    "data.custom",  # which images and classes are in which split (when present)
     "model",
     "loss.name",
     "loss.flat_level",
+    "loss.{loss.name}",
     "optimizer.name",
+    "optimizer",
 )
+
+# The `config.eval` settings an evaluation's numbers depend on, saved in untrained.json:
+# a resumed run whose settings differ leaves the untrained results out.
+EVAL_SETTINGS = ("splits", "query_gallery", "ks", "metric", "evaluators")
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -166,7 +175,7 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
             directory=ckpt.directory,
         )
 
-    tic = time.time()
+    tic, last_logged = time.time(), first
     try:
         with StopRequests() as stop, writer:
             for step in range(first, total):
@@ -174,22 +183,24 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
                 bar.update(1)
                 done = step + 1
                 log_due = done % config.train.log_every == 0 or done == total
-                save_due = ckpt.manager.should_save(done) or done == total or stop.requested
+                save_due = ckpt.due(done) or done == total or stop.requested
                 if log_due or save_due:
                     check()  # the only host syncs: here, where the loop waits anyway
                 if log_due:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    metrics["steps_per_second"] = config.train.log_every / (time.time() - tic)
-                    tic = time.time()
+                    metrics["steps_per_second"] = (done - last_logged) / (time.time() - tic)
+                    tic, last_logged = time.time(), done
                     writer.write(done, metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if save_due:
+                    writer.flush()  # every row of a checkpointed step is on disk first
                     ckpt.save(done, state, force=True)
                 every = config.eval.get("every", 0)
                 if evaluate is not None and every and done % every == 0 and done < total:
                     check()  # never evaluate a non-finite state
                     results = evaluate(state)
                     write_eval_scalars(writer, done, results, exp.dataset.eval_level_names)
+                    tic, last_logged = time.time(), done  # the rate counts training only
                 if stop.requested:
                     break
             bar.close()
@@ -215,20 +226,78 @@ def _checkpointer(run_dir, config) -> Checkpointer:
     )
 
 
-def _read_untrained(path) -> dict | None:
-    """The untrained evaluation a resumed run's first attempt saved (None if it has none)."""
+def eval_settings(config) -> dict:
+    """The `config.eval` settings (EVAL_SETTINGS) an evaluation's numbers depend on."""
+    return jsonable({key: config.eval.get(key) for key in EVAL_SETTINGS})
+
+
+def _write_untrained(path, untrained: dict, config) -> None:
+    path.write_text(json.dumps({"eval": eval_settings(config), "results": untrained}, indent=2))
+
+
+def _read_untrained(path) -> tuple[dict | None, dict | None]:
+    """`(results, eval settings)` of the untrained evaluation a resumed run's first
+    attempt saved: results None if it has none, settings None in a file written before
+    they were saved (which holds the results alone)."""
     try:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except (OSError, ValueError):
         tqdm.write(f"note: {path} is missing or unreadable; the untrained results are omitted")
+        return None, None
+    if isinstance(saved, dict) and set(saved) == {"eval", "results"}:
+        return saved["results"], saved["eval"]
+    return saved, None
+
+
+def _comparable_untrained(path, config, trained: dict) -> dict | None:
+    """The saved untrained results if they were evaluated as `trained` was (the current
+    `EVAL_SETTINGS`; an older file without them: the same splits); None, with a note
+    naming the difference, otherwise."""
+    untrained, settings = _read_untrained(path)
+    if untrained is None:
         return None
+    if settings is None:
+        old, new = sorted(untrained), sorted(trained)
+        differs = [("splits", old, new)] if old != new else []
+    else:
+        now = eval_settings(config)
+        differs = [(k, settings.get(k), now[k]) for k in EVAL_SETTINGS if settings.get(k) != now[k]]
+    if not differs:
+        return untrained
+    key, old, new = differs[0]
+    tqdm.write(
+        f"note: {path} was evaluated with config.eval.{key}={old}, this run has {new}: the "
+        "untrained results are left out of the table and metrics.json"
+    )
+    return None
+
+
+def _finished_summary(run_dir, step: int, total: int) -> dict | None:
+    """metrics.json of a run that already trained to `total` steps and evaluated step
+    `step` (None otherwise, or if it cannot be read)."""
+    try:
+        summary = json.loads((run_dir.path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    finished = step == total and isinstance(summary, dict) and summary.get("step") == step
+    return summary if finished else None
+
+
+def print_summary(summary: dict) -> None:
+    """The table and linear-probe lines of a metrics.json summary."""
+    ks = tuple(summary["config"]["eval"]["ks"])
+    print(results_table(summary["results"], summary["level_names"], ks))
+    for line in probe_lines(summary["results"]):
+        print(line)
 
 
 def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     """Trains (or resumes) and evaluates; returns the dict also written to metrics.json.
 
     Order: config checks, work directory checks, data, batches, checkpoint restore - and
-    only then is anything in `workdir` written (see `himl.train.workdir`).
+    only then is anything in `workdir` written (see `himl.train.workdir`). A resume drops
+    the metrics.jsonl rows logged after its checkpoint; a run already trained to
+    `train.steps` and evaluated prints its saved results and returns them, writing nothing.
     """
     start_time = time.time()
     validate_config(config, num_devices=jax.device_count())
@@ -242,40 +311,60 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     settings = ReadRecorder(config.data)
     batcher = make_batcher(settings, dataset, config.seed)
     ckpt = None
+
+    def close():
+        if ckpt is not None:
+            ckpt.close()
+        getattr(batcher, "close", lambda: None)()
+
     try:
         run_dir.check_resume(config, resume_keys(settings.keys_read))
         mesh = make_mesh()
         state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
         resumed = run_dir.holds_run()
         untrained_path = run_dir.path / "untrained.json"
+        untrained = None
         if resumed:
             ckpt = _checkpointer(run_dir, config)
             state = ckpt.restore(state)  # closes the manager itself if it fails
+            finished = _finished_summary(run_dir, int(state.step), config.train.steps)
+            if finished is not None:  # nothing to train or evaluate; nothing is written
+                close()
+                tqdm.write(
+                    f"{run_dir.path} holds a complete run (step {finished['step']}, evaluated): "
+                    f"its saved results follow; himl-eval --workdir={run_dir.path} re-evaluates"
+                )
+                print_summary(finished)
+                return finished
             tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
-            untrained = _read_untrained(untrained_path)  # evaluated once, by the first run
+            saved_steps = run_dir.saved("train.steps")
+            if saved_steps is not None and saved_steps != config.train.steps:
+                tqdm.write(
+                    f"note: config.train.steps changed from {saved_steps} to "
+                    f"{config.train.steps}: the learning-rate schedule is recomputed for "
+                    f"{config.train.steps} steps"
+                )
         elif config.eval.get("at_start", True):
             untrained = evaluate(state)
-        else:
-            untrained = None
         run_dir.start(config)  # the run is known valid: from here on the workdir changes
         if not resumed:
             ckpt = _checkpointer(run_dir, config)
             if untrained is not None:
-                untrained_path.write_text(json.dumps(untrained, indent=2))
+                _write_untrained(untrained_path, untrained, config)
     except BaseException:
-        if ckpt is not None:
-            ckpt.close()
-        getattr(batcher, "close", lambda: None)()
+        close()
         raise
 
-    writer = MetricsWriter(run_dir.path)
+    writer = MetricsWriter(run_dir.path, resumed_at=int(state.step) if resumed else None)
     state = _train(exp, batcher, state, mesh, ckpt, writer, progress=progress, evaluate=evaluate)
 
     trained = evaluate(state)
     with MetricsWriter(run_dir.path) as writer:
         write_eval_scalars(writer, int(state.step), trained, dataset.eval_level_names)
+    if resumed:  # evaluated once, by the first run, with the eval settings it had
+        untrained = _comparable_untrained(untrained_path, config, trained)
     results = {"untrained": untrained, "trained": trained}
-    if untrained is None:  # not evaluated (eval.at_start=False), or a run older than that
+    if untrained is None:  # not evaluated (eval.at_start=False, other settings), or older
         del results["untrained"]
     summary = {
         "step": int(state.step),
@@ -286,7 +375,5 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         "config": jsonable(config.to_dict()),
     }
     (run_dir.path / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(results_table(summary["results"], dataset.eval_level_names, tuple(config.eval.ks)))
-    for line in probe_lines(summary["results"]):
-        print(line)
+    print_summary(summary)
     return summary

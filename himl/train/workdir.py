@@ -4,12 +4,15 @@ A work directory holds a run once it holds a checkpoint (`checkpoints/<step>/`).
 new run is known to be valid (config checked, data loaded, batches made, checkpoint
 restored), nothing in the directory is created, moved or rewritten - `config.json`
 included. A directory with files of an earlier attempt but no checkpoint starts over, and
-says so, after moving those files into `previous-<n>/`.
+says so, after moving those files into `previous-<n>/`. A path that cannot become a
+directory (under a file, or read-only) is refused when `Workdir` is made, before any data.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -64,9 +67,37 @@ def _select(tree, dotted: str):
 _MISSING = object()
 
 
+def _expand(key: str, tree) -> str:
+    """`key` with each `{dotted.path}` replaced by that value of `tree`: "loss.{loss.name}"
+    is "loss.himulcone" for a HiMulConE config."""
+    return re.sub(r"\{([\w.]+)\}", lambda m: str(_select(tree, m.group(1))), key)
+
+
 def jsonable(x):
     """A config dict as plain JSON values (tuples become lists)."""
     return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def _difference(key: str, old, new) -> tuple | None:
+    """`(dotted key, old, new)` of the first leaf where two config values differ (None if
+    they are equal), so that a refusal names e.g. `optimizer.learning_rate`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for name in sorted(old.keys() | new.keys()):
+            found = _difference(f"{key}.{name}", old.get(name, _MISSING), new.get(name, _MISSING))
+            if found:
+                return found
+        return None
+    if old is _MISSING or new is _MISSING:
+        return (
+            key,
+            "(not set)" if old is _MISSING else old,
+            "(not set)" if new is _MISSING else new,
+        )
+    return (
+        None
+        if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+        else (key, old, new)
+    )
 
 
 class Workdir:
@@ -75,20 +106,45 @@ class Workdir:
         self.checkpoints = self.path / "checkpoints"
         if self.path.exists() and not self.path.is_dir():
             raise WorkdirError(f"--workdir {self.path} is a file, not a directory")
+        self._check_writable()
         self.saved_config = self._read_config()
+
+    def _check_writable(self) -> None:
+        """Raises WorkdirError unless the directory, or its nearest existing ancestor (where
+        it will be created), is a directory this process can write to."""
+        existing = self.path.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise WorkdirError(
+                f"--workdir {self.path} cannot be created: {existing} is a file, not a directory"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise WorkdirError(f"--workdir {self.path} cannot be written: {existing} is read-only")
 
     def _read_config(self) -> dict | None:
         return read_config_json(self.path / "config.json")
 
     def holds_run(self) -> bool:
         """Whether the directory holds a checkpoint (a step folder under checkpoints/)."""
-        return self.checkpoints.is_dir() and any(
-            p.name.isdigit() for p in self.checkpoints.iterdir()
-        )
+        return bool(self.steps())
+
+    def steps(self) -> list[int]:
+        """The checkpoint steps held here, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.checkpoints.iterdir() if p.name.isdigit())
+
+    def saved(self, key: str):
+        """The saved run's value at dotted `key` of config.json (None if it has none)."""
+        value = _select(self.saved_config or {}, key)
+        return None if value is _MISSING else value
 
     def check_resume(self, config, keys) -> None:
-        """Raises WorkdirError if the run held here differs from `config` at any of `keys`
-        (dotted config paths). Changes nothing."""
+        """Raises ConfigError (WorkdirError) if the run held here differs from `config` at
+        any of `keys` - dotted config paths, where `{a.b}` stands for the value of `a.b`
+        in `config` ("loss.{loss.name}": the selected loss's sub-config) - or is already
+        beyond `config.train.steps`. Changes nothing."""
         if not self.holds_run():
             return
         if self.saved_config is None:
@@ -98,17 +154,27 @@ class Workdir:
                 "another --workdir"
             )
         new_config = jsonable(config.to_dict())
-        for key in keys:
+        for key in (_expand(k, new_config) for k in keys):
             old, new = _select(self.saved_config, key), _select(new_config, key)
             if old is _MISSING:  # a field added after the run was made
                 continue
             if isinstance(old, dict) and isinstance(new, dict):
                 new = {k: v for k, v in new.items() if k in old}  # fields added since
-            if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+            differs = _difference(key, old, new)
+            if differs:
+                key, old, new = differs
                 raise ConfigError(
                     f"{self.path} holds a run with config.{key} = {old}, this run has {new}; "
                     "use another --workdir (the saved run is left untouched)"
                 )
+        saved_steps, total = self.steps(), config.train.steps
+        if saved_steps[-1] > total:
+            raise ConfigError(
+                f"{self.path} holds a run at step {saved_steps[-1]}, beyond config.train.steps="
+                f"{total}: raise config.train.steps to continue it, or evaluate a saved step "
+                f"({', '.join(map(str, saved_steps))}) with himl-eval --workdir={self.path} "
+                "--step=N (the saved run is left untouched)"
+            )
 
     def leftovers(self) -> list[Path]:
         """Files of an earlier attempt that never saved a checkpoint."""

@@ -17,8 +17,9 @@ def ranking(q, g, exclude_self):
     return order[:, : g.shape[0] - int(exclude_self)]
 
 
-def reference_metrics(q, ql, g, gl, ks, exclude_self):
-    """Loop-per-query definitions of Musgrave et al. 2020 (no truncation of R)."""
+def reference_metrics(q, ql, g, gl, ks, exclude_self, r_cap=None):
+    """Loop-per-query definitions of Musgrave et al. 2020; R truncated to `r_cap` (PML's
+    cap) when given, in the window and the denominator alike."""
     order = ranking(q, g, exclude_self)
     hits = {k: 0 for k in ks}
     p1, rp, ap, left = [], [], [], 0
@@ -30,6 +31,7 @@ def reference_metrics(q, ql, g, gl, ks, exclude_self):
         if r == 0:
             left += 1
             continue
+        r = r if r_cap is None else min(r, r_cap)
         p1.append(float(rel[0]))
         rp.append(rel[:r].sum() / r)
         prec = np.cumsum(rel[:r]) / np.arange(1, r + 1)

@@ -1,0 +1,186 @@
+"""What the embedder accepts: a run whose training .npz moved, manifests of new images
+(the run's column options, labels optional), grayscale arrays and single image files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import himl
+from himl.configs import tiny
+from himl.data.defaults import custom_data_config
+from himl.data.records import MalformedDataError
+from himl.embed_main import listing_options, read_listing
+from himl.embedder import Embedder, EmbedderError
+from himl.errors import UserError
+from himl.models.registry import build_model
+
+REPO = Path(__file__).parents[1]
+
+
+# --- a run trained on an .npz that is no longer where config.json says -------------------
+
+
+def _as_npz_run(workdir: Path, source: str) -> None:
+    """Makes the (in-memory, 28 x 28 x 1) tiny run's config say it trained on `source`."""
+    path = workdir / "config.json"
+    config = json.loads(path.read_text())
+    config["data"]["name"] = "custom"
+    config["data"].setdefault("custom", {})["source"] = source
+    path.write_text(json.dumps(config))
+
+
+def test_a_moved_training_npz_is_named_and_the_shape_can_be_given(
+    tiny_run, tiny_run_copy, tmp_path, monkeypatch
+):
+    workdir, _ = tiny_run_copy
+    _as_npz_run(workdir, "data/arr.npz")  # relative to where himl-train ran
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EmbedderError) as info:
+        himl.load_embedder(workdir)
+    message = str(info.value)
+    assert "config.data.custom.source='data/arr.npz'" in message and "\n" not in message
+    assert str(tmp_path / "data" / "arr.npz") in message and "--input_shape=H,W,C" in message
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), np.uint8)
+    expected = himl.load_embedder(tiny_run[0]).embed(images)  # the same checkpoint
+    embedder = himl.load_embedder(workdir, input_shape=(28, 28, 1))
+    assert embedder.input_shape == (28, 28, 1) and embedder.crop_fraction == 1.0
+    np.testing.assert_array_equal(embedder.embed(images), expected)
+    with pytest.raises(EmbedderError, match=r"input_shape \(28, 28, 3\) does not fit"):
+        himl.load_embedder(workdir, input_shape=(28, 28, 3))
+    with pytest.raises(EmbedderError, match="three positive integers"):
+        himl.load_embedder(workdir, input_shape=(28, 28))
+
+    # Back at its path, the file gives the shape, and a different one given is refused.
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "arr.npz", images=images[..., 0], labels=np.zeros((6, 1)))
+    assert himl.load_embedder(workdir).input_shape == (28, 28, 1)
+    with pytest.raises(EmbedderError, match=r"\(20, 20, 1\) differs from the run's \(28, 28, 1\)"):
+        himl.load_embedder(workdir, input_shape=(20, 20, 1))
+
+
+# --- manifests of new images ----------------------------------------------------------------
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    """Four 8 x 8 PNGs in tmp_path/pics."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_a_manifest_is_read_with_the_runs_column_options(pictures):
+    manifest = pictures.parent / "m.csv"
+    manifest.write_text("file,part,kind,grp\n" + "".join(
+        f"pics/{i}.png,train,k{i % 2},g{i}\n" for i in range(4)))  # fmt: skip
+    options = {"path_column": "file", "split_column": "part", "levels": ["grp", "kind"]}
+    paths, level_names, labels = read_listing(manifest, options)
+    assert paths == [pictures / f"{i}.png" for i in range(4)]
+    assert level_names == ("grp", "kind")
+    assert labels == [(f"g{i}", f"k{i % 2}") for i in range(4)]
+    with pytest.raises(MalformedDataError, match="no path column 'path'"):
+        read_listing(manifest, {})  # another run's default
+
+
+def test_the_options_come_from_a_custom_data_run_only():
+    config = tiny.get_config()
+    assert listing_options(config) == {}  # trained on the embedded data
+    config.data.name = "custom"
+    config.data.custom = custom_data_config()
+    config.data.custom.path_column = "file"
+    assert listing_options(config) == {"path_column": "file", "split_column": "split",
+                                       "levels": ()}  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_manifest_without_labels_lists_unlabelled_images(pictures, suffix):
+    manifest = pictures.parent / f"only{suffix}"
+    rows = [f"pics/{i}.png" for i in range(4)]
+    if suffix == ".csv":
+        manifest.write_text("path\n" + "\n".join(rows) + "\n")
+    else:
+        manifest.write_text("".join(json.dumps({"path": r, "cls": None}) + "\n" for r in rows))
+    assert read_listing(manifest) == ([pictures / f"{i}.png" for i in range(4)], (), None)
+
+
+def test_empty_labels_are_unknown_and_levels_are_all_or_none(pictures):
+    manifest = pictures.parent / "partial.csv"
+    manifest.write_text("path,grp,cls\npics/0.png,g,a\npics/1.png,g,\npics/2.png,,\n")
+    paths, level_names, labels = read_listing(manifest)
+    assert len(paths) == 3 and level_names == ("grp", "cls")
+    assert labels == [("g", "a"), ("g", ""), ("", "")]
+    # The run's levels: none of them in the header -> no labels; some of them -> an error.
+    assert read_listing(manifest, {"levels": ["family", "item"]})[1:] == ((), None)
+    with pytest.raises(MalformedDataError, match=r"partial.csv: label column 'item'.*or none"):
+        read_listing(manifest, {"levels": ["grp", "item"]})
+    # A missing image is still named, with its row.
+    manifest.write_text("path\npics/0.png\npics/nope.png\n")
+    with pytest.raises(UserError, match=r"1 of 2 listed images are missing.*partial.csv:3"):
+        read_listing(manifest)
+
+
+@pytest.mark.slow
+def test_himl_embed_reads_a_manifest_as_the_run_does(tiny_run_copy, pictures):
+    """A run trained with path_column=file embeds a path-only manifest with that column."""
+    workdir, _ = tiny_run_copy
+    path = workdir / "config.json"
+    config = json.loads(path.read_text())
+    config["data"].setdefault("custom", {})["path_column"] = "file"
+    config["data"]["name"] = "custom"
+    config["data"]["custom"]["source"] = "/gone/train.npz"
+    path.write_text(json.dumps(config))
+    manifest = pictures.parent / "new.csv"
+    manifest.write_text("file\n" + "".join(f"pics/{i}.png\n" for i in range(4)))
+    out = pictures.parent / "e.npz"
+    done = subprocess.run(
+        [sys.executable, "-m", "himl.embed_main", "--noprogress", f"--workdir={workdir}",
+         f"--images={manifest}", f"--out={out}", "--input_shape=28,28,1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    z = np.load(out)
+    assert sorted(z.files) == ["embeddings", "paths"]
+    assert list(z["paths"]) == [str(pictures / f"{i}.png") for i in range(4)]
+    expected = himl.load_embedder(workdir, input_shape=(28, 28, 1)).embed(
+        [pictures / f"{i}.png" for i in range(4)]
+    )
+    np.testing.assert_allclose(z["embeddings"], expected, atol=1e-6)
+
+
+# --- arrays and single files ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rgb_embedder():
+    """An untrained RGB network (16 x 16 x 3): what matters is how inputs reach it."""
+    model = build_model(tiny.get_config().model)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+    return Embedder(model, variables, input_shape=(16, 16, 3), crop_fraction=1.0, batch_size=8)
+
+
+def test_grayscale_arrays_embed_as_gray_rgb(rgb_embedder):
+    gray = np.random.default_rng(0).integers(0, 256, (5, 16, 16), np.uint8)
+    expected = rgb_embedder.embed(np.repeat(gray[..., None], 3, axis=-1))
+    np.testing.assert_allclose(rgb_embedder.embed(gray), expected, atol=1e-6)
+    big = np.repeat(np.repeat(gray, 2, axis=1), 2, axis=2)  # [5, 32, 32]: resized
+    assert rgb_embedder.embed(big).shape == expected.shape
+    with pytest.raises(EmbedderError, match=r"look like one \[H, W, C\] image"):
+        rgb_embedder.embed(np.zeros((16, 16, 3), np.uint8))
+
+
+def test_a_gallery_of_one_image_file(rgb_embedder, pictures):
+    one = pictures / "1.png"
+    gallery = rgb_embedder.gallery(one)
+    assert gallery.items == [one]
+    np.testing.assert_array_equal(gallery.embeddings, rgb_embedder.embed([one]))
+    assert rgb_embedder.gallery(str(one)).items == [one]

@@ -1,0 +1,199 @@
+"""What a resumed (or re-run) work directory accepts, and what it keeps on disk: the
+settings that must not change, `train.steps`, metrics rows of checkpointed steps, a
+finished run, untrained results of other eval settings."""
+
+import json
+import logging
+import shutil
+import types
+
+import pytest
+import test_reliability_run as reliability
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+import himl.train.loop as loop
+import himl.train.workdir as workdir_module
+from himl.data.sampling import make_batcher
+from himl.errors import ConfigError, UserError
+from himl.eval.report import results_table
+from himl.train.checkpoint import Checkpointer
+from himl.train.experiment import build_experiment
+from himl.train.loop import RESUME_KEYS, train_and_evaluate
+from himl.train.workdir import Workdir, WorkdirError, jsonable
+
+# The same tiny run without evaluation, and helpers, as the work-directory tests there.
+config = reliability.config
+_snapshot, _steps = reliability._snapshot, reliability._steps
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _event_steps(workdir):
+    steps = []
+    for path in sorted(workdir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            if any(v.tag == "loss" for v in event.summary.value):
+                steps.append(event.step)
+    return steps
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("loss.himulcone.temperature", 0.5),
+        ("optimizer.learning_rate", 0.1),
+        ("optimizer.schedule", "constant"),
+        ("optimizer.lr_multipliers.loss", 2.0),
+    ],
+)
+def test_resume_refuses_other_hyperparameters(tiny_run_copy, key, value):
+    workdir, config = tiny_run_copy
+    before = _snapshot(workdir)
+    *parents, leaf = key.split(".")
+    section = config
+    for part in parents:
+        section = section[part]
+    section[leaf] = value
+    config.train.steps = 12
+    with pytest.raises(ConfigError, match=f"config.{key} = ") as err:
+        train_and_evaluate(config, workdir, progress=False)
+    assert "\n" not in str(err.value)
+    assert _snapshot(workdir) == before
+
+
+def test_resume_refuses_another_custom_dataset(tmp_path):
+    from himl.configs import custom
+
+    saved = custom.get_config("small")
+    saved.data.custom.source = "ns.npz"
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "config.json").write_text(json.dumps(jsonable(saved.to_dict())))
+    config = saved.copy_and_resolve_references()
+    config.train.steps = 8
+    Workdir(tmp_path).check_resume(config, RESUME_KEYS)  # the same data resumes
+    config.data.custom.source = "qg.npz"
+    with pytest.raises(ConfigError, match="config.data.custom.source = ns.npz, this run has qg"):
+        Workdir(tmp_path).check_resume(config, RESUME_KEYS)
+
+
+def test_resume_beyond_train_steps_is_refused(tiny_run_copy):
+    workdir, config = tiny_run_copy
+    before = _snapshot(workdir)
+    config.train.steps = 4
+    with pytest.raises(ConfigError, match="at step 8, beyond config.train.steps=4") as err:
+        train_and_evaluate(config, workdir, progress=False)
+    assert "himl-eval" in str(err.value) and "\n" not in str(err.value)
+    assert _snapshot(workdir) == before
+
+
+def test_resume_from_an_earlier_checkpoint_keeps_one_row_per_step(tiny_run_copy, capsys):
+    """A kill after checkpoint 4 left rows (and events) of steps 5-8 behind: the resume
+    drops them, so each step is logged once. Another loss's hyperparameters may change;
+    a longer run says that its learning-rate schedule changes."""
+    workdir, config = tiny_run_copy
+    assert [r["step"] for r in _rows(workdir) if "loss" in r] == [4, 8]
+    shutil.move(workdir / "checkpoints" / "8", workdir / "damaged-8")
+    config.train.steps, config.loss.supcon.temperature = 12, 0.3
+    train_and_evaluate(config, workdir, progress=False)
+    out = capsys.readouterr().out
+    assert "at step 4" in out
+    assert "config.train.steps changed from 8 to 12: the learning-rate schedule" in out
+    assert [r["step"] for r in _rows(workdir) if "loss" in r] == [4, 8, 12]
+    accumulator = EventAccumulator(str(workdir))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("loss")] == [4, 8, 12]
+
+
+def test_finished_run_prints_its_results_and_writes_nothing(tiny_run_copy, capsys, monkeypatch):
+    workdir, config = tiny_run_copy
+    before = _snapshot(workdir)
+    monkeypatch.setattr(loop, "run_evaluators", lambda *a, **k: pytest.fail("evaluated again"))
+    summary = train_and_evaluate(config, workdir, progress=False)
+    assert summary == json.loads((workdir / "metrics.json").read_text())
+    assert "complete run (step 8" in capsys.readouterr().out
+    assert _snapshot(workdir) == before
+
+
+def test_rows_are_on_disk_at_each_checkpoint_and_rates_count_the_steps_done(
+    config, tmp_path, monkeypatch
+):
+    """kill -9 right after a checkpoint loses none of its rows; steps_per_second of a
+    short last interval divides by its own steps (a clock that ticks once per batch gives
+    exactly 1); checkpoints are the periodic ones and the last, none at step 1."""
+    config.train.steps, config.train.log_every, config.train.checkpoint_every = 10, 4, 4
+    ticks = []
+
+    def make(data_config, dataset, seed):
+        batcher = make_batcher(data_config, dataset, seed)
+        return lambda step: ticks.append(step) or batcher(step)
+
+    monkeypatch.setattr(loop, "make_batcher", make)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(time=lambda: float(len(ticks))))
+    on_disk = {}
+    save = Checkpointer.save
+
+    def spy(self, step, state, **kwargs):
+        on_disk[step] = ([r["step"] for r in _rows(tmp_path)], _event_steps(tmp_path))
+        return save(self, step, state, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", spy)
+    train_and_evaluate(config, tmp_path, progress=False)
+    assert _steps(tmp_path) == [4, 8, 10]
+    assert on_disk == {4: ([4], [4]), 8: ([4, 8], [4, 8]), 10: ([4, 8, 10], [4, 8, 10])}
+    rates = [r["steps_per_second"] for r in _rows(tmp_path) if "loss" in r]
+    assert rates == [1.0, 1.0, 1.0]
+
+
+def test_untrained_results_of_other_eval_settings_are_left_out(config, tmp_path, capsys):
+    config.eval.splits, config.train.steps = ("unseen",), 4
+    config.eval.evaluators = ("retrieval",)  # enough to compare, and faster
+    first = train_and_evaluate(config, tmp_path, progress=False)
+    assert json.loads((tmp_path / "untrained.json").read_text())["eval"]["splits"] == ["unseen"]
+    capsys.readouterr()
+    # Other splits: the untrained results are left out, with a note (not a KeyError).
+    config.eval.splits, config.train.steps = ("seen_test",), 6
+    second = train_and_evaluate(config, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert "config.eval.splits=['unseen'], this run has ['seen_test']" in out
+    assert list(second["results"]) == ["trained"] and "split 'seen_test'" in out
+    # An untrained.json of an older himl (results only) counts when its splits match.
+    (tmp_path / "untrained.json").write_text(json.dumps(first["results"]["untrained"]))
+    config.eval.splits, config.train.steps = ("unseen",), 8
+    third = train_and_evaluate(config, tmp_path, progress=False)
+    assert third["results"]["untrained"] == first["results"]["untrained"]
+
+
+def test_results_table_shows_every_split_of_every_model():
+    level = {"recall@1": 0.5, "map@r": 0.25, "nmi": 0.1, "ami": 0.1}
+    untrained = {"unseen": {"num_samples": 10, "class": level}}
+    trained = {"unseen": {"num_samples": 10, "class": level}, "seen_test": {"class": level}}
+    table = results_table({"untrained": untrained, "trained": trained}, ["class"], (1,))
+    blocks = table.split("\n\n")
+    assert "split 'unseen' (10 images)" in blocks[0] and "split 'seen_test'" in blocks[1]
+    rows = [line.split() for line in blocks[1].splitlines()[3:]]
+    assert rows == [
+        ["untrained", "class", "-", "-", "-", "-"],
+        ["trained", "class", "50.00", "25.00", "10.00", "10.00"],
+    ]
+
+
+def test_unusable_workdir_fails_before_the_data(config, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("notes")
+    monkeypatch.setattr(loop, "build_experiment", lambda c: pytest.fail("data loaded"))
+    with pytest.raises(WorkdirError, match="file is a file, not a directory"):
+        train_and_evaluate(config, tmp_path / "file" / "run", progress=False)
+    monkeypatch.setattr(workdir_module.os, "access", lambda path, mode: False)
+    with pytest.raises(UserError, match=f"{tmp_path} is read-only"):
+        Workdir(tmp_path / "new" / "run")
+
+
+def test_checkpoint_check_logs_no_orbax_warning(tiny_run, config, caplog):
+    workdir, _ = tiny_run
+    ckpt = Checkpointer(workdir / "checkpoints", every=4, keep=5)
+    with caplog.at_level(logging.WARNING):
+        ckpt.check_compatible(build_experiment(config).initial_state(), 8)
+    ckpt.close()
+    assert "Metadata file does not exist" not in caplog.text
