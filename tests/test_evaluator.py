@@ -134,3 +134,40 @@ def test_periodic_evaluation_lands_in_metrics_jsonl(tmp_path):
     assert final["eval/unseen/class/map@r"] == pytest.approx(
         summary["results"]["trained"]["unseen"]["class"]["map@r"]
     )
+    # Split-wide numbers (hierarchical metrics) land there too.
+    assert final["eval/unseen/mistake_severity"] == pytest.approx(
+        summary["results"]["trained"]["unseen"]["mistake_severity"]
+    )
+
+
+def test_eval_scalars_name_levels_and_split_wide_numbers_and_skip_empty_evaluations():
+    from himl.train.loop import write_eval_scalars
+
+    class Rows:
+        def __init__(self):
+            self.rows = []
+
+        def write(self, step, scalars):
+            self.rows.append((step, scalars))
+
+    results = {
+        "unseen": {
+            "class": {"map@r": 0.5, "num_classes": 3},
+            "linear_probe": {"accuracy": 0.75},
+            "mistake_severity": 1.5,
+            "num_levels": 2,
+        }
+    }
+    writer = Rows()
+    write_eval_scalars(writer, 4, results, ("group", "class"))
+    write_eval_scalars(writer, 8, {}, ("group", "class"))  # no split evaluated: no row
+    assert writer.rows == [
+        (
+            4,
+            {
+                "eval/unseen/mistake_severity": 1.5,
+                "eval/unseen/class/map@r": 0.5,
+                "eval/unseen/linear_probe/accuracy": 0.75,
+            },
+        )
+    ]

@@ -197,3 +197,13 @@ def test_checkpoint_check_logs_no_orbax_warning(tiny_run, config, caplog):
         ckpt.check_compatible(build_experiment(config).initial_state(), 8)
     ckpt.close()
     assert "Metadata file does not exist" not in caplog.text
+
+
+def test_a_run_without_an_untrained_evaluation_resumes_without_a_note(config, tmp_path, capsys):
+    config.eval.at_start, config.train.steps = False, 4
+    train_and_evaluate(config, tmp_path, progress=False)
+    config.train.steps = 8
+    capsys.readouterr()
+    train_and_evaluate(config, tmp_path, progress=False)
+    out = capsys.readouterr()
+    assert "untrained" not in out.out + out.err and not (tmp_path / "untrained.json").exists()

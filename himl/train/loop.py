@@ -141,15 +141,21 @@ def make_evaluate_fn(exp, *, progress: bool):
 
 
 def write_eval_scalars(writer, step: int, results: dict, level_names) -> None:
-    """Every scalar of an evaluation as `eval/<split>/<level>/<metric>` (and
-    `eval/<split>/linear_probe/accuracy`) beside the training scalars."""
+    """Every scalar of an evaluation as `eval/<split>/<level>/<metric>`,
+    `eval/<split>/linear_probe/accuracy` and, for the split-wide numbers (mistake
+    severity, hierarchical precision@K, ...), `eval/<split>/<metric>`, beside the training
+    scalars. An evaluation with no scalar (no split evaluated) writes no row."""
     scalars = {}
     for key, by_level in results.items():
+        for name, value in by_level.items():
+            if isinstance(value, float):
+                scalars[f"eval/{key}/{name}"] = value
         for level in (*level_names, "linear_probe"):
             for name, value in by_level.get(level, {}).items():
                 if isinstance(value, float):
                     scalars[f"eval/{key}/{level}/{name}"] = value
-    writer.write(step, scalars)
+    if scalars:
+        writer.write(step, scalars)
 
 
 def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
@@ -361,7 +367,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     trained = evaluate(state)
     with MetricsWriter(run_dir.path) as writer:
         write_eval_scalars(writer, int(state.step), trained, dataset.eval_level_names)
-    if resumed:  # evaluated once, by the first run, with the eval settings it had
+    # Evaluated once, by the first run, with the eval settings it had (none to look for
+    # when neither that run nor this one evaluates at the start).
+    if resumed and (untrained_path.exists() or config.eval.get("at_start", True)):
         untrained = _comparable_untrained(untrained_path, config, trained)
     results = {"untrained": untrained, "trained": trained}
     if untrained is None:  # not evaluated (eval.at_start=False, other settings), or older
