@@ -12,7 +12,8 @@ images, and a row with empty (or, in JSON lines, null) labels is an image of unk
 `paths [N]`, and, when known, `labels [N, L]` (names) and `level_names [L]`. `--query`
 searches the embedded images (exact kNN, the run's metric) and prints the top `--k` for
 each query; `--plot` also draws them as a grid. `--input_shape=H,W,C` is needed only for a
-run trained on an `.npz` that is no longer at its saved path (see `himl.embedder`).
+run made before himl-train recorded its input (`input.json`) and trained on an `.npz` that is
+no longer at its saved path (see `himl.embedder`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ _PLOT = flags.DEFINE_string("plot", None, "With --query: write a retrieval grid 
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _INPUT_SHAPE = flags.DEFINE_list(
-    "input_shape", None, "H,W,C the run was trained on: only for an .npz run whose .npz moved."
+    "input_shape",
+    None,
+    "H,W,C the run was trained on: only for an older .npz run (no input.json) whose .npz moved.",
 )
 
 # The `config.data.custom` options that say how a manifest is read.

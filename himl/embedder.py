@@ -12,11 +12,12 @@ run's data), the shorter side resized to `H / crop_fraction`, centre-cropped to 
 (`himl.data.images.eval_transform`). The network is compiled once per batch shape; batches
 are split over every local device.
 
-A run trained on an `.npz` (`config.data.custom.source`) takes its image shape from that
-file's header, the one thing besides the work directory the embedder reads; when the file
-is not at the path saved in `config.json` (relative paths are to the directory himl-train
-ran in), pass the shape: `load_embedder(workdir, input_shape=(H, W, C))` (himl-embed
-`--input_shape=H,W,C`).
+The image shape and crop are the ones himl-train recorded in the work directory
+(`input.json`), so only the work directory is read. A run made before that record existed
+and trained on an `.npz` (`config.data.custom.source`) takes its shape from that file's
+header; when the file is not at the path saved in `config.json` (relative paths are to the
+directory himl-train ran in), pass the shape: `load_embedder(workdir, input_shape=(H, W,
+C))` (himl-embed `--input_shape=H,W,C`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from himl.errors import UserError
 from himl.eval.knn import knn
 from himl.models.inference import EmbeddingFunction
 from himl.models.registry import build_model
-from himl.runs import RunError, load_run_config, restore_model_variables, split_checkpoint_path
+from himl.runs import (
+    RunError,
+    load_run_config,
+    read_input_spec,
+    restore_model_variables,
+    split_checkpoint_path,
+)  # fmt: skip
 
 
 class EmbedderError(UserError, ValueError):
@@ -190,15 +197,20 @@ class Gallery:
         return knn(q, self.embeddings, k=k, metric=self.embedder.metric, block_size=block_size)
 
 
-def run_input_spec(data_config, input_shape=None) -> tuple[tuple[int, int, int], float]:
-    """`((H, W, C), crop_fraction)` of a run's input (`himl.data.registry.input_spec`).
+def run_input_spec(
+    data_config, input_shape=None, recorded=None
+) -> tuple[tuple[int, int, int], float]:
+    """`((H, W, C), crop_fraction)` of a run's input: `recorded` (the run's `input.json`)
+    or, for runs made before it was recorded, `himl.data.registry.input_spec`.
 
-    A run trained on an `.npz` has its shape in that file's header only: `input_shape`
+    Such a run trained on an `.npz` has its shape in that file's header only: `input_shape`
     gives it when the file cannot be read; when it can, the two must agree."""
     custom = data_config.name == "custom"
     source = str(data_config.custom.source) if custom else ""
+    known = recorded
     try:
-        known = input_spec(data_config)
+        if known is None:
+            known = input_spec(data_config)
     except (OSError, zipfile.BadZipFile, KeyError, ValueError) as e:
         if not custom:
             raise
@@ -221,6 +233,8 @@ def run_input_spec(data_config, input_shape=None) -> tuple[tuple[int, int, int],
         raise EmbedderError(f"input_shape: C must be 1 (grayscale) or 3 (RGB), got {shape[2]}")
     if known is not None and known[0] != shape:
         raise EmbedderError(f"input_shape {shape} differs from the run's {known[0]}")
+    if known is not None:
+        return shape, known[1]
     in_memory = data_config.name in IN_MEMORY_SHAPES or source.lower().endswith(".npz")
     return shape, 1.0 if in_memory else data_config.eval_crop
 
@@ -234,15 +248,16 @@ def load_embedder(workdir, step: int | None = None, *, batch_size: int = 128,
         checkpoints `<workdir>/checkpoints/<step>`.
       step: the checkpoint step (default: the latest).
       batch_size: images per compiled call (rounded up to a multiple of the devices).
-      input_shape: `(H, W, C)` the network was trained on; needed only for a run trained
-        on an `.npz` that is no longer at its `config.data.custom.source` path.
+      input_shape: `(H, W, C)` the network was trained on; needed only for a run made
+        before himl-train recorded it (`input.json`), trained on an `.npz` that is no longer
+        at its `config.data.custom.source` path.
     """
     workdir, step = split_checkpoint_path(workdir, step)
     if not workdir.is_dir():
         raise EmbedderError(f"work directory {workdir} does not exist")
     config = load_run_config(workdir)
     model = build_model(config.model)
-    shape, crop = run_input_spec(config.data, input_shape)
+    shape, crop = run_input_spec(config.data, input_shape, read_input_spec(workdir))
     try:
         variables, step = restore_model_variables(model, shape, workdir, step)
     except RunError as e:

@@ -6,7 +6,8 @@
 A command's `--config=himl/runs.py:WORKDIR` is that config as a config file (`get_config`),
 so that `--config.x=y` overrides its fields (himl-eval's default config).
 
-A work directory holds `config.json` and `checkpoints/<step>/` (orbax). Readers need only
+A work directory holds `config.json`, `input.json` (the `(H, W, C)` and crop fraction of the
+network's input, `read_input_spec`) and `checkpoints/<step>/` (orbax). Readers need only
 the embedding network, so `restore_model_variables` restores the model's parameters and
 batch statistics alone: no optimizer, no loss variables, no dependence on the number of
 devices the run was trained on.
@@ -47,6 +48,39 @@ def read_config_json(path: Path) -> dict | None:
     if not isinstance(saved, dict):
         raise RunError(f"{path} holds a {type(saved).__name__}, not a config object")
     return saved
+
+
+INPUT_FILE = "input.json"
+
+
+def write_input_spec(workdir: Path, shape, crop_fraction: float) -> None:
+    """Records the network's input in `workdir/input.json`, so that embedding new images
+    needs the work directory alone (not the training data, e.g. an `.npz` since moved)."""
+    path = Path(workdir) / INPUT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    spec = {"shape": [int(n) for n in shape], "crop_fraction": float(crop_fraction)}
+    tmp.write_text(json.dumps(spec, indent=2))
+    tmp.replace(path)  # atomic
+
+
+def read_input_spec(workdir: Path) -> tuple[tuple[int, int, int], float] | None:
+    """`((H, W, C), crop_fraction)` recorded by `write_input_spec`; None for a run made
+    before it was recorded. One line if the file is garbled."""
+    path = Path(workdir) / INPUT_FILE
+    if not path.exists():
+        return None
+    try:
+        spec = json.loads(path.read_text())
+        shape, crop = tuple(spec["shape"]), spec["crop_fraction"]
+        valid = len(shape) == 3 and all(isinstance(n, int) and n > 0 for n in shape)
+        if not (valid and isinstance(crop, int | float) and 0 < crop <= 1):
+            raise ValueError(f"shape {shape}, crop_fraction {crop}")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise RunError(
+            f"{path} is not a valid input record ({err.__class__.__name__}: {err}); it should "
+            'be {"shape": [H, W, C], "crop_fraction": f}'
+        ) from None
+    return shape, float(crop)
 
 
 # Config fields whose keys the user chooses (a map, not a schema): a saved run's map is

@@ -13,6 +13,7 @@ from PIL import Image
 
 from himl.data import custom
 from himl.data.custom import load_custom
+from himl.data.defaults import custom_data_config
 from himl.data.embedded import load_embedded
 from himl.data.export import write_image_tree, write_manifest, write_npz
 from himl.data.records import MalformedDataError, MissingDataError
@@ -574,3 +575,26 @@ def himl_data_with_val(tmp_path):
 def test_written_manifest_creates_its_folder(embedded, tmp_path):
     path = write_manifest(embedded, tmp_path / "new" / "m.csv", per_class=2)
     assert len(load_custom(path, **GRAY_28).split("train")) == 14
+
+
+def test_split_level_on_the_command_line_is_a_name_or_an_index():
+    """`--config.data.custom.split_level=class` is a level name, `=0` / `=-1` indices (the
+    field was typed int: a name was refused on the command line)."""
+    repo = Path(__file__).parents[1]
+    show = (
+        "from absl import app; from ml_collections import config_flags;"
+        "C = config_flags.DEFINE_config_file('config');"
+        "app.run(lambda _: print(repr(C.value.data.custom.split_level)))"
+    )
+    for value, expected in [("class", "class"), ("0", 0), ("-1", -1)]:
+        out = subprocess.run(
+            [sys.executable, "-c", show, f"--config={repo / 'configs' / 'custom.py'}:small",
+             f"--config.data.custom.split_level={value}"],
+            capture_output=True, text=True, check=True, cwd=repo,
+        ).stdout  # fmt: skip
+        assert out.strip() == repr(expected)
+    options = custom_data_config()
+    options.levels, options.split_level = ("group", "class"), "class"
+    custom.check_custom_config(options)
+    options.split_level = 1
+    custom.check_custom_config(options)  # a name or an index, in Python too

@@ -28,7 +28,9 @@ REPO = Path(__file__).parents[1]
 
 
 def _as_npz_run(workdir: Path, source: str) -> None:
-    """Makes the (in-memory, 28 x 28 x 1) tiny run's config say it trained on `source`."""
+    """Makes the (in-memory, 28 x 28 x 1) tiny run's config say it trained on `source`, as a
+    run made before himl-train recorded its input shape (no input.json)."""
+    (workdir / "input.json").unlink()
     path = workdir / "config.json"
     config = json.loads(path.read_text())
     config["data"]["name"] = "custom"
@@ -64,6 +66,37 @@ def test_a_moved_training_npz_is_named_and_the_shape_can_be_given(
     assert himl.load_embedder(workdir).input_shape == (28, 28, 1)
     with pytest.raises(EmbedderError, match=r"\(20, 20, 1\) differs from the run's \(28, 28, 1\)"):
         himl.load_embedder(workdir, input_shape=(20, 20, 1))
+
+
+def test_a_run_records_its_input_so_a_moved_npz_is_not_needed(tmp_path, monkeypatch):
+    from configs.custom import get_config
+    from himl.train.loop import train_and_evaluate
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (48, 20, 20, 3), np.uint8)
+    labels = np.stack([np.arange(48) % 8 // 4, np.arange(48) % 8], axis=1)
+    monkeypatch.chdir(tmp_path)
+    np.savez("arr.npz", images=images, labels=labels)
+    config = get_config("small")
+    config.data.custom.source = "arr.npz"  # relative, as users write it
+    config.data.batch_size, config.data.samples_per_class = 16, 4
+    config.train.steps, config.eval.splits, config.eval.at_start = 2, (), False
+    train_and_evaluate(config, tmp_path / "run", progress=False)
+    record = json.loads((tmp_path / "run" / "input.json").read_text())
+    assert record == {"shape": [20, 20, 3], "crop_fraction": 1.0}  # the .npz's, uncropped
+    expected = himl.load_embedder(tmp_path / "run").embed(images[:4])
+
+    Path("arr.npz").unlink()
+    embedder = himl.load_embedder(tmp_path / "run")
+    assert embedder.input_shape == (20, 20, 3) and embedder.crop_fraction == 1.0
+    np.testing.assert_array_equal(embedder.embed(images[:4]), expected)
+    with pytest.raises(EmbedderError, match=r"\(16, 16, 3\) differs from the run's \(20, 20, 3\)"):
+        himl.load_embedder(tmp_path / "run", input_shape=(16, 16, 3))
+
+    (tmp_path / "run" / "input.json").write_text('{"shape": [20, 20]}')
+    with pytest.raises(UserError, match=r"input.json is not a valid input record") as info:
+        himl.load_embedder(tmp_path / "run")
+    assert "\n" not in str(info.value)
 
 
 # --- manifests of new images ----------------------------------------------------------------

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def data_config(name: str = "embedded") -> ml_collections.ConfigDict:
@@ -48,7 +49,9 @@ def custom_data_config(protocol: str = "dml") -> ml_collections.ConfigDict:
             "unique_labels": False,  # True: "a/other" and "b/other" are different labels
             "channels": 3,  # 1 decodes image files as grayscale
             "protocol": protocol,  # when the source has no split column: dml | seen_unseen
-            "split_level": -1,  # the level whose classes are divided (-1: the finest)
+            # The level whose classes are divided: an index (-1: the finest) or a level name
+            # (typed `object` so that `--config.data.custom.split_level=class` is a name).
+            "split_level": config_dict.FieldReference(-1, field_type=object),
             "test_fraction": 0.5,  # dml: test classes; seen_unseen: unseen classes per group
             "seen_test_fraction": 0.2,  # seen_unseen: held-out images of each seen class
             "split_seed": 0,  # the split does not change with config.seed

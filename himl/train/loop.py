@@ -17,10 +17,12 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from himl.config_lib import validate_config
+from himl.data.registry import input_spec
 from himl.data.sampling import NOT_IN_BATCHES, make_batcher
 from himl.eval.evaluators import build_evaluators, check_splits, run_evaluators
 from himl.eval.report import probe_lines, results_table
 from himl.models.inference import EmbeddingFunction
+from himl.runs import write_input_spec
 from himl.train import health
 from himl.train.checkpoint import Checkpointer
 from himl.train.experiment import build_experiment
@@ -353,6 +355,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         elif config.eval.get("at_start", True):
             untrained = evaluate(state)
         run_dir.start(config)  # the run is known valid: from here on the workdir changes
+        write_input_spec(run_dir.path, *input_spec(config.data))  # for himl-embed
         if not resumed:
             ckpt = _checkpointer(run_dir, config)
             if untrained is not None:

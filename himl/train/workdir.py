@@ -20,7 +20,7 @@ from himl.errors import ConfigError
 from himl.runs import RunError, read_config_json
 
 # Files a run writes at the top of its work directory (plus TensorBoard event files).
-RUN_FILES = ("config.json", "metrics.json", "metrics.jsonl", "untrained.json")
+RUN_FILES = ("config.json", "input.json", "metrics.json", "metrics.jsonl", "untrained.json")
 EVENTS = "events.out.tfevents.*"
 
 
