@@ -14,7 +14,11 @@ lower is better, and a linear probe on the class level), and compares every obje
 SupCon on the fine labels *of the same sampler and seed* (paired differences, 95% t
 interval over seeds). Results go to `experiments/results/hierarchy_study.json` after every
 run (an interrupted study resumes where it stopped; a changed plan adds only the missing
-runs), then `hierarchy_study.md` (tables) and `hierarchy_study.png` (figure).
+runs), then `hierarchy_study.md` (tables) and `hierarchy_study.png` (figure). The tables,
+the figure and the resume count only runs as long as their cell's config trains (a run of
+another length is run again). `--steps N` checks the script with runs of N steps: they
+need an `--out` other than the committed results, are stored under their own keys
+(`.../steps=N`) and are reported only by a command with the same `--steps N`.
 
 Datasets (a dataset whose folder is not given is skipped, with a line saying so):
   embedded             the embedded Fashion-MNIST subset (group -> class), as the main job;
@@ -39,9 +43,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -50,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path("experiments/results")
+RESULTS = Path(__file__).resolve().parent / "results"  # the committed results, from any cwd
 SPLITS = ("unseen", "seen_test")
 SAMPLERS = ("m_per_class", "hierarchical", "many_classes")
 # One thread per run: small CNNs use a second core poorly, two runs use it fully. XLA
@@ -65,10 +71,12 @@ class DataSpec:
     """How to build the base config of one dataset of the study."""
 
     folder: str  # which --flag gives its files ("" = none needed)
-    build: Callable  # (folder, cache dir) -> config
+    build: Callable  # (folder, cache dir) -> config; reads no file
     # The "many_classes" control: m-per-class batches with (about) as many classes as the
     # hierarchical sampler's, to tell its class coverage from its use of the hierarchy.
     many_classes: dict = dataclasses.field(default_factory=dict)
+    # (folder, cache dir) -> None: writes the files the config reads (once, before any run)
+    prepare: Callable | None = None
 
 
 def _embedded(folder, cache):
@@ -85,11 +93,19 @@ def _fashion_mnist(folder, cache):
     return config
 
 
-def omniglot_npz(folder, protocol: str, cache: Path) -> Path:
+def omniglot_npz(protocol: str, cache: Path) -> Path:
+    """Where `prepare_omniglot` writes the small sets of this split protocol."""
+    return cache / f"omniglot_{protocol}_28.npz"
+
+
+def prepare_omniglot(protocol: str):
     """The Omniglot small sets decoded once at 28 x 28 into an `.npz` (`himl.data.export`),
     so that training reads them from memory like the embedded default."""
-    path = cache / f"omniglot_{protocol}_28.npz"
-    if not path.exists():
+
+    def prepare(folder, cache: Path) -> None:
+        path = omniglot_npz(protocol, cache)
+        if path.exists():
+            return
         import himl.data
         from himl.data.export import write_npz
 
@@ -98,7 +114,8 @@ def omniglot_npz(folder, protocol: str, cache: Path) -> Path:
         )
         write_npz(dataset, path.with_suffix(".tmp.npz"))
         path.with_suffix(".tmp.npz").rename(path)
-    return path
+
+    return prepare
 
 
 def _omniglot(protocol: str):
@@ -106,7 +123,7 @@ def _omniglot(protocol: str):
         from himl.configs import custom, default
 
         config = custom.get_config("seen_unseen,small")
-        config.data.custom.source = str(omniglot_npz(folder, protocol, cache))
+        config.data.custom.source = str(omniglot_npz(protocol, cache))
         config.data.custom.levels = ("alphabet", "character")
         config.data.samples_per_class = 4  # 15 training drawers per character
         config.data.num_workers = 0
@@ -124,9 +141,17 @@ DATASETS = {
         "fashion_mnist", _fashion_mnist, {"samples_per_class": 8, "batch_size": 56}
     ),
     # 32 characters of 2 images (the hierarchical sampler: ~43 characters per batch)
-    "omniglot_characters": DataSpec("omniglot", _omniglot("characters"), {"samples_per_class": 2}),
+    "omniglot_characters": DataSpec(
+        "omniglot",
+        _omniglot("characters"),
+        {"samples_per_class": 2},
+        prepare_omniglot("characters"),
+    ),
     "omniglot_alphabets": DataSpec(
-        "omniglot", _omniglot("held_out_alphabets"), {"samples_per_class": 2}
+        "omniglot",
+        _omniglot("held_out_alphabets"),
+        {"samples_per_class": 2},
+        prepare_omniglot("held_out_alphabets"),
     ),
 }
 
@@ -210,6 +235,33 @@ def run_id(cell: dict) -> str:
     return key + (f"/steps={cell['steps']}" if cell.get("steps") else "")
 
 
+CHECK_RUN = re.compile(r"/steps=\d+$")  # how `run_id` marks a shortened check run
+
+
+@functools.cache
+def plan_length(dataset: str, objective: str, sampler: str) -> int:
+    """The training steps of a full (not shortened) run of this cell, from its config."""
+    cell = dict(dataset=dataset, objective=objective, sampler=sampler, seed=0)
+    return int(cell_config(cell, {}, Path(tempfile.gettempdir())).train.steps)
+
+
+def is_plan_run(key: str, record: dict, steps: int = 0) -> bool:
+    """Whether a stored run belongs to the plan: with `steps` = 0 a full run (not a check
+    run, and exactly as long as its cell's config trains, so not a run of an older, longer
+    or shorter plan); else a `--steps` check run of exactly that length."""
+    if steps:
+        return key.endswith(f"/steps={steps}") and record.get("steps") == steps
+    cell = (record["dataset"], record["objective"], record["sampler"])
+    known = cell[0] in DATASETS and cell[1] in OBJECTIVES and cell[2] in SAMPLERS
+    return known and not CHECK_RUN.search(key) and record.get("steps") == plan_length(*cell)
+
+
+def plan_runs(runs: dict, steps: int = 0) -> dict:
+    """The stored runs that the tables, the figure and a resumed study count
+    (`is_plan_run`): check runs never mix with full-length runs."""
+    return {key: r for key, r in runs.items() if is_plan_run(key, r, steps)}
+
+
 # ---------------------------------------------------------------- one run
 LEVEL_METRICS = ("recall@1", "map@r", "nmi")
 SPLIT_METRICS = ("mistake_severity", "mean_lca_height@1", "mean_lca_height@8")
@@ -274,12 +326,15 @@ def batch_composition(config, batches: int = 200) -> dict:
 
 # ---------------------------------------------------------------- statistics
 def values(runs, dataset, objective, sampler, key) -> dict[int, float]:
-    """`{seed: value}` of metric `key` = (split, level index | None, metric)."""
+    """`{seed: value}` of metric `key` = (split, level index | None, metric), over runs of
+    one length (`plan_runs`): a seed stored twice is an error, not a silent replacement."""
     split, level, metric = key
     scale = 1.0 if metric == "mistake_severity" else 100.0  # LCA heights; rates in %
     out = {}
     for r in runs.values():
         if (r["dataset"], r["objective"], r["sampler"]) == (dataset, objective, sampler):
+            if r["seed"] in out:
+                raise ValueError(f"two runs of {dataset}/{objective}/{sampler} seed {r['seed']}")
             row = r["results"][split]
             value = row[metric] if level is None else row[r["levels"][level]][metric]
             out[r["seed"]] = scale * value
@@ -313,16 +368,17 @@ COLUMNS = (
 
 
 def cells_done(runs, dataset):
-    """[(objective, sampler)] with results, in plan order."""
+    """[(objective, sampler)] with results in `runs` (`plan_runs`), in plan order."""
     present = {(r["objective"], r["sampler"]) for r in runs.values() if r["dataset"] == dataset}
     return [(o, s) for s in SAMPLERS for o in OBJECTIVES if (o, s) in present]
 
 
-def report(data: dict) -> str:
+def report(data: dict, steps: int = 0) -> str:
     """Markdown: per dataset, mean +- std over seeds, then the paired differences from
     SupCon (fine) of the same sampler with their 95% intervals (bold: the interval
-    excludes 0, i.e. larger than the seed noise)."""
-    runs, lines = data["runs"], []
+    excludes 0, i.e. larger than the seed noise). Full runs only, or with `steps` only
+    the check runs of that length (`plan_runs`)."""
+    runs, lines = plan_runs(data["runs"], steps), []
     datasets = [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]
     for dataset in datasets:
         levels = next(r["levels"] for r in runs.values() if r["dataset"] == dataset)
@@ -384,11 +440,12 @@ SAMPLER_CHANGES = (
 SUMMARY_COLUMNS = [COLUMNS[i] for i in (1, 0, 4, 7, 6)]  # unseen class, coarse, severity, seen
 
 
-def summary(data: dict) -> str:
+def summary(data: dict, steps: int = 0) -> str:
     """One markdown table over all datasets: each objective's paired difference from
     SupCon (fine) with the same sampler, and each sampler change (hierarchical minus
-    m_per_class, same objective), on the metrics that answer the question."""
-    runs = data["runs"]
+    m_per_class, same objective), on the metrics that answer the question (the runs of
+    `plan_runs(steps)`)."""
+    runs = plan_runs(data["runs"], steps)
     header = "| dataset | compared | seeds | " + " | ".join(t for t, _, _ in SUMMARY_COLUMNS)
     lines = [header + " |", "|" + "---|" * (3 + len(SUMMARY_COLUMNS))]
     for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]:
@@ -406,16 +463,19 @@ def summary(data: dict) -> str:
     return "\n".join(lines)
 
 
-def figure(data: dict, path: Path) -> None:
+def figure(data: dict, path: Path, steps: int = 0) -> None:
     """Per dataset (rows): MAP@R at each level on unseen and seen-test data (columns),
-    mean +- std over seeds per objective, one marker per sampler."""
+    mean +- std over seeds per objective, one marker per sampler (the runs of
+    `plan_runs(steps)`; there must be some)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; set here, not at import
     import matplotlib.pyplot as plt
 
-    runs = data["runs"]
+    runs = plan_runs(data["runs"], steps)
     datasets = [d for d in DATASETS if any(r["dataset"] == d for r in runs.values())]
+    if not datasets:
+        raise ValueError("no runs to plot")
     panels = [c for c in COLUMNS if c[1][2] == "map@r"]
     fig, axes = plt.subplots(
         len(datasets), len(panels), figsize=(3.4 * len(panels), 2.6 * len(datasets)),
@@ -461,16 +521,19 @@ def plan_cells(datasets, seeds, objectives=None, steps: int = 0, samplers=None) 
     return cells
 
 
-def write_outputs(data: dict, out: Path) -> None:
+def write_outputs(data: dict, out: Path, steps: int = 0) -> None:
+    """`out` (all the runs) and its `.md` tables (the runs of `plan_runs(steps)`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(out)
-    text = "## Summary: paired differences, 95% intervals over seeds\n\n" + summary(data)
-    out.with_suffix(".md").write_text(text + "\n\n## Per dataset\n\n" + report(data) + "\n")
+    text = "## Summary: paired differences, 95% intervals over seeds\n\n" + summary(data, steps)
+    tables = report(data, steps)
+    out.with_suffix(".md").write_text(text + "\n\n## Per dataset\n\n" + tables + "\n")
 
 
-def main():
+def main(argv=None):
+    committed = RESULTS / "hierarchy_study.json"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--objectives", default="", help="default: each dataset's plan")
@@ -480,18 +543,36 @@ def main():
     parser.add_argument("--omniglot", default="", help="folder of the Omniglot zips")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     parser.add_argument("--cache", default="", help="where the Omniglot .npz is written")
-    parser.add_argument("--out", default=str(RESULTS / "hierarchy_study.json"))
+    parser.add_argument("--out", default=str(committed))
     parser.add_argument("--report", action="store_true", help="only re-write table + figure")
-    parser.add_argument("--steps", type=int, default=0, help="override (checks the script)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--steps", type=int, default=0, help="check runs of this length (needs --out)"
+    )
+    args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.steps < 0:
+        sys.exit(f"--steps {args.steps}: give a positive number of steps (0: the plan's own)")
+    if args.steps and out.resolve() == committed.resolve():
+        sys.exit(f"--steps makes check runs: pass --out FILE (not the committed {committed})")
     data = json.loads(out.read_text()) if out.exists() else {"runs": {}, "composition": {}}
     if not args.report:
         data = study(args, data, out)
-    write_outputs(data, out)
-    figure(data, out.with_suffix(".png"))
-    print(report(data))
+    if not plan_runs(data["runs"], args.steps):
+        sys.exit(no_runs_line(data, out, args.steps))
+    write_outputs(data, out, args.steps)
+    figure(data, out.with_suffix(".png"), args.steps)
+    print(report(data, args.steps))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+def no_runs_line(data: dict, out: Path, steps: int) -> str:
+    """Why there is nothing to report, in one line."""
+    if not out.exists():
+        return f"no results: {out} does not exist (run the study, or pass --out FILE)"
+    what = f"--steps {steps} check runs" if steps else "full-length runs of the plan"
+    checks = sorted({int(m[0][7:]) for k in data["runs"] if (m := CHECK_RUN.search(k))})
+    hint = f" (its check runs: --steps {', '.join(map(str, checks))})" if checks else ""
+    return f"nothing to report: {out} holds no {what}{hint}"
 
 
 def _pin_worker(workers) -> None:
@@ -514,14 +595,38 @@ def _names(text: str, valid, what: str) -> list[str]:
     return names
 
 
+def _seeds(text: str) -> list[int]:
+    """The seeds of a comma list, read like `_names`; exits with one line on a bad one."""
+    seeds = [s.strip() for s in text.split(",") if s.strip()]
+    for s in seeds:
+        if not s.lstrip("-").isdigit():
+            sys.exit(f"--seeds: {s!r} is not an integer seed (give e.g. --seeds 0,1,2)")
+    if not seeds:
+        sys.exit("--seeds: no seed given (give e.g. --seeds 0,1,2)")
+    return [int(s) for s in seeds]
+
+
+def _no_cells_line(datasets: list[str], args) -> str:
+    """Why the selection runs nothing, with the plan's cells of the selected datasets."""
+    if not datasets:
+        return f"no dataset to run: --datasets {args.datasets!r} names none with its files"
+    plan = [
+        f"{dataset}: "
+        + ", ".join(f"{o}/{s}" for d, os_, ss in PLAN if d == dataset for o in os_ for s in ss)
+        for dataset in datasets
+    ]
+    return (
+        f"no cell of the plan matches --objectives {args.objectives!r} --samplers "
+        f"{args.samplers!r}; the plan's cells (objective/sampler): {'; '.join(plan)}"
+    )
+
+
 def study(args, data: dict, out: Path) -> dict:
     if args.jobs > 1:  # before JAX starts, here and in the workers (they inherit it)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
     dirs = {"": "", "fashion_mnist": args.fashion_mnist, "omniglot": args.omniglot}
     datasets = []
-    for name in args.datasets.split(","):
-        if name not in DATASETS:
-            sys.exit(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    for name in _names(args.datasets, DATASETS, "dataset"):
         folder = DATASETS[name].folder
         if folder and not dirs[folder]:
             print(f"skipping {name}: give its files with --{folder}=DIR")
@@ -529,21 +634,29 @@ def study(args, data: dict, out: Path) -> dict:
         datasets.append(name)
     objectives = _names(args.objectives, OBJECTIVES, "objective")
     samplers = _names(args.samplers, SAMPLERS, "sampler")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = _seeds(args.seeds)
+    cells = plan_cells(datasets, seeds, objectives, args.steps, samplers)
+    if not cells:
+        sys.exit(_no_cells_line(datasets, args))
+    cells = list({run_id(c): c for c in cells}.values())  # a cell named twice runs once
+    done = plan_runs(data["runs"], args.steps)  # a run of another length is run again
+    todo = [c for c in cells if run_id(c) not in done]
+    print(f"{len(cells)} runs in the plan, {len(cells) - len(todo)} already in {out}")
     cache = Path(args.cache or tempfile.gettempdir()) / "himl_hierarchy_study"
     cache.mkdir(parents=True, exist_ok=True)
-    cells = plan_cells(datasets, seeds, objectives, args.steps, samplers)
-    cells = list({run_id(c): c for c in cells}.values())  # a cell named twice runs once
-    todo = [c for c in cells if run_id(c) not in data["runs"]]
-    print(f"{len(cells)} runs in the plan, {len(cells) - len(todo)} already in {out}")
     for dataset in datasets:  # data prepared and composition measured once, here
-        for sampler in {c["sampler"] for c in cells if c["dataset"] == dataset}:
-            if sampler not in data["composition"].get(dataset, {}):
-                config = cell_config(
-                    dict(dataset=dataset, objective=BASELINE, sampler=sampler, seed=0), dirs, cache
-                )
-                data["composition"].setdefault(dataset, {})[sampler] = batch_composition(config)
-    write_outputs(data, out)
+        used = {c["sampler"] for c in cells if c["dataset"] == dataset}
+        measured = data["composition"].get(dataset, {})
+        missing = [s for s in SAMPLERS if s in used and s not in measured]
+        spec = DATASETS[dataset]
+        if spec.prepare and (missing or any(c["dataset"] == dataset for c in todo)):
+            spec.prepare(dirs[spec.folder], cache)
+        for sampler in missing:
+            config = cell_config(
+                dict(dataset=dataset, objective=BASELINE, sampler=sampler, seed=0), dirs, cache
+            )
+            data["composition"].setdefault(dataset, {})[sampler] = batch_composition(config)
+    write_outputs(data, out, args.steps)
     jobs = [(c, dirs, cache) for c in todo]
     if args.jobs > 1:
         import multiprocessing
@@ -557,7 +670,7 @@ def study(args, data: dict, out: Path) -> dict:
     start = time.time()
     for i, (key, record) in enumerate(results, 1):
         data["runs"][key] = record
-        write_outputs(data, out)
+        write_outputs(data, out, args.steps)
         unseen = record["results"]["unseen"][record["levels"][-1]]
         print(
             f"[{i}/{len(todo)} {time.time() - start:.0f}s] {key}: unseen class MAP@R "

@@ -5,7 +5,9 @@
         [--workdir=W] [--dry_run] [--set=--config.model.dtype=bfloat16 ...]
 
 `--row` prints and runs the exact `himl-train` command (as `python -m himl.train`, the same
-entry point), then `himl-eval --noplots` on its work directory, then prints the measured
+entry point), then `himl-eval --noplots` on its work directory, both in the working
+directory it was started from (so a relative path in `--set`, `--manual_dir` or `--workdir`
+means what it means in your shell), then prints the measured
 number beside the published one. Each row is an explicit entry of `ROWS`: the config (which
 carries the official code's settings: configs/hist.py, configs/inshop.py), the published
 number with its source, and what is known to differ from the official code. `--set` appends
@@ -332,12 +334,13 @@ def table_text() -> str:
 
 
 def commands(row: Row, *, manual_dir: str, pretrained: str, workdir: Path, extra=()):
-    """(train argv, eval argv) of the row, run from the repository root."""
+    """(train argv, eval argv) of the row, run from the user's working directory (the
+    config file by its absolute path)."""
     train = [
         sys.executable,
         "-m",
         "himl.train",
-        f"--config={row.config}",
+        f"--config={REPO / row.config}",
         f"--config.data.manual_dir={manual_dir}",
         f"--workdir={workdir}",
         "--noprogress",
@@ -399,11 +402,13 @@ def _check_inputs(row: Row, manual_dir: str, pretrained: str) -> None:
 
 def run_row(row, *, manual_dir, pretrained, workdir, extra=(), dry_run=False) -> float | None:
     """Prints and runs the row's commands; returns the measured number (%) or None."""
-    manual_dir = str(Path(manual_dir).expanduser().resolve()) if manual_dir else ""
-    pretrained = str(Path(pretrained).expanduser().resolve()) if pretrained else ""
+    from himl.config_lib import absolute_path  # as himl-train records path fields
+
+    manual_dir = absolute_path(manual_dir) if manual_dir else ""
+    pretrained = absolute_path(pretrained) if pretrained else ""
     _check_inputs(row, manual_dir, pretrained)
     load_config(row, extra)  # a bad --set fails now, before any work
-    workdir = Path(workdir).expanduser().resolve()
+    workdir = Path(absolute_path(workdir))
     train, evaluate = commands(
         row, manual_dir=manual_dir, pretrained=pretrained, workdir=workdir, extra=extra
     )
@@ -413,12 +418,17 @@ def run_row(row, *, manual_dir, pretrained, workdir, extra=(), dry_run=False) ->
             f"result is not comparable with the published {row.published}",
             file=sys.stderr,
         )
+    # In the user's working directory: a relative path in `extra` (--set) is theirs.
+    cwd = Path.cwd()
     for argv in (train, evaluate):
-        print(f"(cd {shlex.quote(str(REPO))} && {shlex.join(argv)})", flush=True)
+        print(f"(cd {shlex.quote(str(cwd))} && {shlex.join(argv)})", flush=True)
     if dry_run:
         return None
+    # himl importable from any folder, also from a checkout that is not pip-installed.
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     for argv in (train, evaluate):
-        if subprocess.run(argv, cwd=REPO).returncode != 0:
+        if subprocess.run(argv, cwd=cwd, env=env).returncode != 0:
             raise PaperTableError(f"{row.name}: command failed: {shlex.join(argv)}")
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
     if row.probe is not None:

@@ -7,6 +7,7 @@ line and exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import sys
@@ -70,6 +71,50 @@ def split_name_lists(config, overrides: dict) -> None:
         node[key] = tuple(name.strip() for name in value[0].split(",")) if value[0] else ()
 
 
+def check_selected_loss(config, overrides: dict) -> None:
+    """Refuses an override of a loss that `config.loss.name` does not select (only the
+    selected loss's section is read: `--config.loss.supcon.temperature=0.2` would train
+    the default loss unchanged, without a word)."""
+    loss = config.get("loss") if hasattr(config, "get") else None
+    if loss is None or "name" not in loss:
+        return
+    for path in overrides:
+        section, _, key = path.partition(".")
+        other = key.split(".", 1)[0]
+        if section == "loss" and "." in key and other != loss.name and other in loss:
+            raise ValueError(
+                f"--config.{path} sets a loss that is not selected: config.loss.name={loss.name} "
+                f"reads only config.loss.{loss.name} (add --config.loss.name={other})"
+            )
+
+
+def _missing_field(argv: list[str], overrides: list[str]) -> str | None:
+    """For an override of a field the config does not have: `config.loss.supcon has no
+    field 'temp'; its fields: ...` (ml_collections names only the key, or a close match).
+    The config file is loaded again, without the overrides."""
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    try:
+        path, *arg = files[-1].split(":", 1)  # as ml_collections reads `file.py[:arg]`
+        spec = importlib.util.spec_from_file_location("himl_listed_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*arg)
+        config.keys()
+    except Exception:  # no config file, or one that does not load: nothing to list
+        return None
+    for arg in overrides:
+        path = arg[len("--config.") :].split("=", 1)[0].split(".")
+        node, where = config, "config"
+        for key in path:
+            if not hasattr(node, "keys"):
+                break
+            if key not in node:
+                fields = ", ".join(sorted(node.keys()))
+                return f"{where} has no field {key!r}; its fields: {fields}"
+            node, where = node[key], f"{where}.{key}"
+    return None
+
+
 def flags_parser(program: str):
     """An `absl.app.run(flags_parser=...)` that reports bad flags and config overrides
     (unknown field, wrong type, missing config file) in one line and exits 2, and reads
@@ -82,6 +127,7 @@ def flags_parser(program: str):
             if config is not None:
                 config.keys()  # a config file that failed to load raises only when touched
                 split_name_lists(config, flags.FLAGS["config"].override_values)
+                check_selected_loss(config, flags.FLAGS["config"].override_values)
             return rest
         except flags.Error as err:
             message = _one_line(err)
@@ -89,8 +135,11 @@ def flags_parser(program: str):
             # The overrides, or the config file when there are none (a default added by
             # `with_default_config` is not what the user typed).
             overrides = [a for a in argv[1:] if a.startswith("--config.")]
+            why = _one_line(err)
+            if isinstance(err, KeyError | AttributeError) and "Did you mean" not in why:
+                why = _missing_field(argv, overrides) or why  # ml_collections: just "'temp'"
             overrides = overrides or [a for a in argv[1:] if a.startswith("--config")]
-            message = f"bad --config or override ({' '.join(overrides)}): {_one_line(err)}"
+            message = f"bad --config or override ({' '.join(overrides)}): {why}"
         print(f"{program}: error: {message}", file=sys.stderr)
         sys.exit(2)
 

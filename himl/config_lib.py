@@ -34,9 +34,40 @@ SCHEDULES = tuple(SCHEDULE_TABLE)
 MODEL_HEADS = HEADS
 
 
+# The config fields that name a file or folder. `absolute_paths` makes them absolute when a
+# command starts (himl-train, himl-eval), so config.json records where they were, not how
+# they were typed: a later command run from another folder reads the same files (and the
+# same prepared data_dir, instead of writing a second copy).
+PATH_FIELDS = (
+    "data.manual_dir",  # the downloaded dataset's folder
+    "data.data_dir",  # where the array_record copy is prepared and read
+    "data.custom.source",  # the custom manifest, image-folder tree or .npz
+    "model.pretrained",  # the ImageNet weight file
+)
+
+
+def absolute_path(value: str) -> str:
+    """`value` with `~` expanded, made absolute against the working directory (symlinks and
+    `..` kept as typed: the path names the place the user named)."""
+    return str(Path(value).expanduser().absolute())
+
+
+def absolute_paths(config) -> None:
+    """Makes every non-empty `PATH_FIELDS` value of `config` (a ConfigDict or a dict)
+    absolute, in place; fields a config lacks (e.g. `data.custom`) are skipped."""
+    for dotted in PATH_FIELDS:
+        *parents, key = dotted.split(".")
+        section = config
+        for parent in parents:
+            section = section.get(parent) if hasattr(section, "get") else None
+        if hasattr(section, "get") and isinstance(section.get(key), str) and section[key]:
+            section[key] = absolute_path(section[key])
+
+
 def _field(value):
-    # A None default still needs a type so that `--config.x=3` can override it.
-    return config_dict.placeholder(int) if value is None else value
+    # A None default (e.g. chunk_size: None = the default blocks) is typed `object`, so that
+    # `--config.x=512` is the int 512 and `--config.x=None` sets it back (the loss checks it).
+    return config_dict.FieldReference(None, field_type=object) if value is None else value
 
 
 def loss_config(name: str = "himulcone") -> ml_collections.ConfigDict:

@@ -100,7 +100,7 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
     every column but the path and split columns."""
     from himl.data import custom
 
-    header, records = custom._manifest_records(path)
+    header, records = custom.manifest_records(path)
     if path_column not in header:
         raise custom.MalformedDataError(
             f"{path}: no path column {path_column!r} (the run's config.data.custom.path_column) "
@@ -145,7 +145,7 @@ def _label(value, column: str, where: str) -> str:
 
     if value is None or (isinstance(value, str) and not value.strip()):
         return ""
-    return custom._label_value(value, column, where)
+    return custom.label_value(value, column, where)
 
 
 def write_embeddings(out, embeddings, paths, level_names, labels) -> Path:

@@ -46,3 +46,20 @@ def test_eval_reports_missing_workdir(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "config.json not found" in result.stderr
+
+
+def test_a_none_default_can_be_set_and_reset_on_the_command_line():
+    """`chunk_size` defaults to None (the loss's default blocks): `=512` is an int and
+    `=None` sets it back (it was typed int, so `None` was refused)."""
+    show = (
+        "from absl import app; from ml_collections import config_flags;"
+        "C = config_flags.DEFINE_config_file('config');"
+        "app.run(lambda _: print(repr(C.value.loss.supcon.chunk_size)))"
+    )
+    for value, expected in [("None", None), ("512", 512)]:
+        out = subprocess.run(
+            [sys.executable, "-c", show, "--config=configs/tiny.py",
+             f"--config.loss.supcon.chunk_size={value}"],
+            capture_output=True, text=True, check=True, cwd=REPO,
+        ).stdout  # fmt: skip
+        assert out.strip() == repr(expected)

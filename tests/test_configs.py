@@ -40,6 +40,8 @@ def test_unknown_loss_and_bad_batch_are_named():
         validate_config(config)
     config = default.get_config()
     config.data.batch_size = 60
+    validate_config(config)  # the default sampler (hierarchical) ignores samples_per_class
+    config.data.sampler = "m_per_class"
     with pytest.raises(ConfigError, match="samples_per_class"):
         validate_config(config)
     config = default.get_config()

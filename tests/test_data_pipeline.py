@@ -30,8 +30,10 @@ def test_tfds_array_record_matches_files(tmp_path):
     config = cub_config(tmp_path, data_dir=str(tmp_path / "tfds"))
     records = read_records(config.data)
     from_files = to_dataset(records, image_source(records, ""), image_size=16, crop_fraction=1.0)
-    ds = load_dataset(config.data)  # prepares array_record under data_dir, reads it back
-    assert (tmp_path / "tfds" / "himl_cub" / "1.0.0").is_dir()
+    ds = load_dataset(config.data)  # nothing written yet: the run's checks come first
+    assert not (tmp_path / "tfds").exists()
+    ds.open()  # prepares array_record under data_dir (a run calls it after its checks)
+    assert len(list((tmp_path / "tfds").glob("himl_cub_*/2.0.0"))) == 1
     for split in ("train", "test"):
         np.testing.assert_array_equal(ds.split(split).labels, from_files.split(split).labels)
     a = ds.split("test").images[:]

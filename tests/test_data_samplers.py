@@ -81,3 +81,135 @@ def test_hierarchical_note_names_single_child_labels_instead_of_warning():
         groups = np.concatenate([sampler.indices(s) for s in range(20)]).reshape(-1, 4)
     lonely = groups[labels[groups[:, 0], 0] == 9]
     assert len(lonely) > 0 and (labels[lonely[:, 1], 1] == 99).all()  # same class still
+
+
+# --- which sampler reads config.data.samples_per_class, and the notes each one prints ----
+
+
+def _data_config(**fields):
+    from himl.data.defaults import data_config
+
+    config = data_config()
+    config.update(fields)
+    return config
+
+
+def _make(config, labels, capsys=None):
+    """`make_sampler` over `labels [N, 2]` (class at level 1) and what it printed."""
+    from types import SimpleNamespace
+
+    from himl.data.sampling import make_sampler
+
+    sampler = make_sampler(config, SimpleNamespace(class_level=1), labels, seed=0)
+    return sampler, (capsys.readouterr().out if capsys else "")
+
+
+@pytest.mark.parametrize("name", ["m_per_class", "hierarchical"])
+def test_only_samplers_that_read_samples_per_class_need_a_multiple_of_it(name, capsys):
+    """Whether a sampler reads samples_per_class is seen from its batches (they change with
+    it or not); `config_keys` must say the same, and so must `check_data_config`."""
+    from himl.data.sampling import SAMPLERS, BatchConfigError, check_data_config
+
+    labels = tree_labels()  # 12 classes of 5
+    batches = [
+        _make(_data_config(sampler=name, batch_size=24, samples_per_class=k), labels)[0].indices(3)
+        for k in (4, 8)
+    ]
+    reads = not np.array_equal(*batches)
+    assert reads == (name == "m_per_class")
+    assert reads == ("samples_per_class" in SAMPLERS[name].config_keys)
+    config = _data_config(sampler=name, batch_size=30, samples_per_class=8)
+    if reads:
+        with pytest.raises(BatchConfigError, match="config.data.samples_per_class"):
+            check_data_config(config)
+    else:
+        check_data_config(config)  # any positive batch size
+        assert len(_make(config, labels)[0].indices(0)) == 30
+    with pytest.raises(BatchConfigError, match="config.data.batch_size"):
+        check_data_config(_data_config(sampler=name, batch_size=0))
+
+
+def test_make_sampler_notes_a_samples_per_class_the_sampler_ignores(capsys):
+    from himl.train.workdir import ReadRecorder
+
+    labels = tree_labels()
+    note = "note: config.data.sampler=hierarchical ignores config.data.samples_per_class=24\n"
+    out = _make(_data_config(sampler="hierarchical", samples_per_class=24), labels, capsys)[1]
+    assert out == note
+    assert _make(_data_config(sampler="hierarchical"), labels, capsys)[1] == ""  # default 16
+    config = _data_config(sampler="m_per_class", batch_size=24, samples_per_class=3)
+    assert _make(config, labels, capsys)[1] == ""  # read, not ignored
+    # The note does not make samples_per_class a batch setting a resumed run must keep.
+    settings = ReadRecorder(_data_config(sampler="hierarchical", samples_per_class=24))
+    assert _make(settings, labels, capsys)[1] == note
+    assert "samples_per_class" not in settings.keys_read
+
+
+def test_m_per_class_notes_classes_smaller_than_samples_per_class(capsys):
+    sizes = [3, 5, 6, 9, 2, 8]
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    rows = np.stack([labels // 2, labels], axis=1)
+    config = _data_config(sampler="m_per_class", batch_size=36, samples_per_class=6)
+    sampler, out = _make(config, rows, capsys)
+    small = np.flatnonzero(np.bincount(labels) < 6)  # classes 0, 1, 4
+    note = (
+        f"{len(small)} of 6 classes have fewer images than config.data.samples_per_class=6 "
+        f"(the smallest has {min(sizes)}): their images repeat in a batch"
+    )
+    assert sampler.note() == note and out == f"m_per_class sampler: {note}\n"
+    idx = sampler.indices(0)  # every class, 6 draws each
+    for c in range(len(sizes)):
+        drawn = idx[labels[idx] == c]
+        assert len(drawn) == 6
+        assert (len(np.unique(drawn)) < 6) == (c in small)  # repeats only in the small ones
+    config.batch_size, config.samples_per_class = 12, 2
+    assert _make(config, rows, capsys)[0].note() == "" and capsys.readouterr().out == ""
+
+
+def test_m_per_class_messages_name_the_config_keys():
+    from himl.data.sampling import BatchConfigError
+
+    labels = np.repeat(np.arange(7), 10)
+    with pytest.raises(BatchConfigError) as err:
+        MPerClassSampler(labels, batch_size=64, samples_per_class=8, seed=0)
+    assert str(err.value).startswith(
+        "config.data.batch_size=64 / config.data.samples_per_class=8 needs 8 classes, "
+        "the data has 7"
+    )
+    with pytest.raises(BatchConfigError) as err:
+        MPerClassSampler(labels, batch_size=30, samples_per_class=8, seed=0)
+    assert str(err.value) == (
+        "config.data.batch_size (30) must be a multiple of config.data.samples_per_class (8)"
+    )
+
+
+def test_hierarchical_warns_once_for_each_reason():
+    """Classes of one image (no same-class partner) and fewer samples than a batch: both
+    reasons are warned, each once, however many batches are drawn."""
+    import warnings
+
+    labels = tree_labels(coarse=2, fine_per_coarse=2, per_fine=1)  # 4 samples, 4 classes
+    sampler = HierarchicalSampler(labels, batch_size=8, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = [sampler.indices(step) for step in range(3)]
+    assert all(len(np.unique(idx)) < len(idx) for idx in batches)  # indices do repeat
+    assert [str(w.message) for w in caught] == [
+        "HierarchicalSampler: a level had no partner for an anchor (the data is too small)",
+        "HierarchicalSampler: the data has 4 samples, fewer than config.data.batch_size=8: "
+        "indices repeat in a batch (the data is too small)",
+    ]
+
+
+def test_hierarchical_repeat_warning_only_when_the_batch_repeats():
+    """10 samples, batch 10: the last group is cut off after 2 of its 4, so a partner the
+    data no longer has is not in the batch, and no index repeats: no repeat warning."""
+    import warnings
+
+    labels = np.array([[0, 0], [0, 0], [0, 1], [0, 1], [0, 1]] + [[1, 2], [1, 2], [1, 3]] * 2)[:10]
+    sampler = HierarchicalSampler(labels, batch_size=10, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idx = sampler.indices(0)
+    assert sorted(idx.tolist()) == list(range(10))
+    assert not [w for w in caught if "repeat" in str(w.message)]

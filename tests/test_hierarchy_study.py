@@ -79,7 +79,7 @@ def _run(dataset, objective, sampler, seed, unseen_map):
     levels = ["group", "class"]
     row = {lv: {"recall@1": 0.5, "map@r": unseen_map, "nmi": 0.5} for lv in levels}
     row |= {"mistake_severity": 1.0, "linear_probe": 0.5}
-    return dict(dataset=dataset, objective=objective, sampler=sampler, seed=seed,
+    return dict(dataset=dataset, objective=objective, sampler=sampler, seed=seed, steps=600,
                 levels=levels, results={"unseen": row, "seen_test": row})  # fmt: skip
 
 
@@ -120,3 +120,131 @@ def test_the_command_runs_a_shortened_study(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 10_000
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert "2 runs in the plan, 2 already in" in again.stdout  # resumes: nothing re-run
+
+
+# ---------------------------------------------------------------- check runs, bad selections
+COMMITTED = REPO / "experiments" / "results" / "hierarchy_study.json"
+FULL_KEY = "embedded/supcon_fine/m_per_class/0"
+
+
+def _zeroed(record: dict, steps: int) -> dict:
+    """A copy of a stored run with every metric 0 and another length."""
+
+    def zero(x):
+        return {k: zero(v) for k, v in x.items()} if isinstance(x, dict) else 0.0
+
+    return record | {"steps": steps, "results": zero(record["results"])}
+
+
+def test_check_runs_leave_the_full_report_unchanged(study, tmp_path):
+    """Finding 1: a `--steps` check run stored beside the full runs (here 1 step, and one
+    as long as the plan's 600 but a check run all the same) and a run of an older, shorter
+    plan give the same tables and figure as the file without them; `--steps 1` reports
+    the check run alone."""
+    committed = COMMITTED.read_bytes()
+    data = json.loads(committed)
+    full_seeds = sum(1 for key in data["runs"] if key.startswith(FULL_KEY[:-1]))
+    assert full_seeds == 5
+    clean, mixed = tmp_path / "clean.json", tmp_path / "mixed.json"
+    clean.write_bytes(committed)
+    base = data["runs"][FULL_KEY]
+    data["runs"][FULL_KEY + "/steps=1"] = _zeroed(base, 1)
+    data["runs"][FULL_KEY + "/steps=600"] = _zeroed(base, 600)
+    data["runs"][FULL_KEY[:-1] + "9"] = _zeroed(base, 300) | {"seed": 9}
+    mixed.write_text(json.dumps(data))
+    for out in (clean, mixed):
+        study.main(["--report", "--out", str(out)])
+    table = clean.with_suffix(".md").read_text()
+    assert "| supcon_fine | m_per_class | 5 |" in table
+    assert mixed.with_suffix(".md").read_text() == table
+    assert mixed.with_suffix(".png").read_bytes() == clean.with_suffix(".png").read_bytes()
+    assert COMMITTED.read_bytes() == committed
+    check = study.report(json.loads(mixed.read_text()), steps=1)
+    assert "| supcon_fine | m_per_class | 1 | 0.00 ± 0.00 |" in check
+    assert "| himulcone |" not in check
+
+
+def test_a_run_of_another_length_is_run_again(study, tmp_path, monkeypatch):
+    """Finding 1, resuming: a stored run that is not as long as the plan's is not done."""
+    data = json.loads(COMMITTED.read_text())
+    data["runs"][FULL_KEY] = _zeroed(data["runs"][FULL_KEY], 300)
+    out = tmp_path / "study.json"
+    out.write_text(json.dumps(data))
+    ran = []
+
+    def run_cell(job):
+        cell = job[0]
+        ran.append(study.run_id(cell))
+        return study.run_id(cell), data["runs"][FULL_KEY] | {"steps": 600}
+
+    monkeypatch.setattr(study, "run_cell", run_cell)
+    study.main(["--datasets", "embedded", "--objectives", "supcon_fine", "--samplers",
+                "m_per_class", "--jobs", "1", "--out", str(out)])  # fmt: skip
+    assert ran == [FULL_KEY]
+
+
+def test_steps_with_the_committed_results_file_is_refused(study, tmp_path, monkeypatch):
+    """Finding 1: `--steps` never writes into the committed results (the default `--out`,
+    or the same file named), in one line before anything is read or run."""
+    monkeypatch.setattr(study, "RESULTS", tmp_path)  # the default --out, here a copy
+    results = tmp_path / "hierarchy_study.json"
+    results.write_bytes(COMMITTED.read_bytes())
+
+    def no_study(*args):
+        raise AssertionError("the study started")
+
+    monkeypatch.setattr(study, "study", no_study)
+    for argv in (["--steps", "1"], ["--steps", "2", "--out", str(results)]):
+        with pytest.raises(SystemExit) as stop:
+            study.main(argv + ["--datasets", "embedded", "--seeds", "0"])
+        assert "pass --out" in str(stop.value.code) and "\n" not in str(stop.value.code)
+    assert results.read_bytes() == COMMITTED.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hierarchy_study.json"]
+
+
+def _refused(study, argv) -> str:
+    with pytest.raises(SystemExit) as stop:
+        study.main(argv)
+    line = str(stop.value.code)
+    assert stop.value.code != 0 and "\n" not in line
+    return line
+
+
+def test_nothing_to_report_is_one_line_and_writes_nothing(study, tmp_path):
+    """Finding 7: `--report` without results, or with check runs only, says so."""
+    line = _refused(study, ["--report", "--out", str(tmp_path / "none.json")])
+    assert "none.json does not exist" in line
+    assert list(tmp_path.iterdir()) == []
+    data = json.loads(COMMITTED.read_text())
+    only_check = {"runs": {FULL_KEY + "/steps=2": data["runs"][FULL_KEY] | {"steps": 2}}}
+    (tmp_path / "check.json").write_text(json.dumps(only_check | {"composition": {}}))
+    line = _refused(study, ["--report", "--out", str(tmp_path / "check.json")])
+    assert "no full-length runs" in line and "--steps 2" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["check.json"]
+
+
+def test_a_selection_outside_the_plan_names_the_plan_cells(study, tmp_path):
+    """Finding 7: a filter that selects no cell is one line naming the dataset's cells."""
+    out = tmp_path / "study.json"
+    line = _refused(study, ["--datasets", "embedded,", "--objectives", "himulcon",
+                            "--samplers", "many_classes", "--out", str(out)])  # fmt: skip
+    assert line.startswith("no cell of the plan matches")
+    for cell in ("himulcon/m_per_class", "himulcon/hierarchical", "himulcone/many_classes"):
+        assert cell in line
+    assert "himulcon/many_classes" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_do_not_depend_on_the_cwd(study):
+    """Finding 7: the default results folder is the repository's, wherever it runs."""
+    assert (REPO / "experiments" / "results").resolve() == study.RESULTS
+
+
+def test_seeds_parse_like_the_name_lists(study):
+    """Finding 7: `--seeds "0,"` is seed 0; a seed that is not an integer is one line."""
+    assert study._seeds("0,") == [0]
+    assert study._seeds("1, 3,") == [1, 3]
+    for text in ("a", "0,1.5", ","):
+        with pytest.raises(SystemExit) as stop:
+            study._seeds(text)
+        assert str(stop.value.code).startswith("--seeds: ")

@@ -312,6 +312,12 @@ def test_matches_pytorch_metric_learning():
             {"margin": 0.2, "mining": "semi_hard"},
             miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"),
         ),
+        (
+            losses.TripletMarginLoss(margin=0.2, smooth_loss=True),
+            triplet_margin,
+            {"margin": 0.2, "smooth_loss": True, "mining": "semi_hard"},
+            miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard"),
+        ),
         (losses.MultiSimilarityLoss(), multi_similarity, {}, None),
         (losses.NTXentLoss(), ntxent, {}, None),
         (losses.SupConLoss(), supcon, {}, None),

@@ -218,7 +218,7 @@ def test_config_and_errors():
     assert dict(cfg.hist) == {"tau": 32.0, "alpha": 0.9, "lambda_s": 1.0, "hgnn_hidden": 512}
     p = _params()
     x, y = _batch(LABELS)
-    with pytest.raises(ValueError, match="hist: hgnn_hidden must be > 0"):
+    with pytest.raises(ValueError, match="hist: hgnn_hidden must be a finite number > 0"):
         init_hist(jax.random.key(0), num_classes=C, embedding_dim=D, hgnn_hidden=0)
     with pytest.raises(ValueError, match="means and log_vars"):
         hist(x[:, :3], y, _variables(p))
@@ -226,5 +226,5 @@ def test_config_and_errors():
         hist(x, y, p)  # the params alone
     with pytest.raises(ValueError, match=r"class indices in \[0, 5\), got labels in \[0, 5\]"):
         hist(x, np.where(y == 4, 5, y), _variables(p))
-    with pytest.raises(ValueError, match="hist: tau must be > 0"):
+    with pytest.raises(ValueError, match="hist: tau must be a finite number > 0"):
         hist(x, y, _variables(p), tau=0.0)

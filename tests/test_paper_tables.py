@@ -8,9 +8,11 @@ batches the tiny fixtures can fill, 2 steps, no worker processes.
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -179,10 +181,41 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     assert pt.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert "-m himl.train --config=configs/hist.py:sop" in lines[0]
+    assert f"-m himl.train --config={REPO / 'configs/hist.py'}:sop" in lines[0]
     assert f"--config.data.manual_dir={tmp_path}" in lines[0]
     assert f"-m himl.eval --workdir={workdir} --noplots" in lines[1]
     assert not workdir.exists()
+
+
+def test_commands_run_in_the_users_folder_so_relative_set_paths_are_theirs(
+    tmp_path, capsys, monkeypatch
+):
+    user = tmp_path / "user cwd"  # a space, as folders have
+    (tmp_path / "cub").mkdir()
+    user.mkdir()
+    monkeypatch.chdir(user)
+    args = ["--row=hist_cub", "--manual_dir=../cub", "--set=--config.data.data_dir=cache"]
+    assert pt.main([*args, "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith(f"(cd '{user}' && ")
+    assert f"--config={REPO / 'configs/hist.py'}:cub" in lines[0]  # found from any folder
+    assert f"'--config.data.manual_dir={user}/../cub'" in lines[0]
+    assert f"'--workdir={user}/runs/paper_tables/hist_cub'" in lines[0]
+    assert lines[0].endswith(" --config.data.data_dir=cache)")  # as typed, read from `user`
+
+    ran = []  # what run_row would start, and where (the first command "fails": no work)
+    monkeypatch.setattr(
+        pt.subprocess,
+        "run",
+        lambda argv, **kw: ran.append((argv, kw)) or types.SimpleNamespace(returncode=1),
+    )
+    assert pt.main(args) == 2
+    ((argv, kw),) = ran
+    assert Path(kw["cwd"]) == user and "--config.data.data_dir=cache" in argv
+    assert str(REPO) in kw["env"]["PYTHONPATH"].split(os.pathsep)  # himl importable there
+    assert not (REPO / "cache").exists()
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,15 @@ def _one_error_line(result) -> str:
         (["--config.loss.himulcone.temperature=0"], "config.loss.himulcone.temperature"),
         (["--config.train.keep_checkpoints=0"], "config.train.keep_checkpoints must be >= 1"),
         (["--config.eval.ks=0"], "config.eval.ks"),
+        (  # only the selected loss's section is read: it trained himulcone unchanged
+            ["--config.loss.supcon.temperature=0.2"],
+            "config.loss.name=himulcone reads only config.loss.himulcone (add "
+            "--config.loss.name=supcon)",
+        ),
+        (  # ml_collections names only the key: "'temp'"
+            ["--config.loss.supcon.temp=0.2"],
+            "config.loss.supcon has no field 'temp'; its fields: chunk_size, temperature",
+        ),
         (["--config.data.crop_ratio=0.5"], "config.data.crop_ratio must be two numbers"),
         (
             [

@@ -76,6 +76,16 @@ BAD_HPARAMS = [
     ("hist", "hgnn_hidden", 0),
     ("triplet_margin", "mining", "hardest"),
     ("contrastive", "distance", "manhattan"),
+    # Not finite, or out of range: trained on NaN (after the compile, blaming the learning
+    # rate) or, for an infinite temperature, on a constant loss with zero gradients.
+    ("supcon", "temperature", float("inf")),
+    ("proxy_anchor", "alpha", float("inf")),
+    ("proxy_anchor", "margin", float("nan")),
+    ("multi_similarity", "base", float("nan")),
+    ("triplet_margin", "margin", float("inf")),
+    ("hist", "alpha", -100.0),
+    ("hist", "lambda_s", float("nan")),
+    ("hist", "lambda_s", -1.0),
 ]
 
 

@@ -192,7 +192,7 @@ def _manifest_text(path: Path) -> str:
         ) from None
 
 
-def _manifest_records(path: Path):
+def manifest_records(path: Path):
     """`(header, [(line number, {column: value})])` of a CSV/TSV or JSON-lines manifest.
 
     Every JSON-lines record must have the keys of the first one (a key missing from some
@@ -241,7 +241,8 @@ def _manifest_records(path: Path):
     return header, records
 
 
-def _label_value(value, column: str, where: str) -> str:
+def label_value(value, column: str, where: str) -> str:
+    """A manifest cell as a label name (a string or an integer; `where` names the row)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise MalformedDataError(
             f"{where}: label column {column!r} holds {value!r}; labels are strings or integers"
@@ -255,7 +256,7 @@ def _label_value(value, column: str, where: str) -> str:
 def read_manifest(path, *, path_column="path", split_column="split", levels=()) -> LabelTable:
     """A CSV/TSV/JSON-lines manifest (see the module docstring)."""
     path = Path(path).expanduser()
-    header, records = _manifest_records(path)
+    header, records = manifest_records(path)
     columns = _label_columns(header, path_column, split_column, levels, path)
     has_split = split_column in header
     values, where, files, split = [], [], [], []
@@ -267,7 +268,7 @@ def read_manifest(path, *, path_column="path", split_column="split", levels=()) 
         file = str(record[path_column]).strip()
         if not file:
             raise MalformedDataError(f"{here}: empty image path (column {path_column!r})")
-        values.append(tuple(_label_value(record[c], c, here) for c in columns))
+        values.append(tuple(label_value(record[c], c, here) for c in columns))
         files.append(file)
         where.append(here)
         if has_split:

@@ -75,6 +75,12 @@ class Dataset:
                 )
             validate_tree(split.labels, self.level_names)
 
+    def open(self) -> None:
+        """Makes every split's images readable now (e.g. writes a tensorflow-datasets store
+        once): a run calls it after the checks that need no image, before the first read."""
+        for split in self.splits.values():
+            getattr(split.images, "open", lambda: None)()
+
     def split(self, name: str) -> Split:
         if name not in self.splits:
             raise UnknownSplitError(

@@ -10,9 +10,10 @@ coarsest) the group is
 so `K + 2` samples; groups fill the batch (the last one truncated to the batch size).
 With two levels (coarse, fine): anchor, same fine, same coarse but other fine, other
 coarse. Indices are a pure function of (seed, step). No index repeats within a batch
-unless the data cannot supply a partner (a class of one image, a coarse label with one fine
-label, too few samples): then the closest available partner or a repeat is used and a
-warning says so once.
+unless the data has fewer samples than `config.data.batch_size`. When the data cannot supply a
+partner (a class of one image, a coarse label with one fine label, too few samples), another
+unused sample (or, with every sample used, a repeat) takes its place, and a warning says so
+once per reason (`note()` names the labels the tree's shape leaves without a partner).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 
 class HierarchicalSampler:
     """Batches `[batch_size]` of anchor groups covering every level of `labels [N, K]`."""
+
+    config_keys = ("batch_size",)  # the `config.data` keys it is built from
 
     def __init__(self, labels, *, batch_size: int, seed: int):
         self.labels = np.asarray(labels, np.int64)
@@ -40,7 +43,7 @@ class HierarchicalSampler:
             groups = np.split(order, starts[1:])
             self.members.append(dict(zip(values.tolist(), groups, strict=True)))
         self.everyone = np.arange(len(self.labels))
-        self.warned = False
+        self.warned: set[str] = set()  # the reasons already warned about
         # only_child[k]: labels at level k with one label below them - their anchors can
         # have no "same at k, other at k+1" partner, by the tree's shape, not by chance.
         self.only_child = []
@@ -93,17 +96,17 @@ class HierarchicalSampler:
                 pick = self._pick(rng, everyone, lambda c: True, used)
                 if k is None or row[k] not in self.only_child[k]:  # else `note()` says so
                     self._warn("a level had no partner for an anchor")
-            if pick is None:
+            if pick is None:  # every sample is in the batch: `indices` warns of the repeat
                 pick = int(rng.integers(len(self.labels)))
-                self._warn("the data has fewer samples than a batch; indices repeat")
             group.append(pick)
             used.add(pick)
         return group
 
     def _warn(self, why: str):
-        if not self.warned:
+        """Warns once per reason: a batch can lack partners and repeat indices both."""
+        if why not in self.warned:
             warnings.warn(f"HierarchicalSampler: {why} (the data is too small)", stacklevel=3)
-            self.warned = True
+            self.warned.add(why)
 
     def indices(self, step: int) -> np.ndarray:
         """Dataset indices `[batch_size]` of training step `step` (same step, same batch)."""
@@ -114,6 +117,11 @@ class HierarchicalSampler:
             anchor = self._pick(rng, self.everyone, lambda c: True, used)
             if anchor is None:
                 anchor = int(rng.integers(len(self.labels)))
-                self._warn("the data has fewer samples than a batch; indices repeat")
             batch += self._group(rng, anchor, used)
-        return np.array(batch[: self.batch_size], np.int64)
+        batch = batch[: self.batch_size]
+        if len(set(batch)) < len(batch):  # repeats cut off with the last group do not count
+            self._warn(
+                f"the data has {len(self.labels)} samples, fewer than config.data.batch_size="
+                f"{self.batch_size}: indices repeat in a batch"
+            )
+        return np.array(batch, np.int64)

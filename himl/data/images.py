@@ -198,6 +198,11 @@ class LazyImages:
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self.indices), self.size, self.size, self.channels)
 
+    def open(self) -> None:
+        """Makes the source readable now, for a source that prepares itself when opened (a
+        tensorflow-datasets store, `himl.data.tfds_builders.TfdsSource`)."""
+        getattr(self.source, "open", lambda: None)()
+
     @property
     def ndim(self) -> int:
         return 4

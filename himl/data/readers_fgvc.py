@@ -22,8 +22,9 @@ the image (an instance id), so several augmented views of one image are positive
   levels (super_class, class, image).
 
 Every reader checks the files against these layouts (field counts, integer ids, headers,
-id ranges) and that every listed image exists (`require_images`) before returning, so a
-malformed or partial download ends in one line naming the file and row.
+id ranges), that no image file is listed twice (`require_unique_files`) and that every
+listed image exists (`require_images`) before returning, so a malformed or partial
+download ends in one line naming the file and row.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from himl.data.records import (
     read_table,
     require,
     require_images,
+    require_unique_files,
 )
 
 CUB_WHERE = (
@@ -97,6 +99,7 @@ def read_cub(manual_dir, *, val_fraction: float = 0.2) -> Records:
     require(root, "images", dataset="CUB-200-2011", where=CUB_WHERE)
     image_table, label_table = read_table(images, 2), read_table(labels, 2)
     paths = _unique_ids(image_table, "image id")
+    require_unique_files([r[1] for r in image_table.rows], image_table.where)
     class_of = dict(
         zip(
             _unique_ids(label_table, "image id"),
@@ -184,6 +187,7 @@ def _cars_combined(root: Path):
     if not set(test.tolist()) <= {0, 1}:
         raise MalformedDataError(f"{path}: 'test' flags must be 0 or 1, got {sorted(set(test))}")
     files = _mat_strings(ann["relative_im_path"])
+    require_unique_files(files, lambda k: f"{path}: annotation {k + 1}")
     return (
         files,
         _mat_ints(path, ann["class"], "class"),
@@ -220,7 +224,7 @@ def _cars_devkit(manual_dir):
     """(images root, file names, 1-based classes, class names, is_test) of the devkit."""
     root, devkit, labelled = cars_devkit_files(manual_dir)
     names = _mat_strings(load_mat(devkit / "cars_meta.mat", "class_names")["class_names"])
-    files, classes, is_test = [], [], []
+    files, classes, is_test, places = [], [], [], []
     for path, folder in ((devkit / "cars_train_annos.mat", "cars_train"), (labelled, "cars_test")):
         ann = np.atleast_1d(load_mat(path, "annotations")["annotations"])
         mat_fields(path, ann, "fname", "class")
@@ -228,6 +232,8 @@ def _cars_devkit(manual_dir):
         files += [f"{folder}/{f}" for f in _mat_strings(ann["fname"])]
         classes += _mat_ints(path, ann["class"], "class").tolist()
         is_test += [folder == "cars_test"] * len(ann)
+        places += [f"{path}: annotation {k + 1}" for k in range(len(ann))]
+    require_unique_files(files, places.__getitem__)
     return root, files, np.array(classes, np.int64), names, np.array(is_test)
 
 
@@ -272,9 +278,10 @@ def read_sop(manual_dir, *, val_fraction: float = 0.2) -> Records:
     """Stanford Online Products: 120,053 images of 22,634 products in 12 super-classes."""
     root = dataset_root(manual_dir, "Ebay_train.txt", "Stanford_Online_Products")
     paths = require(root, "Ebay_train.txt", "Ebay_test.txt", dataset="SOP", where=SOP_WHERE)
-    files, rows, is_test = [], [], []
+    files, rows, is_test, places = [], [], [], []
     for k, path in enumerate(paths):
         table = read_table(path, 4, header=SOP_HEADER)
+        places += [table.where(j) for j in range(len(table.rows))]
         image_id = _unique_ids(table, "image_id")
         class_id, super_id = table.ints(1, "class_id"), table.ints(2, "super_class_id")
         for j, (c, s) in enumerate(zip(class_id, super_id, strict=True)):
@@ -286,6 +293,7 @@ def read_sop(manual_dir, *, val_fraction: float = 0.2) -> Records:
             for i, c, s in zip(image_id, class_id, super_id, strict=True)
         ]
         is_test += [k == 1] * len(table.rows)
+    require_unique_files(files, places.__getitem__)  # also across Ebay_train and Ebay_test
     require_images(root, files, dataset="SOP")
     label_matrix = np.array(rows, np.int64)
     super_names = {}

@@ -21,8 +21,9 @@
   quarter of each alphabet's characters unseen) or "alphabets" (the evaluation alphabets
   unseen). Splits: train (seen, drawers 1-15), seen_test (seen, drawers 16-20), unseen.
 
-Every reader checks its files against the published layout and that every listed image
-exists before returning; ImageNet's files are listed from its folders, so they exist.
+Every reader checks its files against the published layout, that no image file is listed
+twice and that every listed image exists before returning; ImageNet's and Omniglot's files
+are listed from their folders or archives, so they exist and are distinct.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from himl.data.records import (
     read_table,
     require,
     require_images,
+    require_unique_files,
 )
 from himl.errors import check_choice
 
@@ -212,6 +214,8 @@ def read_inshop(
             f"{table.where(shared[0])}: item {parsed[shared[0]][2]} is "
             "in train and in query/gallery"
         )
+    # An image listed twice (e.g. as query and as gallery) would be its own match at rank 1.
+    require_unique_files([r[0] for r in table.rows], table.where)
     gender_category = ["/".join(p[:2]) for p in parsed]
     category_names = [p[1] for p in parsed] if layout == "official" else gender_category
     items = [p[2] for p in parsed]

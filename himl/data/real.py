@@ -3,9 +3,11 @@
 `load_real(config.data)`: parse the official annotation files in `config.data.manual_dir`
 (`Records`), pick where the encoded images come from, and wrap every split's images in a
 `LazyImages` (`[N, image_size, image_size, C]` uint8, decoded on demand with the
-evaluation transform). With `config.data.data_dir` set, the images are first written once
-as array_record by the tensorflow-datasets builder and read from there
-(`himl.data.tfds_builders`); with it empty they are read straight from the user's files.
+evaluation transform). With `config.data.data_dir` set, the images are written once as
+array_record by the tensorflow-datasets builder and read from there
+(`himl.data.tfds_builders`) - when the dataset is opened (`Dataset.open()`, which a run
+calls once its checks have passed, or the first image read); with it empty they are read
+straight from the user's files.
 Either way the source is a grain random-access source, so `himl.data.pipeline` feeds
 training from it with worker processes.
 """
@@ -64,8 +66,7 @@ def image_source(records: Records, data_dir: str):
 
     if not data_dir:
         return tfds_builders.raw_source(records)
-    tfds_builders.prepare(records, data_dir)
-    return tfds_builders.TfdsSource(records, data_dir)
+    return tfds_builders.TfdsSource(records, data_dir)  # prepared when opened
 
 
 def to_dataset(records: Records, source, *, image_size: int, crop_fraction: float) -> Dataset:

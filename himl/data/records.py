@@ -145,11 +145,13 @@ def read_table(
         must be an integer equal to the rows present (a truncated file fails here).
       header: the exact column names of the line after the count line (or the first).
 
+    The file is UTF-8, with or without a byte-order mark (Windows editors add one).
+
     Raises:
       MalformedDataError: naming the file and line of the first row that breaks the layout.
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as e:
         raise MalformedDataError(f"{path}: not a text annotation file ({e.reason})") from None
     start, stated = 0, None
@@ -183,6 +185,22 @@ def read_table(
             f"{path}:1: states {stated} rows, the file has {len(rows)} (truncated or edited?)"
         )
     return Table(Path(path), rows, numbers)
+
+
+def require_unique_files(files, where) -> None:
+    """Raises `MalformedDataError` if an image file is listed twice, naming the file, the
+    place of the repeat and the place it first appeared (`where(k)`: file:line of entry k).
+
+    Every reader of annotation files calls it: a repeated image would be a sample twice
+    (and, in a query / gallery benchmark, its own match at rank 1).
+    """
+    first: dict[str, int] = {}
+    for k, name in enumerate(files):
+        if name in first:
+            raise MalformedDataError(
+                f"{where(k)}: image {name!r} is listed again (first at {where(first[name])})"
+            )
+        first[name] = k
 
 
 def load_mat(path: Path, *variables: str) -> dict:

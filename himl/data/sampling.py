@@ -1,14 +1,18 @@
 """Training batches as a pure function of (seed, step): exactly resumable, no iterator state.
 
 `MPerClassSampler` draws P classes x K samples (Schroff et al. 2015, PML `MPerClassSampler`)
-so every anchor has positives; `augment` makes V random views of each image (random
-translation by padding-and-cropping plus horizontal flip) in NumPy on the host.
+so every anchor has positives; `HierarchicalSampler` (`himl.data.hierarchical_sampler`) gives
+every anchor a partner at each label level. `SAMPLERS` names them; each lists the
+`config.data` keys it is built from (`config_keys`). `augment` makes V random views of each
+image (random translation by padding-and-cropping plus horizontal flip) in NumPy on the host.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from himl.data.defaults import data_config as default_data_config
+from himl.data.hierarchical_sampler import HierarchicalSampler
 from himl.errors import UserError, check_choice
 
 
@@ -17,25 +21,47 @@ class BatchConfigError(UserError, ValueError):
 
 
 class MPerClassSampler:
-    """Batches of `batch_size // samples_per_class` classes x `samples_per_class` samples."""
+    """Batches of `batch_size // samples_per_class` classes x `samples_per_class` samples.
+
+    A class with fewer than `samples_per_class` members is drawn with replacement (as in
+    PML), so its images repeat in a batch; `note()` says how many classes that is.
+    """
+
+    config_keys = ("batch_size", "samples_per_class")  # the `config.data` keys it is built from
 
     def __init__(self, class_labels, *, batch_size: int, samples_per_class: int, seed: int):
         class_labels = np.asarray(class_labels)
-        if batch_size % samples_per_class:
+        if samples_per_class < 1 or batch_size % samples_per_class:
             raise BatchConfigError(
-                f"batch_size {batch_size} is not a multiple of samples_per_class "
-                f"{samples_per_class}"
+                f"config.data.batch_size ({batch_size}) must be a multiple of "
+                f"config.data.samples_per_class ({samples_per_class})"
             )
         self.classes, inverse = np.unique(class_labels, return_inverse=True)
         self.members = [np.flatnonzero(inverse == c) for c in range(len(self.classes))]
         self.classes_per_batch = batch_size // samples_per_class
         if self.classes_per_batch > len(self.classes):
             raise BatchConfigError(
-                f"a batch of {batch_size} with {samples_per_class} per class needs "
-                f"{self.classes_per_batch} classes, the data has {len(self.classes)}"
+                f"config.data.batch_size={batch_size} / config.data.samples_per_class="
+                f"{samples_per_class} needs {self.classes_per_batch} classes, the data has "
+                f"{len(self.classes)}: lower config.data.batch_size or raise "
+                "config.data.samples_per_class"
             )
         self.samples_per_class = samples_per_class
         self.seed = seed
+
+    def note(self) -> str:
+        """One line on the classes too small for a batch ("" when there is none), e.g.
+        "3 of 16 classes have fewer images than config.data.samples_per_class=8 (the
+        smallest has 3): their images repeat in a batch"."""
+        sizes = np.array([len(m) for m in self.members])
+        small = int((sizes < self.samples_per_class).sum())
+        if not small:
+            return ""
+        return (
+            f"{small} of {len(sizes)} classes have fewer images than "
+            f"config.data.samples_per_class={self.samples_per_class} (the smallest has "
+            f"{sizes.min()}): their images repeat in a batch"
+        )
 
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, step])
@@ -76,28 +102,43 @@ def train_batch(split, sampler: MPerClassSampler, step: int, *, num_views: int) 
     }
 
 
-SAMPLERS = ("m_per_class", "hierarchical")
+# `config.data.sampler` -> the sampler (its `config_keys`: the `config.data` keys it reads).
+SAMPLERS = {"m_per_class": MPerClassSampler, "hierarchical": HierarchicalSampler}
 AUGMENTATIONS = ("pad_crop", "dml", "auto")  # auto: pad_crop in memory, dml for image files
 
 
 def make_sampler(data_config, dataset, labels, seed: int):
-    """The sampler `config.data.sampler` names, over a split's `[N, L]` labels."""
-    if data_config.sampler == "m_per_class":
-        return MPerClassSampler(
+    """The sampler `config.data.sampler` names, over a split's `[N, L]` labels. Prints its
+    `note()`, and a note naming each batch key it ignores that is not at its default."""
+    name = data_config.sampler
+    check_choice(name, SAMPLERS, "config.data.sampler", error=BatchConfigError)
+    if name == "m_per_class":
+        sampler = MPerClassSampler(
             labels[:, dataset.class_level],
             batch_size=data_config.batch_size,
             samples_per_class=data_config.samples_per_class,
             seed=seed,
         )
-    if data_config.sampler == "hierarchical":
-        from himl.data.hierarchical_sampler import HierarchicalSampler
-
+    else:
         levels = labels[:, : dataset.class_level + 1]
         sampler = HierarchicalSampler(levels, batch_size=data_config.batch_size, seed=seed)
-        if sampler.note():
-            print(f"hierarchical sampler: {sampler.note()}")
-        return sampler
-    check_choice(data_config.sampler, SAMPLERS, "sampler", error=BatchConfigError)
+    if sampler.note():
+        print(f"{name} sampler: {sampler.note()}")
+    for key, value in ignored_settings(data_config).items():
+        print(f"note: config.data.sampler={name} ignores config.data.{key}={value}")
+    return sampler
+
+
+def ignored_settings(data_config) -> dict:
+    """`{key: value}` of the batch keys some sampler reads but `config.data.sampler` does
+    not, where the value is not its default (so it looks meant for this run)."""
+    # Read past a `ReadRecorder` (himl.train.workdir): its reads become the keys a resumed
+    # run must keep, and a key that only feeds this note changes no batch.
+    section = getattr(data_config, "unrecorded", data_config)
+    used = SAMPLERS[section.sampler].config_keys
+    defaults = default_data_config()
+    keys = sorted({k for sampler in SAMPLERS.values() for k in sampler.config_keys} - set(used))
+    return {k: section[k] for k in keys if k in section and section[k] != defaults[k]}
 
 
 def _local(batch: dict, process_index: int, process_count: int) -> dict:
@@ -157,17 +198,21 @@ def make_batcher(data_config, dataset, seed: int, *, process_index=None, process
 def check_data_config(data_config, *, num_devices: int = 1) -> None:
     """Raises BatchConfigError naming the `config.data` batch or augmentation key that
     cannot work, from the config alone (before any data is loaded)."""
-    batch, per_class = data_config.batch_size, data_config.samples_per_class
-    if batch <= 0 or per_class <= 0 or batch % per_class:
-        raise BatchConfigError(
-            f"config.data.batch_size ({batch}) must be a positive multiple of "
-            f"config.data.samples_per_class ({per_class})"
-        )
+    check_choice(data_config.sampler, SAMPLERS, "config.data.sampler", error=BatchConfigError)
+    batch = data_config.batch_size
+    if "samples_per_class" in SAMPLERS[data_config.sampler].config_keys:
+        per_class = data_config.samples_per_class
+        if batch <= 0 or per_class <= 0 or batch % per_class:
+            raise BatchConfigError(
+                f"config.data.batch_size ({batch}) must be a positive multiple of "
+                f"config.data.samples_per_class ({per_class})"
+            )
+    elif batch <= 0:
+        raise BatchConfigError(f"config.data.batch_size must be >= 1, got {batch}")
     if batch % num_devices:
         raise BatchConfigError(
             f"config.data.batch_size ({batch}) must divide evenly over {num_devices} devices"
         )
-    check_choice(data_config.sampler, SAMPLERS, "config.data.sampler", error=BatchConfigError)
     check_choice(
         data_config.augmentation, AUGMENTATIONS, "config.data.augmentation", error=BatchConfigError
     )

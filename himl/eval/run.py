@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from himl.config_lib import validate_config
+from himl.config_lib import absolute_paths, validate_config
 from himl.data.registry import load_dataset
 from himl.eval.evaluators import QueryGalleryEvaluator, build_evaluators, run_evaluators
 from himl.eval.knn import EvalInputError, knn
@@ -55,17 +55,22 @@ def evaluate_checkpoint(
         metrics.json that it did not make.
 
     Mistakes in the config, step, splits or output directory are reported (one line)
-    before the dataset is loaded.
+    before the dataset is loaded. The path fields of `config` (`PATH_FIELDS`; e.g. a
+    `--config.data.manual_dir=` override) are made absolute in place, as himl-train does.
 
     Returns:
       The dict written to `<out_dir>/metrics.json`.
     """
     workdir, step = split_checkpoint_path(Path(workdir).expanduser(), step)
-    if config is None:
-        config = load_run_config(workdir)
-    else:
-        saved = read_config_json(workdir / "config.json")
-        for line in config_differences(saved, config) if saved is not None else ():
+    given = config is not None
+    config = config if given else load_run_config(workdir)
+    # As himl-train does: a relative path (e.g. --config.data.data_dir=cache) is taken from
+    # the working directory, and metrics.json records it absolute.
+    absolute_paths(config)
+    saved = read_config_json(workdir / "config.json") if given else None
+    if saved is not None:
+        absolute_paths(saved)  # an older run's relative paths, taken from here too
+        for line in config_differences(saved, config):
             print(f"note: {line}", file=sys.stderr)
     validate_config(config)  # any device count: evaluation batches are padded
     step = checkpoint_step(workdir, step)

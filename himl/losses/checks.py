@@ -6,6 +6,8 @@ one ValueError naming the loss and the argument before anything is computed.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,10 +47,28 @@ def flatten_views(embeddings, labels, loss_name: str) -> tuple[jax.Array, jax.Ar
 
 def check_positive(loss_name: str, **hparams) -> None:
     """Raises ValueError naming the first hyperparameter (a scale, temperature, width) that
-    is not > 0; traced values are skipped (checked where they are Python numbers)."""
+    is not a finite number > 0 (an infinite temperature gives a constant loss, zero
+    gradients); traced values are skipped (checked where they are Python numbers)."""
     for name, value in hparams.items():
-        if isinstance(value, int | float) and not value > 0:
-            raise ValueError(f"{loss_name}: {name} must be > 0, got {value}")
+        if isinstance(value, int | float) and not 0 < value < math.inf:
+            raise ValueError(f"{loss_name}: {name} must be a finite number > 0, got {value}")
+
+
+def check_non_negative(loss_name: str, **hparams) -> None:
+    """Raises ValueError naming the first hyperparameter (a weight) that is not a finite
+    number >= 0; traced values are skipped."""
+    for name, value in hparams.items():
+        if isinstance(value, int | float) and not 0 <= value < math.inf:
+            raise ValueError(f"{loss_name}: {name} must be a finite number >= 0, got {value}")
+
+
+def check_finite(loss_name: str, **hparams) -> None:
+    """Raises ValueError naming the first numeric hyperparameter (a margin, a base) that is
+    NaN or infinite; other values (names, flags, None) are not numbers and are skipped."""
+    for name, value in hparams.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and not math.isfinite(value):
+            raise ValueError(f"{loss_name}: {name} must be a finite number, got {value}")
 
 
 def check_choice(loss_name: str, what: str, value, valid) -> None:

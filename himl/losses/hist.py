@@ -50,6 +50,7 @@ import optax
 from himl.distances import at_least_f32, l2_normalize, mahalanobis_diag_distance
 from himl.losses.checks import (
     check_class_labels,
+    check_non_negative,
     check_positive,
     flatten_views,
     nan_unless_class_labels,
@@ -187,7 +188,9 @@ def hist_outputs(
     statistics, so the loss does not depend on the running ones) and returns the updated
     running statistics; `train=False` uses them and returns them unchanged.
     """
-    check_positive("hist", tau=tau)
+    # alpha > 0: exp(-alpha d2) of a negative alpha overflows (HIST's Eq. 4 kernel).
+    check_positive("hist", tau=tau, alpha=alpha)
+    check_non_negative("hist", lambda_s=lambda_s)
     x, y = flatten_views(embeddings, labels, "hist")
     params, stats, num_classes = _check_variables(variables, x.shape[1])
     check_class_labels(y, num_classes, "hist")

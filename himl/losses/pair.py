@@ -101,7 +101,7 @@ def triplet_margin(
         `smooth_loss` use a blockwise, rematerialised O(B^3)-time loop instead.
       - "batch_hard": for each anchor its hardest positive and hardest negative (PML
         `BatchHardMiner`), one triplet per anchor (Hermans et al., 2017).
-      - "semi_hard": triplets with `d_ap < d_an` (and a non-zero loss), i.e. PML
+      - "semi_hard": triplets with `0 < d_an - d_ap <= margin`, i.e. PML
         `TripletMarginMiner(margin, type_of_triplets="semihard")` with the loss's margin.
 
     Args:
@@ -142,8 +142,9 @@ def triplet_margin(
         if swap:
             d_an = jnp.minimum(d_an, d_pn)
         loss = violation(d_ap, d_an)
-        if mining == "semi_hard":
-            loss = jnp.where(d_an > d_ap, loss, 0.0)
+        if mining == "semi_hard":  # PML's miner: 0 < d_an - d_ap <= margin (softplus is
+            # never 0, so the margin bound must be explicit here)
+            loss = jnp.where((d_an > d_ap) & (d_an - d_ap <= margin), loss, 0.0)
         return loss
 
     total, count = triplet_sums_chunked(d, pos, neg, per_triplet)

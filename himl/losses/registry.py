@@ -195,6 +195,9 @@ def check_hparams(name: str, hparams: dict, *, embedding_dim: int = 8, num_views
     import jax
     import jax.numpy as jnp
 
+    from himl.losses.checks import check_finite
+
+    check_finite(name, **hparams)  # every numeric hyperparameter: NaN would train on NaN
     info = loss_info(name)
     emb = jax.ShapeDtypeStruct((4, num_views, embedding_dim), jnp.float32)
     label_shape = (4,) if info.labels == "flat" else (4, 3)

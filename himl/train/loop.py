@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from himl.config_lib import validate_config
+from himl.config_lib import absolute_paths, validate_config
 from himl.data.registry import input_spec
 from himl.data.sampling import NOT_IN_BATCHES, make_batcher
 from himl.eval.evaluators import build_evaluators, check_splits, run_evaluators
@@ -308,6 +308,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     `train.steps` and evaluated prints its saved results and returns them, writing nothing.
     """
     start_time = time.time()
+    # The file and folder fields as absolute paths (in place): config.json then says where
+    # the data is, so himl-eval or a resume run from another folder reads the same files.
+    absolute_paths(config)
     validate_config(config, num_devices=jax.device_count())
     run_dir = Workdir(workdir)
     run_dir.check_resume(config, RESUME_KEYS)  # the part that needs no data: fail early
@@ -352,7 +355,8 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
                     f"{config.train.steps}: the learning-rate schedule is recomputed for "
                     f"{config.train.steps} steps"
                 )
-        elif config.eval.get("at_start", True):
+        dataset.open()  # e.g. writes a tensorflow-datasets store: only once all checks pass
+        if not resumed and config.eval.get("at_start", True):
             untrained = evaluate(state)
         run_dir.start(config)  # the run is known valid: from here on the workdir changes
         write_input_spec(run_dir.path, *input_spec(config.data))  # for himl-embed

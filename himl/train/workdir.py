@@ -10,12 +10,14 @@ directory (under a file, or read-only) is refused when `Workdir` is made, before
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import sys
 from pathlib import Path
 
+from himl.config_lib import PATH_FIELDS
 from himl.errors import ConfigError
 from himl.runs import RunError, read_config_json
 
@@ -54,6 +56,11 @@ class ReadRecorder:
         self.keys_read.add(key)
         return self._section.get(key, default)
 
+    @property
+    def unrecorded(self):
+        """The section itself, for reads that change no batch (e.g. a note)."""
+        return self._section
+
 
 def _select(tree, dotted: str):
     """`tree["a"]["b"]` for "a.b"; a missing key gives `_MISSING`."""
@@ -76,6 +83,29 @@ def _expand(key: str, tree) -> str:
 def jsonable(x):
     """A config dict as plain JSON values (tuples become lists)."""
     return json.loads(json.dumps(x, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def _same_place(old, new) -> bool:
+    """Whether two path values name the same file or folder: `~` expanded, a relative one
+    taken from the working directory (as the command that saved it took it, when it ran
+    from here), symlinks and `..` followed."""
+    return os.path.realpath(os.path.expanduser(old)) == os.path.realpath(os.path.expanduser(new))
+
+
+def _paths_as_new(saved: dict, new: dict) -> dict:
+    """`saved` with each path field (`PATH_FIELDS`) that names the same place as in `new`
+    replaced by `new`'s spelling: a run saved with `"source": "arr.npz"` (before himl made
+    paths absolute) resumes with the same file given as `/home/me/arr.npz`."""
+    saved = copy.deepcopy(saved)
+    for dotted in PATH_FIELDS:
+        parent, _, key = dotted.rpartition(".")
+        old, value = _select(saved, parent), _select(new, parent)
+        if not (isinstance(old, dict) and isinstance(value, dict)):
+            continue
+        a, b = old.get(key), value.get(key)
+        if isinstance(a, str) and isinstance(b, str) and a and b and _same_place(a, b):
+            old[key] = b
+    return saved
 
 
 def _difference(key: str, old, new) -> tuple | None:
@@ -144,7 +174,9 @@ class Workdir:
         """Raises ConfigError (WorkdirError) if the run held here differs from `config` at
         any of `keys` - dotted config paths, where `{a.b}` stands for the value of `a.b`
         in `config` ("loss.{loss.name}": the selected loss's sub-config) - or is already
-        beyond `config.train.steps`. Changes nothing."""
+        beyond `config.train.steps`. A path field (`PATH_FIELDS`) saved in another
+        spelling of the same place (relative, as older runs saved it) is the same value.
+        Changes nothing."""
         if not self.holds_run():
             return
         if self.saved_config is None:
@@ -154,8 +186,9 @@ class Workdir:
                 "another --workdir"
             )
         new_config = jsonable(config.to_dict())
+        saved_config = _paths_as_new(self.saved_config, new_config)
         for key in (_expand(k, new_config) for k in keys):
-            old, new = _select(self.saved_config, key), _select(new_config, key)
+            old, new = _select(saved_config, key), _select(new_config, key)
             if old is _MISSING:  # a field added after the run was made
                 continue
             if isinstance(old, dict) and isinstance(new, dict):

@@ -41,7 +41,8 @@ def ref_triplet(
     else:
         for a, p, n in itertools.product(range(b), repeat=3):
             if a != p and y[a] == y[p] and y[a] != y[n]:
-                if mining == "semi_hard" and not (d[a, n] > d[a, p]):
+                # PML TripletMarginMiner "semihard": 0 < d_an - d_ap <= margin.
+                if mining == "semi_hard" and not (0 < d[a, n] - d[a, p] <= margin):
                     continue
                 triplets.append((a, p, n))
     losses = []
