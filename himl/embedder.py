@@ -18,6 +18,11 @@ and trained on an `.npz` (`config.data.custom.source`) takes its shape from that
 header; when the file is not at the path saved in `config.json` (relative paths are to the
 directory himl-train ran in), pass the shape: `load_embedder(workdir, input_shape=(H, W,
 C))` (himl-embed `--input_shape=H,W,C`).
+
+Pixel arrays (`himl.models.inference.pixel_array`): an array of any integer dtype holds
+pixels 0..255 and is taken as uint8 (scaled by 1/255, resized when its size differs); a
+float array (float16/32/64, bfloat16) must be in [0, 1] and already the network's size.
+Integer values outside 0..255, floats outside [0, 1] and bool arrays are refused.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from himl.data.custom import find_images
-from himl.data.images import decode, eval_transform
+from himl.data.images import LazyImages, decode, eval_transform
 from himl.data.registry import IN_MEMORY_SHAPES, input_spec
 from himl.errors import UserError
 from himl.eval.knn import knn
-from himl.models.inference import EmbeddingFunction
+from himl.models.inference import EmbeddingFunction, is_float, pixel_array
 from himl.models.registry import build_model
 from himl.runs import (
     RunError,
@@ -106,7 +111,8 @@ class Embedder:
         return array[..., None] if array.ndim == 2 else array
 
     def as_batch(self, images) -> np.ndarray:
-        """`[N, H, W, C]` uint8 (or float in [0, 1]) from paths or an image array."""
+        """`[N, H, W, C]` uint8 (or float32 in [0, 1]) from paths or an image array (any
+        integer dtype with values 0..255 -> uint8; floats must be in [0, 1])."""
         paths = image_paths(images)
         return self._from_paths(paths) if paths is not None else self._from_array(images)
 
@@ -114,7 +120,7 @@ class Embedder:
         return np.stack([self.load_image(p) for p in paths])
 
     def _from_array(self, images) -> np.ndarray:
-        array = np.asarray(images)
+        array = pixel_array(images, error=EmbedderError)  # uint8, or float32 in [0, 1]
         h, w, c = self.input_shape
         if array.ndim == 3:  # [N, H, W] grayscale (converted to RGB for an RGB model)
             if array.shape[-1] in (1, 3, 4):
@@ -129,23 +135,31 @@ class Embedder:
             return array
         if array.dtype != np.uint8:
             raise EmbedderError(
-                f"float images must already be {h}x{w}x{c}, got {array.shape[1:]}; pass uint8 "
-                "images (resized here) or paths"
+                f"float images must already be {h}x{w}x{c}, got {array.shape[1:]}; pass integer "
+                "pixels 0..255 (resized here) or paths"
             )
         return np.stack([self.prepare(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a))
                          for a in array])  # fmt: skip
 
     # --- embedding and search ---
     def embed(self, images, *, progress: bool = False) -> np.ndarray:
-        """Embeddings `[N, D]` float32 of images (paths, a folder, or `[N, H, W(, C)]`).
+        """Embeddings `[N, D]` float32 of images (paths, a folder, a Pillow image, or
+        `[N, H, W(, C)]`).
 
-        uint8 arrays are scaled to [0, 1] as in training; paths are decoded and
-        resized/cropped batch by batch, so a large folder never sits in memory at once.
+        Integer arrays (uint8, int64, uint16, ...) hold pixels 0..255 and are scaled to
+        [0, 1] as in training; float arrays (float16/32/64, bfloat16) must already be in
+        [0, 1]; other values and bool arrays are refused (`EmbedderError`) before anything
+        is embedded. Paths (and `LazyImages`) are decoded and resized/cropped batch by
+        batch, so a large folder never sits in memory at once.
         """
+        if isinstance(images, Image.Image):
+            images = [images]  # one Pillow image, as a list of one
         paths = image_paths(images)
         count = len(paths) if paths is not None else len(images)
         if count == 0:
             raise EmbedderError("no images to embed")
+        if paths is None and not isinstance(images, LazyImages):
+            images = self._from_array(images)  # checked whole, before the first batch
         chunks = []
         for start in tqdm(range(0, count, self.batch_size), desc="embedding", leave=False,
                           disable=not progress, unit="batch"):  # fmt: skip
@@ -158,7 +172,8 @@ class Embedder:
         return np.concatenate(chunks)
 
     def gallery(self, images, *, labels=None, progress: bool = False) -> Gallery:
-        """Embeds `images` once and returns a searchable `Gallery` of them."""
+        """Embeds `images` once and returns a searchable `Gallery` of them (`labels`: one
+        per image, kept as the array `Gallery.labels`)."""
         items = image_paths(images) if isinstance(images, str | os.PathLike) else images
         return Gallery(self, self.embed(items, progress=progress), items=items, labels=labels)
 
@@ -168,33 +183,56 @@ class Gallery:
 
     Attributes:
       embeddings: `[G, D]` float32; items: the paths (or the image array) embedded;
-      labels: optional per-item labels (anything indexable), returned with results.
+      labels: optional per-item labels as an array (`labels[i]` of gallery item `i`), or
+        None; the labels of search results are `gallery.labels[indices]`.
     """
 
     def __init__(self, embedder: Embedder, embeddings: np.ndarray, *, items=None, labels=None):
         self.embedder, self.embeddings = embedder, np.asarray(embeddings, np.float32)
-        self.items, self.labels = items, labels
+        self.items, self.labels = items, None if labels is None else _label_array(labels)
+        if self.labels is not None and len(self.labels) != len(self.embeddings):
+            raise EmbedderError(
+                f"{len(self.labels)} labels for a gallery of {len(self.embeddings)} images"
+            )
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     def search(self, queries, *, k: int = 5, block_size: int = 4096):
-        """`(indices [Q, k] int32, scores [Q, k] float32)`, best first.
+        """`(indices [Q, k] int32, scores [Q, k] float32)`, best first; the results'
+        labels (when the gallery has labels) are `gallery.labels[indices]`.
 
-        `queries`: images as `Embedder.embed` takes them, or embeddings `[Q, D]` float.
-        Scores are cosine similarities (descending) or Euclidean distances (ascending),
-        per the run's metric; ties go to the smaller gallery index.
+        `queries`: images as `Embedder.embed` takes them, or float embeddings (float16/32/
+        64, bfloat16) `[Q, D]`, or one embedding `[D]` (searched as `[1, D]`: results
+        `[1, k]`). Scores are cosine similarities (descending) or Euclidean distances
+        (ascending), per the run's metric; ties go to the smaller gallery index.
         """
-        array = None if isinstance(queries, str | os.PathLike) else np.asarray(queries)
-        is_embedding = (
-            array is not None
-            and array.ndim == 2
-            and array.dtype.kind == "f"
-            and array.shape[1] == self.embeddings.shape[1]
-        )
-        q = array if is_embedding else self.embedder.embed(queries)
+        if isinstance(queries, str | os.PathLike | Image.Image):
+            q = self.embedder.embed(queries)
+        else:
+            array, dim = np.asarray(queries), self.embeddings.shape[1]
+            if is_float(array.dtype) and array.ndim <= 2:  # embeddings (images are >= 3-D)
+                if array.ndim == 0 or array.shape[-1] != dim:
+                    raise EmbedderError(
+                        f"query embeddings must be [Q, {dim}] or [{dim}], got shape {array.shape}"
+                    )
+                q = array.astype(np.float32).reshape(-1, dim)
+            else:
+                q = self.embedder.embed(queries)
         k = min(k, len(self))
         return knn(q, self.embeddings, k=k, metric=self.embedder.metric, block_size=block_size)
+
+
+def _label_array(labels) -> np.ndarray:
+    """`labels` as an array indexed by gallery item: a list of tuples (one per item) gives
+    `[G, L]`; items of different lengths or types give a `[G]` object array."""
+    try:
+        return np.asarray(labels)
+    except ValueError:  # ragged
+        array = np.empty(len(labels), object)
+        for i, label in enumerate(labels):
+            array[i] = label
+        return array
 
 
 def run_input_spec(

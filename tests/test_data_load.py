@@ -25,6 +25,16 @@ def test_load_one_call_matches_the_config_path(tmp_path):
         himl.data.load("cub", manual_dir=str(root), image_sise=16)
 
 
+def test_an_in_memory_dataset_refuses_another_image_size():
+    """ "embedded" is 28 x 28 x 1 in memory: `image_size=32` was silently ignored."""
+    from himl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'embedded' is held in memory at 28 x 28 x 1") as info:
+        himl.data.load("embedded", image_size=32)
+    assert "\n" not in str(info.value)
+    assert himl.data.load("embedded", image_size=28).split("train").images.shape[1:] == (28, 28, 1)
+
+
 def test_reader_options_from_the_config(tmp_path):
     from himl.configs import default
 

@@ -217,3 +217,127 @@ def test_a_gallery_of_one_image_file(rgb_embedder, pictures):
     assert gallery.items == [one]
     np.testing.assert_array_equal(gallery.embeddings, rgb_embedder.embed([one]))
     assert rgb_embedder.gallery(str(one)).items == [one]
+
+
+# --- pixel dtypes: any integer dtype is 0..255 pixels, floats are [0, 1] ---------------------
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    """Six 16 x 16 RGB uint8 images using both ends of 0..255."""
+    x = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3), np.uint8)
+    x[0, 0, 0], x[0, 0, 1] = 0, 255
+    return x
+
+
+def test_integer_and_float_pixel_arrays_embed_like_uint8(rgb_embedder, pixels):
+    expected = rgb_embedder.embed(pixels)  # uint8: / 255, as in training
+    for dtype in (np.int64, np.int32, np.uint16, np.int16):
+        np.testing.assert_array_equal(rgb_embedder.embed(pixels.astype(dtype)), expected)
+    # Floats in [0, 1]: float32 / float64 to rounding; float16 and bfloat16 carry 11 and 8
+    # significant bits of each pixel (embeddings have unit norm).
+    for dtype, atol in [(np.float32, 1e-6), (np.float64, 1e-6), (np.float16, 1e-4),
+                        (jnp.bfloat16, 2e-3)]:  # fmt: skip
+        got = rgb_embedder.embed((pixels / 255).astype(dtype))
+        np.testing.assert_allclose(got, expected, atol=atol, err_msg=np.dtype(dtype).name)
+    np.testing.assert_allclose(
+        rgb_embedder.embed(jnp.asarray(pixels / 255, jnp.bfloat16)), expected, atol=2e-3
+    )
+    # Integer images of another size are resized like uint8 ones.
+    big = np.repeat(np.repeat(pixels, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(rgb_embedder.embed(big.astype(np.int64)), rgb_embedder.embed(big))
+
+
+def test_the_embedding_function_scales_any_integer_dtype(rgb_embedder, pixels):
+    from himl.models.inference import EmbeddingFunction
+
+    embed = EmbeddingFunction(rgb_embedder.model, batch_size=4)
+    expected = embed(rgb_embedder.variables, pixels)
+    np.testing.assert_array_equal(embed(rgb_embedder.variables, pixels.astype(np.int64)), expected)
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
+        embed(rgb_embedder.variables, pixels.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda x: x.astype(np.float32), r"float images must be in \[0, 1\], got values in "
+         r"\[0, 255\]; pass uint8 pixels \(0..255\), or divide by 255"),
+        (lambda x: x.astype(np.float16), r"float images must be in \[0, 1\].*divide by 255"),
+        (lambda x: jnp.asarray(x, jnp.bfloat16), r"float images must be in \[0, 1\]"),
+        (lambda x: np.full(x.shape, np.nan, np.float32), r"float images .* got values in \[nan"),
+        (lambda x: x.astype(np.uint16) * 16, r"integer images must be pixels in 0..255, got "
+         r"values in \[0, 4080\] \(uint16\)"),
+        (lambda x: x.astype(np.int64) - 1, r"integer images .* got values in \[-1, 254\]"),
+        (lambda x: x > 127, r"integer pixels in 0..255 or floats in \[0, 1\], got dtype bool"),
+        (lambda x: x.astype(str), r"got dtype <U3"),
+    ],
+)  # fmt: skip
+def test_pixels_out_of_range_are_refused_in_one_line(rgb_embedder, pixels, make, message):
+    with pytest.raises(EmbedderError, match=message) as info:
+        rgb_embedder.embed(make(pixels))
+    assert "\n" not in str(info.value)
+
+
+def test_a_float_batch_of_another_size_is_named_float(rgb_embedder, pixels):
+    big = np.repeat(pixels, 2, axis=1) / 255
+    with pytest.raises(EmbedderError, match=r"float images must already be 16x16x3") as info:
+        rgb_embedder.embed(big)
+    assert "\n" not in str(info.value)
+
+
+def test_one_pillow_image_embeds_as_a_list_of_one(rgb_embedder, pixels):
+    image = Image.fromarray(pixels[2])
+    expected = rgb_embedder.embed(pixels[2:3])
+    np.testing.assert_array_equal(rgb_embedder.embed(image), expected)
+    np.testing.assert_array_equal(rgb_embedder.embed([image]), expected)
+
+
+# --- gallery search: embedding queries and labels -------------------------------------------
+
+
+def test_gallery_search_takes_bf16_and_single_embeddings(rgb_embedder, pixels):
+    gallery = rgb_embedder.gallery(pixels)
+    q = rgb_embedder.embed(pixels[:3] // 2)
+    q16 = jnp.asarray(q, jnp.bfloat16)
+    want = gallery.search(np.asarray(q16, np.float32), k=4)  # the same values, upcast here
+    for got, expected in zip(gallery.search(q16, k=4), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    # One embedding [D] is one query: results [1, k].
+    indices, scores = gallery.search(q[1], k=4)
+    np.testing.assert_array_equal(indices, gallery.search(q[1:2], k=4)[0])
+    np.testing.assert_array_equal(scores, gallery.search(q[1:2], k=4)[1])
+    assert indices.shape == (1, 4)
+    with pytest.raises(EmbedderError, match=r"embeddings must be \[Q, \d+\] or \[\d+\], got "
+                       r"shape \(5,\)") as info:  # fmt: skip
+        gallery.search(q[0, :5], k=4)
+    assert "\n" not in str(info.value)
+
+
+def test_gallery_labels_of_search_results(rgb_embedder, pixels):
+    names = ["a", "b", "c", "d", "e", "f"]
+    gallery = rgb_embedder.gallery(pixels, labels=names)
+    indices, _ = gallery.search(pixels[:2], k=3)
+    assert gallery.labels[indices].tolist() == [[names[j] for j in row] for row in indices]
+    # One tuple of level labels per item (himl-embed's manifests): [G, L] -> [Q, k, L].
+    levels = [(f"g{i // 3}", names[i]) for i in range(6)]
+    gallery = rgb_embedder.gallery(pixels, labels=levels)
+    assert gallery.labels[indices].tolist() == [[list(levels[j]) for j in row] for row in indices]
+    assert rgb_embedder.gallery(pixels).labels is None
+    ragged = [("x",) * (i % 3 + 1) for i in range(6)]  # one object per item
+    gallery = rgb_embedder.gallery(pixels, labels=ragged)
+    assert gallery.labels[indices].tolist() == [[ragged[j] for j in row] for row in indices]
+    with pytest.raises(EmbedderError, match="5 labels for a gallery of 6 images"):
+        rgb_embedder.gallery(pixels, labels=names[:5])
+
+
+def test_a_bad_pixel_in_a_later_batch_is_refused_before_any_embedding(
+    rgb_embedder, pixels, monkeypatch
+):
+    images = np.concatenate([pixels, pixels]).astype(np.int64)  # 12 images: 2 batches of 8
+    images[-1, 0, 0, 0] = 300
+    calls = []
+    monkeypatch.setattr(rgb_embedder._embed, "replicated_batch", lambda *a: calls.append(a))
+    with pytest.raises(EmbedderError, match=r"got values in \[0, 300\]"):
+        rgb_embedder.embed(images)
+    assert calls == []

@@ -208,3 +208,19 @@ def test_linear_probe():
     noise = linear_probe(rng.normal(size=(200, 8)), y[:200], rng.normal(size=(100, 8)), y[200:])
     assert noise["accuracy"] < 0.6
     json.dumps(res)
+
+
+def test_ks_may_be_one_int_and_anything_else_is_refused_in_one_line():
+    """`ks=1` means `ks=(1,)`; a string, a float or a non-integer entry (which `int()` would
+    silently truncate or split into digits) is refused saying what to pass."""
+    x, y = clustered(12, 3)
+    assert retrieval_metrics(x, y, ks=4) == retrieval_metrics(x, y, ks=(4,))
+    assert "recall@4" in retrieval_metrics(x, y, ks=np.int64(4))
+    g = query_gallery_retrieval_metrics(x[:4], y[:4], x[4:], y[4:], ks=2)
+    assert g == query_gallery_retrieval_metrics(x[:4], y[:4], x[4:], y[4:], ks=[2])
+    for bad in ("15", 1.0, (1.5, 2), None, (True,), (1, "2")):
+        with pytest.raises(ValueError) as err:
+            retrieval_metrics(x, y, ks=bad)
+        assert str(err.value) == (
+            f"ks must be a positive int or a sequence of them, e.g. ks=(1, 10), got {bad!r}"
+        )

@@ -59,3 +59,19 @@ def test_the_check_sees_lazy_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from himl.configs import tiny\n    import himl.train.loop\n")
     assert himl_imports(module) == {"configs", "train"}
+
+
+def test_a_bare_import_himl_reaches_every_public_submodule_and_starts_nothing():
+    """`import himl` loads no JAX; `himl.losses`, `himl.eval`, ... and `himl.Embedder` then
+    resolve on first use, in any order (they depended on what had been used before)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, himl; assert 'jax' not in sys.modules, 'import himl loaded jax';"
+        "assert callable(himl.losses.supcon) and callable(himl.eval.retrieval.retrieval_metrics);"
+        "assert himl.hierarchy.validate_tree and himl.data.load and himl.Embedder and himl.Gallery;"
+        "assert set(himl.SUBMODULES) <= set(dir(himl))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

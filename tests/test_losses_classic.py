@@ -335,3 +335,24 @@ def test_matches_pytorch_metric_learning():
             )
             np.testing.assert_allclose(float(got), want.item(), rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("shape", [(0, 2, 8), (0, 8), (4, 0, 8)], ids=["B=0", "[0,D]", "V=0"])
+def test_every_registered_loss_refuses_an_empty_batch(name, shape):
+    """No loss is defined on 0 embeddings: every registered loss (plain, hierarchical,
+    proxy, with state) says so in one line naming itself, eagerly and under jit (the shape
+    is static), instead of a JAX traceback, 0.0 or NaN."""
+    info = LOSSES[name]
+    hparams = info.hparams
+    if name == "hist":
+        hparams["hgnn_hidden"] = 8
+    variables = info.init(jax.random.key(0), num_classes=3, embedding_dim=8, **hparams)
+    x = np.zeros(shape, np.float32)
+    y = np.zeros((shape[0],) if info.labels == "flat" else (shape[0], 3), np.int32)
+    expected = f"{name}: the batch is empty (0 embeddings, shape {shape})"
+    apply = functools.partial(info.apply, **hparams)
+    for call in (apply, jax.jit(apply)):
+        with pytest.raises(ValueError) as err:
+            call(variables, x, y)
+        assert str(err.value) == expected, call

@@ -303,3 +303,20 @@ def test_matches_pml(name, fn, ref, init):
     np.testing.assert_allclose(np.asarray(gx), xt.grad.numpy(), rtol=1e-4, atol=1e-6)
     want_gp = weight.grad.numpy() if name != "normalized_softmax" else weight.grad.numpy().T
     np.testing.assert_allclose(np.asarray(gp), want_gp, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,fn,ref,init", CASES, ids=IDS)
+def test_the_init_dict_given_as_proxies_is_refused_in_one_line(name, fn, ref, init):
+    """`init_*` returns the variables `{"proxies": [C, D]}`, passed as `**variables`; the
+    whole dict given as `proxies=` says so instead of NumPy's "entry not a 2- or 3- tuple"."""
+    x, y, _ = _data(11)
+    variables = init(jax.random.key(0), num_classes=4, embedding_dim=x.shape[1])
+    assert set(variables) == {"proxies"} and variables["proxies"].shape == (4, x.shape[1])
+    with pytest.raises(ValueError) as err:
+        fn(x, y, proxies=variables)
+    assert str(err.value) == (
+        f"{name}: proxies= got a dict (keys ['proxies']), e.g. the variables from "
+        f"init_{name}; pass it as **variables or proxies=variables['proxies']"
+    )
+    want = fn(x, y, proxies=variables["proxies"])
+    np.testing.assert_array_equal(fn(x, y, **variables), want)

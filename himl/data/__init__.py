@@ -52,7 +52,18 @@ def load(name: str, **data_fields):
 
     Raises:
       UnknownFieldError: for a field that `config.data` does not have.
+      ConfigError: for an `image_size` other than the fixed one of an in-memory dataset
+        (`IN_MEMORY_SHAPES`: "embedded" and "fashion_mnist" are 28 x 28 x 1, not resized).
     """
-    from himl.data.registry import load_dataset
+    from himl.data.registry import IN_MEMORY_SHAPES, load_dataset
+    from himl.errors import ConfigError
 
+    shape = IN_MEMORY_SHAPES.get(name)
+    if shape and data_fields.get("image_size", shape[0]) != shape[0]:
+        raise ConfigError(
+            f"himl.data.load: {name!r} is held in memory at {shape[0]} x {shape[1]} x "
+            f"{shape[2]} and is not resized: image_size={data_fields['image_size']} cannot "
+            "apply (resize the arrays yourself, or write them out with himl.data.export and "
+            "load them as 'custom')"
+        )
     return load_dataset(default_data(name, **data_fields))

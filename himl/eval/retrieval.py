@@ -22,6 +22,7 @@ in both the numerator window and the denominator, as PML does; their count is
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Sequence
 
@@ -46,8 +47,22 @@ def as_labels(labels, num: int, *, name: str = "labels") -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    ks = tuple(int(k) for k in ks)
+def check_ks(ks: int | Sequence[int]) -> tuple[int, ...]:
+    """`ks` as a tuple of positive ints; a single int K is taken as `(K,)`. Anything else
+    (a string, a float, a non-integer entry) raises one ValueError saying what to pass."""
+    if isinstance(ks, int | np.integer) and not isinstance(ks, bool):
+        ks = (ks,)
+    try:
+        if isinstance(ks, str | bytes):
+            raise TypeError
+        entries = tuple(ks)
+        if any(isinstance(k, bool) for k in entries):
+            raise TypeError
+        ks = tuple(operator.index(k) for k in entries)
+    except TypeError:
+        raise ValueError(
+            f"ks must be a positive int or a sequence of them, e.g. ks=(1, 10), got {ks!r}"
+        ) from None
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks}")
     if len(set(ks)) != len(ks):  # each K is one entry of the results: a repeat is a typo
@@ -120,7 +135,7 @@ def retrieval_metrics(
     embeddings,
     labels,
     *,
-    ks: Sequence[int] = (1, 2, 4, 8),
+    ks: int | Sequence[int] = (1, 2, 4, 8),
     metric: str = "cosine",
     block_size: int = 4096,
     max_k: int = DEFAULT_MAX_K,
@@ -130,7 +145,8 @@ def retrieval_metrics(
 
     Args:
       embeddings: `[N, D]` floats (NumPy or JAX). labels: `[N]` ints.
-      ks: the K of Recall@K (K larger than N - 1 is clipped to N - 1, with a warning).
+      ks: the K of Recall@K, a sequence of positive ints or one int (K larger than N - 1
+        is clipped to N - 1, with a warning).
       metric: "cosine" or "euclidean". block_size: see `himl.eval.knn.knn`.
       max_k: cap on the neighbours fetched for R-Precision / MAP@R (see module doc).
       mesh: shard the search over this device mesh (`himl.eval.knn.search_mesh()`).
@@ -161,7 +177,7 @@ def query_gallery_retrieval_metrics(
     gallery_emb,
     gallery_labels,
     *,
-    ks: Sequence[int] = (1, 10, 20, 30),
+    ks: int | Sequence[int] = (1, 10, 20, 30),
     metric: str = "cosine",
     block_size: int = 4096,
     max_k: int = DEFAULT_MAX_K,

@@ -17,10 +17,17 @@ from himl.distances import LOSS_MEASURES
 
 
 def check_embeddings_and_labels(embeddings, labels, loss_name: str, *, label_rank: int = 1):
-    """Raises ValueError naming the loss when the shapes or dtypes cannot go together."""
+    """Raises ValueError naming the loss when the shapes or dtypes cannot go together, or
+    when the batch is empty (B = 0 or V = 0: no loss is defined on it). Every loss calls
+    this (directly or through `flatten_views`); shapes are static, so it raises under
+    `jit` too."""
     if embeddings.ndim not in (2, 3):
         raise ValueError(
             f"{loss_name}: embeddings must be [B, D] or [B, V, D], got shape {embeddings.shape}"
+        )
+    if math.prod(embeddings.shape[:-1]) == 0:
+        raise ValueError(
+            f"{loss_name}: the batch is empty (0 embeddings, shape {embeddings.shape})"
         )
     if not jnp.issubdtype(embeddings.dtype, jnp.floating):
         raise ValueError(f"{loss_name}: embeddings must be floating point, got {embeddings.dtype}")

@@ -3,7 +3,8 @@
 Each loss learns one proxy per class, `proxies [C, D]`, passed as an explicit keyword
 argument (gradients flow to it like to the embeddings), and created by the matching
 `init_*(rng, *, num_classes, embedding_dim) -> {"proxies": [C, D]}` with the same
-distribution as pytorch-metric-learning (PML). Labels are class indices in `0 .. C-1`;
+distribution as pytorch-metric-learning (PML); pass that dict as `**variables` (a dict
+given as `proxies=` is refused). Labels are class indices in `0 .. C-1`;
 a label outside that range would silently select no proxy (or a clipped one), so it is
 rejected with a ValueError whenever the labels are concrete, and under `jit` (where
 nothing can raise) it makes the loss NaN: never a plausible wrong number.
@@ -15,6 +16,7 @@ and are finite, with finite gradients, for every legal input (zero vectors inclu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,11 @@ from himl.losses.reductions import masked_logsumexp, masked_mean
 
 def _check_proxies(x: jax.Array, y: jax.Array, proxies, loss_name: str) -> jax.Array:
     """Validates `proxies [C, D]` against embeddings `[N, D]` and (concrete) labels."""
+    if isinstance(proxies, Mapping):  # the whole dict of `init_*`, not its array
+        raise ValueError(
+            f"{loss_name}: proxies= got a dict (keys {list(proxies)}), e.g. the variables "
+            f"from init_{loss_name}; pass it as **variables or proxies=variables['proxies']"
+        )
     proxies = jnp.asarray(proxies)
     if proxies.ndim != 2 or proxies.shape[1] != x.shape[1]:
         raise ValueError(
@@ -71,8 +78,8 @@ def proxy_anchor(
       embeddings: `[B, D]` or `[B, V, D]` (views share their sample's label).
       labels: `[B]` integer class indices in `0 .. C-1` (outside: ValueError, or NaN
         under jit).
-      proxies: `[C, D]` learnable class proxies (PML's `loss.proxies`); see
-        `init_proxy_anchor`.
+      proxies: `[C, D]` learnable class proxies (PML's `loss.proxies`):
+        `init_proxy_anchor` returns `{"proxies": [C, D]}`, passed as `**variables`.
       margin: the margin delta (PML default 0.1).
       alpha: the scale (PML default 32).
 
@@ -120,7 +127,8 @@ def proxy_nca(
       embeddings: `[B, D]` or `[B, V, D]`.
       labels: `[B]` integer class indices in `0 .. C-1` (outside: ValueError, or NaN
         under jit).
-      proxies: `[C, D]` learnable class proxies; see `init_proxy_nca`.
+      proxies: `[C, D]` learnable class proxies: `init_proxy_nca` returns
+        `{"proxies": [C, D]}`, passed as `**variables`.
       softmax_scale: multiplies the negative squared distances (PML default 1).
 
     Returns:
@@ -156,8 +164,8 @@ def normalized_softmax(
       embeddings: `[B, D]` or `[B, V, D]`.
       labels: `[B]` integer class indices in `0 .. C-1` (outside: ValueError, or NaN
         under jit).
-      proxies: `[C, D]` class weights (PML's `loss.W` is `[D, C]`: pass `W.T`); see
-        `init_normalized_softmax`.
+      proxies: `[C, D]` class weights (PML's `loss.W` is `[D, C]`: pass `W.T`):
+        `init_normalized_softmax` returns `{"proxies": [C, D]}`, passed as `**variables`.
       temperature: softmax temperature (PML default 0.05).
 
     Returns:
@@ -178,17 +186,21 @@ def normalized_softmax(
 
 
 def init_proxy_anchor(rng: jax.Array, *, num_classes: int, embedding_dim: int) -> dict:
-    """Proxy-Anchor proxies `[C, D]`, Kaiming-normal with mode fan_out as in PML and the
+    """The variables `{"proxies": [C, D]}` of `proxy_anchor`, passed to it as `**variables`
+    (or `proxies=variables["proxies"]`). Kaiming-normal with mode fan_out as in PML and the
     official code: `N(0, 2 / C)` (torch's fan_out of a `[C, D]` matrix is C)."""
     std = math.sqrt(2.0 / num_classes)
     return {"proxies": std * jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)}
 
 
 def init_proxy_nca(rng: jax.Array, *, num_classes: int, embedding_dim: int) -> dict:
-    """Proxy-NCA proxies `[C, D]` drawn from `N(0, 1)` (PML's default `normal_`)."""
+    """The variables `{"proxies": [C, D]}` of `proxy_nca`, passed to it as `**variables`
+    (or `proxies=variables["proxies"]`), drawn from `N(0, 1)` (PML's default `normal_`)."""
     return {"proxies": jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)}
 
 
 def init_normalized_softmax(rng: jax.Array, *, num_classes: int, embedding_dim: int) -> dict:
-    """Normalized-Softmax class weights `[C, D]` drawn from `N(0, 1)` (PML's default)."""
+    """The variables `{"proxies": [C, D]}` (class weights) of `normalized_softmax`, passed
+    to it as `**variables` (or `proxies=variables["proxies"]`), drawn from `N(0, 1)` (PML's
+    default)."""
     return {"proxies": jax.random.normal(rng, (num_classes, embedding_dim), jnp.float32)}
