@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from himl.data.registry import DATASETS as DATASET_TABLE
+from himl.data.registry import IN_MEMORY_SHAPES
 from himl.errors import ConfigError, UserError, check_choice
 from himl.losses import LOSSES, default_hparams
 from himl.losses.registry import check_hparams
@@ -114,10 +115,20 @@ def _check_top(config, **_) -> None:
 
 
 def _check_data(config, *, num_devices: int) -> None:
+    from himl.data.defaults import data_config
     from himl.data.sampling import check_data_config
 
     check_choice(config.data.name, DATASETS, "config.data.name")
     check_data_config(config.data, num_devices=num_devices)
+    shape = IN_MEMORY_SHAPES.get(config.data.name)
+    # An in-memory dataset is never resized: another image_size would be ignored without a
+    # word. The untouched default (224, what every saved run of these datasets holds) is
+    # accepted.
+    if shape and config.data.image_size not in (shape[0], data_config().image_size):
+        raise ConfigError(
+            f"config.data.image_size={config.data.image_size}: the {config.data.name} dataset "
+            f"is held in memory at {shape[0]} x {shape[1]} x {shape[2]} and is not resized"
+        )
     if config.data.name == "fashion_mnist" and not config.data.manual_dir:
         raise ConfigError(
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "

@@ -53,6 +53,8 @@ BAD_VALUES = [
     ("train.keep_checkpoints", 0, "config.train.keep_checkpoints"),
     ("eval.ks", (0,), "config.eval.ks"),
     ("eval.ks", (), "config.eval.ks"),
+    # in memory at 28 x 28 x 1: another size was ignored without a word
+    ("data.image_size", 32, "config.data.image_size=32: the embedded dataset is held in memory"),
     ("eval.ks", (1, 1, 5), "config.eval.ks"),  # a repeat would count its Recall@K twice
     ("eval.metric", "manhattan", "config.eval.metric"),
     ("eval.batch_size", 0, "config.eval.batch_size"),

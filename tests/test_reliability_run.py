@@ -219,7 +219,8 @@ def test_batch_settings_are_what_the_batcher_reads(config):
 
 def test_changing_a_setting_that_does_not_change_batches_resumes(tiny_run_copy):
     workdir, config = tiny_run_copy
-    config.train.steps, config.data.num_workers, config.data.image_size = 12, 2, 64
+    # image_size: the in-memory set's own side (28), not the saved default (224).
+    config.train.steps, config.data.num_workers, config.data.image_size = 12, 2, 28
     assert train_and_evaluate(config, workdir, progress=False)["step"] == 12
 
 
