@@ -169,9 +169,10 @@ class TfdsSource:
         """Prepares the store (once; see `prepare`) and checks it against the records."""
         if self._sources is not None:
             return
-        b = builder(self.records, self.data_dir)
-        if not self._prepared:
-            b = prepare(self.records, self.data_dir)
+        # A worker process reopens a store its parent prepared and checked.
+        b = builder(self.records, self.data_dir) if self._prepared else prepare(
+            self.records, self.data_dir
+        )  # fmt: skip
         skip = {"image": tfds.decode.SkipDecoding()}
         self._sources = {
             part: b.as_data_source(split=part, decoders=skip) for part in self.records.parts
