@@ -18,6 +18,15 @@ import jax  # noqa: E402
 MESH_DEVICES = 8
 jax.config.update("jax_num_cpu_devices", MESH_DEVICES)
 
+# The suite compiles thousands of small programs that then run a few times each: XLA's CPU
+# backend at LLVM optimisation level 0 compiles them ~30% faster (the loss tests: 148 s
+# instead of 211 s). The programs (HLO) are the same; every value compared across runs
+# comes from processes of this session, which all inherit the flag. A level given in
+# XLA_FLAGS is kept (e.g. to run the suite as users' code compiles).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    FLAGS = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = FLAGS.strip()
+
 # One persistent XLA compilation cache for the session, shared by the xdist workers and
 # the subprocesses the tests start (all inherit this environment), removed at the end:
 # every run that builds ResNet-50 initialises it op by op, about 200 small programs to

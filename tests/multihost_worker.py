@@ -8,9 +8,10 @@ import os
 import sys
 
 
-def take_steps(num_steps: int = 3):
+def take_steps(num_steps: int = 3, *, with_state: bool = False):
     """`(losses, conv0 kernel)` after the tiny config's first steps on a mesh over every
-    device of every process (replicated results: this process's copy)."""
+    device of every process (replicated results: this process's copy); with `with_state`,
+    the replicated TrainState too."""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding
@@ -31,7 +32,26 @@ def take_steps(num_steps: int = 3):
         state, metrics = step_fn(state, device_batch(batcher(step), mesh))
         losses.append(float(metrics["loss"].addressable_data(0)))
     kernel = state.params["model"]["conv0"]["kernel"].addressable_data(0)
-    return losses, np.asarray(kernel).ravel()
+    return (losses, np.asarray(kernel).ravel()) + ((state,) if with_state else ())
+
+
+def save_and_restore(state, directory) -> bool:
+    """Whether the replicated `state`, checkpointed by every process into one shared
+    `directory` (each array written by the process holding its first replica), restores
+    equal on this process."""
+    import jax
+    import numpy as np
+
+    from himl.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(directory, every=1, keep=1)
+    ckpt.save(1, state, force=True)
+    ckpt.close()
+    reader = Checkpointer(directory, every=1, keep=1)
+    restored = reader.restore(state, 1)
+    reader.close()
+    local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), (state, restored))
+    return all(jax.tree.leaves(jax.tree.map(np.array_equal, *local)))
 
 
 def knn_data():
@@ -82,8 +102,9 @@ def main():
 
         result = search(search_mesh())  # the gallery sharded over both processes' devices
     else:
-        losses, kernel = take_steps()
-        result = {"losses": losses, "kernel": kernel.tolist()}
+        losses, kernel, state = take_steps(with_state=True)
+        restored = save_and_restore(state, os.path.join(os.path.dirname(out), "checkpoints"))
+        result = {"losses": losses, "kernel": kernel.tolist(), "checkpoint_restored": restored}
     with open(out, "w") as f:
         json.dump({"devices": jax.device_count(), **result}, f)
     jax.distributed.shutdown()

@@ -1,5 +1,6 @@
 """Two processes x 4 CPU devices form one 8-device mesh over loopback (gloo collectives),
-take the same training steps as one process with 8 devices, and find the same exact
+take the same training steps as one process with 8 devices, checkpoint and restore their
+state together, and find the same exact
 nearest neighbours (gallery sharded over both processes) as one device."""
 
 import json
@@ -50,6 +51,7 @@ def test_two_processes_match_one(tmp_path):
     for r in results:
         np.testing.assert_allclose(r["losses"], losses, rtol=1e-5)
         np.testing.assert_allclose(r["kernel"], kernel, rtol=1e-4, atol=1e-6)
+        assert r["checkpoint_restored"]  # one shared checkpoint written by both processes
 
 
 @pytest.mark.slow

@@ -7,6 +7,10 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+# orbax's own per-host array-metadata store (not public in orbax 0.12), so that the files
+# written are those of orbax's default jax.Array handler.
+from orbax.checkpoint._src.metadata.array_metadata_store import Store as ArrayMetadataStore
+
 from himl.errors import UserError
 from himl.runs import leaf_specs
 
@@ -26,6 +30,24 @@ class DamagedCheckpoint(CheckpointError):
         self.step = step
 
 
+def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
+    """orbax's default type handlers, except that a replicated jax.Array is written whole
+    from one replica.
+
+    orbax's default on CPU and TPU (replica-parallel saving) cuts every replicated array into
+    one slice per device, a dispatched op each, so that hosts can share the writing. The
+    train state is replicated over the data mesh: a two-step ResNet-50 run on 8 CPU devices
+    spent 19.2 s in its two saves (~4,700 slices each, 224 slice programs compiled), 1.2 s
+    without. The files are those orbax's StandardSave writes; both restore either way."""
+    handlers = [
+        (ty, ocp.type_handlers.get_type_handler(ty)) for ty in ocp.type_handlers.supported_types()
+    ]
+    whole = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False, array_metadata_store=ArrayMetadataStore()
+    )
+    return ocp.type_handlers.create_type_handler_registry(*handlers, (jax.Array, whole))
+
+
 class Checkpointer:
     """Saves every `every` steps (and on demand), keeps the newest `keep`."""
 
@@ -35,7 +57,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=max(every, 1), create=True
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers=ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers()),
+        )
         self._closed = False
 
     def latest_step(self) -> int | None:
@@ -82,7 +108,9 @@ class Checkpointer:
         self.check_compatible(template, step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
-            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+            args = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)
+            return self.manager.restore(step, args=args)
         except Exception as err:  # orbax raises many types; all mean a damaged checkpoint
             raise DamagedCheckpoint(step) from err
 
@@ -129,7 +157,7 @@ class Checkpointer:
         """Saves if `step` is due (always with `force`) and not saved already."""
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        return self.manager.save(step, args=ocp.args.PyTreeSave(state), force=force)
 
     def close(self):
         """Waits for the save in flight, then stops the manager (safe to call twice)."""
