@@ -85,7 +85,8 @@ def search(mesh=None):
 
 
 def main():
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = flags.strip()  # the test session's flags, 4 devices
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
