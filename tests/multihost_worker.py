@@ -8,10 +8,10 @@ import os
 import sys
 
 
-def take_steps(num_steps: int = 3, *, with_state: bool = False):
-    """`(losses, conv0 kernel)` after the tiny config's first steps on a mesh over every
-    device of every process (replicated results: this process's copy); with `with_state`,
-    the replicated TrainState too."""
+def take_steps(num_steps: int = 3):
+    """`(losses, conv0 kernel, state)` after the tiny config's first steps on a mesh over
+    every device of every process (replicated results: this process's copy, and the
+    replicated TrainState)."""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding
@@ -32,7 +32,7 @@ def take_steps(num_steps: int = 3, *, with_state: bool = False):
         state, metrics = step_fn(state, device_batch(batcher(step), mesh))
         losses.append(float(metrics["loss"].addressable_data(0)))
     kernel = state.params["model"]["conv0"]["kernel"].addressable_data(0)
-    return (losses, np.asarray(kernel).ravel()) + ((state,) if with_state else ())
+    return losses, np.asarray(kernel).ravel(), state
 
 
 def save_and_restore(state, directory) -> bool:
@@ -103,7 +103,7 @@ def main():
 
         result = search(search_mesh())  # the gallery sharded over both processes' devices
     else:
-        losses, kernel, state = take_steps(with_state=True)
+        losses, kernel, state = take_steps()
         restored = save_and_restore(state, os.path.join(os.path.dirname(out), "checkpoints"))
         result = {"losses": losses, "kernel": kernel.tolist(), "checkpoint_restored": restored}
     with open(out, "w") as f:

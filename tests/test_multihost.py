@@ -47,7 +47,7 @@ def run_two_processes(tmp_path, task: str) -> list[dict]:
 def test_two_processes_match_one(tmp_path):
     results = run_two_processes(tmp_path, "train")
 
-    losses, kernel = take_steps()  # one process, 8 devices
+    losses, kernel, _ = take_steps()  # one process, 8 devices
     for r in results:
         np.testing.assert_allclose(r["losses"], losses, rtol=1e-5)
         np.testing.assert_allclose(r["kernel"], kernel, rtol=1e-4, atol=1e-6)
