@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from himl.data.custom import find_images
-from himl.data.images import LazyImages, decode, eval_transform
+from himl.data.images import LazyImages, decode, eval_transform, to_8bit
 from himl.data.registry import IN_MEMORY_SHAPES, input_spec
 from himl.errors import UserError
 from himl.eval.knn import knn
@@ -70,6 +70,22 @@ def image_paths(images) -> list | None:
     if isinstance(images, Sequence) and images and isinstance(images[0], str | os.PathLike):
         return list(images)
     return None
+
+
+def pillow_images(images) -> list[Image.Image] | None:
+    """`images` as a list of Pillow images (one image, or a sequence of them), or None when
+    it is no Pillow image."""
+    if isinstance(images, Image.Image):
+        return [images]
+    if not (isinstance(images, Sequence) and images and isinstance(images[0], Image.Image)):
+        return None
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise EmbedderError(
+                f"images[{i}] is a {type(image).__name__} where images[0] is a Pillow image: "
+                "pass one kind of image per call"
+            )
+    return list(images)
 
 
 class Embedder:
@@ -111,13 +127,23 @@ class Embedder:
         return array[..., None] if array.ndim == 2 else array
 
     def as_batch(self, images) -> np.ndarray:
-        """`[N, H, W, C]` uint8 (or float32 in [0, 1]) from paths or an image array (any
-        integer dtype with values 0..255 -> uint8; floats must be in [0, 1])."""
+        """`[N, H, W, C]` uint8 (or float32 in [0, 1]) from paths, Pillow images or an image
+        array (any integer dtype with values 0..255 -> uint8; floats must be in [0, 1])."""
+        pillow = pillow_images(images)
+        if pillow is not None:
+            return self._from_pillow(pillow)
         paths = image_paths(images)
         return self._from_paths(paths) if paths is not None else self._from_array(images)
 
     def _from_paths(self, paths) -> np.ndarray:
         return np.stack([self.load_image(p) for p in paths])
+
+    def _from_pillow(self, images: list[Image.Image]) -> np.ndarray:
+        """Pillow images of any size and mode, prepared as decoded files are: palette
+        colours looked up, 16-bit and float grayscale mapped to 8 bits (`to_8bit`), not
+        read as raw numbers."""
+        return np.stack([self.prepare(to_8bit(image, f"images[{i}]"))
+                         for i, image in enumerate(images)])  # fmt: skip
 
     def _from_array(self, images) -> np.ndarray:
         array = pixel_array(images, error=EmbedderError)  # uint8, or float32 in [0, 1]
@@ -143,8 +169,8 @@ class Embedder:
 
     # --- embedding and search ---
     def embed(self, images, *, progress: bool = False) -> np.ndarray:
-        """Embeddings `[N, D]` float32 of images (paths, a folder, a Pillow image, or
-        `[N, H, W(, C)]`).
+        """Embeddings `[N, D]` float32 of images (paths, a folder, Pillow images of any
+        size and mode, or `[N, H, W(, C)]`).
 
         Integer arrays (uint8, int64, uint16, ...) hold pixels 0..255 and are scaled to
         [0, 1] as in training; float arrays (float16/32/64, bfloat16) must already be in
@@ -152,8 +178,9 @@ class Embedder:
         is embedded. Paths (and `LazyImages`) are decoded and resized/cropped batch by
         batch, so a large folder never sits in memory at once.
         """
-        if isinstance(images, Image.Image):
-            images = [images]  # one Pillow image, as a list of one
+        pillow = pillow_images(images)
+        if pillow is not None:  # in memory already: prepared whole, then batched
+            images = self._from_pillow(pillow)
         paths = image_paths(images)
         count = len(paths) if paths is not None else len(images)
         if count == 0:
@@ -207,7 +234,7 @@ class Gallery:
         `[1, k]`). Scores are cosine similarities (descending) or Euclidean distances
         (ascending), per the run's metric; ties go to the smaller gallery index.
         """
-        if isinstance(queries, str | os.PathLike | Image.Image):
+        if isinstance(queries, str | os.PathLike) or pillow_images(queries) is not None:
             q = self.embedder.embed(queries)
         else:
             array, dim = np.asarray(queries), self.embeddings.shape[1]

@@ -293,6 +293,39 @@ def test_one_pillow_image_embeds_as_a_list_of_one(rgb_embedder, pixels):
     np.testing.assert_array_equal(rgb_embedder.embed([image]), expected)
 
 
+def test_pillow_images_of_any_mode_and_size_embed_as_their_files_would(rgb_embedder, pixels):
+    """Palette images give their colours (not their palette indices as gray levels),
+    16-bit grayscale maps >> 8 as a decoded 16-bit file does, sizes may differ; a list
+    that mixes Pillow images with arrays is refused by index."""
+    rgb = [Image.fromarray(a) for a in pixels]
+    palette = [image.quantize(16) for image in rgb]
+    looked_up = np.stack([np.asarray(image.convert("RGB")) for image in palette])
+    assert not np.array_equal(np.asarray(palette[0]), looked_up[0, ..., 0])
+    np.testing.assert_array_equal(rgb_embedder.embed(palette), rgb_embedder.embed(looked_up))
+    np.testing.assert_array_equal(
+        rgb_embedder.embed(palette[1]), rgb_embedder.embed(looked_up[1:2])
+    )
+
+    gray = pixels[:2, ..., 0]
+    wide = [Image.fromarray(g.astype(np.uint16) * 257) for g in gray]  # 65535 at 255
+    assert wide[0].mode.startswith("I;16")
+    as_rgb = np.repeat(gray[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(rgb_embedder.embed(wide), rgb_embedder.embed(as_rgb))
+
+    big = np.repeat(np.repeat(pixels[1:2], 2, axis=1), 2, axis=2)  # resized as an array is
+    expected = np.concatenate([rgb_embedder.embed(pixels[:1]), rgb_embedder.embed(big)])
+    mixed_sizes = [rgb[0], Image.fromarray(big[0])]
+    np.testing.assert_array_equal(rgb_embedder.embed(mixed_sizes), expected)
+    indices, _ = rgb_embedder.gallery(pixels).search(palette[:2], k=1)
+    np.testing.assert_array_equal(
+        indices, rgb_embedder.gallery(looked_up).search(looked_up[:2], k=1)[0]
+    )
+    with pytest.raises(
+        EmbedderError, match=r"images\[1\] is a ndarray where images\[0\] is a Pillow"
+    ):
+        rgb_embedder.embed([rgb[0], pixels[1]])
+
+
 # --- gallery search: embedding queries and labels -------------------------------------------
 
 

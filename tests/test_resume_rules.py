@@ -7,11 +7,13 @@ import logging
 import shutil
 import types
 
+import jax
 import pytest
 import test_reliability_run as reliability
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+import himl.train.experiment as experiment
 import himl.train.loop as loop
 import himl.train.workdir as workdir_module
 from himl.data.sampling import make_batcher
@@ -105,6 +107,25 @@ def test_resume_from_an_earlier_checkpoint_keeps_one_row_per_step(tiny_run_copy,
     accumulator = EventAccumulator(str(workdir))
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("loss")] == [4, 8, 12]
+
+
+def test_a_resume_restores_into_shapes_and_initialises_nothing(tiny_run_copy, monkeypatch):
+    """The restore template is abstract: no parameter is initialised (and no pretrained
+    weight copied) only to be overwritten by the checkpoint."""
+    concrete = []
+
+    def recording(*args, **kwargs):
+        state = create_state(*args, **kwargs)
+        concrete.append(not isinstance(state.step, jax.core.Tracer))
+        return state
+
+    create_state = experiment.create_state
+    monkeypatch.setattr(experiment, "create_state", recording)
+    workdir, config = tiny_run_copy
+    config.train.steps = 9
+    train_and_evaluate(config, workdir, progress=False)
+    assert concrete == [False]
+    assert [r["step"] for r in _rows(workdir) if "loss" in r] == [4, 8, 9]
 
 
 def test_finished_run_prints_its_results_and_writes_nothing(tiny_run_copy, capsys, monkeypatch):

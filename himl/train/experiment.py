@@ -53,6 +53,16 @@ class Experiment:
         batch_stats = {**state.batch_stats, "model": loaded["batch_stats"]}
         return state.replace(params=params, batch_stats=batch_stats, opt_state=self.tx.init(params))
 
+    def abstract_state(self, sharding) -> TrainState:
+        """The shapes and dtypes of `initial_state()`, placed with `sharding`, computing
+        nothing: the template a checkpoint restores into. A resume then runs no
+        initialisers and copies no pretrained weights (for ResNet-50 on a CPU, ~16 s of
+        small compiles in a fresh process)."""
+        return jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            jax.eval_shape(self.initial_state),
+        )
+
     def _shape(self) -> tuple[int, ...]:
         return self.dataset.split("train").images.shape[1:]
 

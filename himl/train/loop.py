@@ -331,13 +331,14 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     try:
         run_dir.check_resume(config, resume_keys(settings.keys_read))
         mesh = make_mesh()
-        state = jax.device_put(exp.initial_state(), NamedSharding(mesh, P()))
+        replicated = NamedSharding(mesh, P())
         resumed = run_dir.holds_run()
         untrained_path = run_dir.path / "untrained.json"
         untrained = None
         if resumed:
             ckpt = _checkpointer(run_dir, config)
-            state = ckpt.restore(state)  # closes the manager itself if it fails
+            # closes the manager itself if it fails
+            state = ckpt.restore(exp.abstract_state(replicated))
             finished = _finished_summary(run_dir, int(state.step), config.train.steps)
             if finished is not None:  # nothing to train or evaluate; nothing is written
                 close()
@@ -355,6 +356,8 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
                     f"{config.train.steps}: the learning-rate schedule is recomputed for "
                     f"{config.train.steps} steps"
                 )
+        else:
+            state = jax.device_put(exp.initial_state(), replicated)
         dataset.open()  # e.g. writes a tensorflow-datasets store: only once all checks pass
         if not resumed and config.eval.get("at_start", True):
             untrained = evaluate(state)
