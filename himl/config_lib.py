@@ -159,7 +159,7 @@ def _check_model(config, **_) -> None:
 def _check_loss(config, **_) -> None:
     """The loss name, its hyperparameters (by the loss's own checks) and whether the
     batches can hold the positives it needs."""
-    from himl.data.sampling import class_positives
+    from himl.data.sampling import SAMPLERS, class_positives
 
     name = config.loss.name
     check_choice(name, tuple(sorted(LOSSES)), "config.loss.name")
@@ -186,12 +186,12 @@ def _check_loss(config, **_) -> None:
             f"labels; {name} takes the whole hierarchy (leave flat_level empty)"
         )
     if LOSSES[name].needs_positives and class_positives(config.data) < 1:
-        d = config.data
+        keys = (*SAMPLERS[config.data.sampler].positive_keys, "num_views")
+        settings = " and ".join(f"config.data.{key}={config.data[key]}" for key in keys)
         raise ConfigError(
             f"config.loss.name={name} needs two samples of a class in a batch, but "
-            f"config.data.samples_per_class={d.samples_per_class} x "
-            f"config.data.num_views={d.num_views} gives every sample none: the loss would "
-            "be constant; raise either to 2"
+            f"{settings} give every sample none (config.data.sampler="
+            f"{config.data.sampler}): the loss would be constant; raise either to 2"
         )
 
 

@@ -108,9 +108,9 @@ def _default():
     return config
 
 
-def _one_line_error(config):
+def _one_line_error(config, num_devices=8):
     with pytest.raises(ConfigError) as err:
-        validate_config(config, num_devices=8)
+        validate_config(config, num_devices=num_devices)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -165,9 +165,15 @@ def test_proxy_losses_need_no_positives(loss):
 
 
 def test_hierarchical_sampler_always_has_a_class_partner():
+    """...when the batch holds two samples; a batch of one is refused naming the keys
+    this sampler reads (not samples_per_class, which it ignores)."""
     config = _default()
     config.data.sampler, config.data.num_views = "hierarchical", 1
     validate_config(config, num_devices=8)
+    config.data.batch_size = 1
+    message = _one_line_error(config, num_devices=1)
+    assert "config.data.batch_size=1 and config.data.num_views=1 give every sample" in message
+    assert "samples_per_class" not in message
 
 
 def _config_modules():

@@ -27,6 +27,7 @@ class HierarchicalSampler:
     """Batches `[batch_size]` of anchor groups covering every level of `labels [N, K]`."""
 
     config_keys = ("batch_size",)  # the `config.data` keys it is built from
+    positive_keys = ("batch_size",)  # with num_views, what gives an anchor positives
 
     def __init__(self, labels, *, batch_size: int, seed: int):
         self.labels = np.asarray(labels, np.int64)

@@ -28,6 +28,7 @@ class MPerClassSampler:
     """
 
     config_keys = ("batch_size", "samples_per_class")  # the `config.data` keys it is built from
+    positive_keys = ("samples_per_class",)  # with num_views, what gives an anchor positives
 
     def __init__(self, class_labels, *, batch_size: int, samples_per_class: int, seed: int):
         class_labels = np.asarray(class_labels)
