@@ -249,7 +249,7 @@ def restore_model_variables(model, input_shape, workdir: Path, step: int | None 
       model: the Flax embedding network the run trained (`build_model(config.model)`).
       input_shape: `(H, W, C)` of its input, to know the variables' shapes.
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).expanduser().absolute()  # orbax reads from absolute paths only
     step = checkpoint_step(workdir, step)
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy, train=False))

@@ -56,6 +56,18 @@ def test_step_and_checkpoint_path(run, unseen):
     assert not np.allclose(by_step, himl.load_embedder(workdir).embed(unseen.images[:20]))
 
 
+def test_a_relative_work_directory_reads(run, unseen, monkeypatch):
+    """As the README writes them (`--workdir=runs/photos`): orbax reads only absolute
+    paths, and a relative one had been reported as a corrupt checkpoint."""
+    workdir, _ = run
+    expected = himl.load_embedder(workdir, step=4).embed(unseen.images[:20])
+    monkeypatch.chdir(workdir.parent)
+    relative = Path(workdir.name)
+    for where, step in [(relative, 4), (relative / "checkpoints" / "4", None)]:
+        got = himl.load_embedder(where, step=step).embed(unseen.images[:20])
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_files_folders_and_resizing(run, unseen, tmp_path):
     workdir, _ = run
     embedder = himl.load_embedder(workdir)
