@@ -53,3 +53,43 @@ def test_retrieval_grid(tmp_path, shape):
     idx, _ = knn(images.reshape(20, -1), k=4)
     plot_retrieval_grid(images, labels, images, labels, idx, tmp_path / "g.png", num_queries=3)
     assert_png(tmp_path / "g.png")
+
+
+def _drawn(monkeypatch):
+    """The figures the plot functions draw, kept instead of written."""
+    import himl.eval.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or str(path))
+    return figures
+
+
+def test_retrieval_grid_shows_names_and_frames_by_label(monkeypatch):
+    """Names are shown (long ones by their end), frames compare the labels: two classes
+    named alike stay apart."""
+    figures = _drawn(monkeypatch)
+    images = np.random.default_rng(3).random((4, 8, 8))
+    labels = np.array([0, 1, 2, 0])
+    names = {0: "Greek/character05", 1: "Greek/character05", 2: "x"}
+    idx = np.array([[3, 1, 2], [2, 0, 3], [0, 1, 3], [0, 2, 1]])
+    plot_retrieval_grid(
+        images, labels, images, labels, idx, "g.png", query_ids=[0], top=3,
+        label_name=names.get,
+    )  # fmt: skip
+    axes = figures[0].axes
+    short = "\u2026eek/character05"
+    assert [ax.get_title() for ax in axes] == [f"query {short}", short, short, "x"]
+    assert [ax.spines["top"].get_edgecolor()[:3] for ax in axes[1:]] == [
+        (0.0, 0.5019607843137255, 0.0), (1.0, 0.0, 0.0), (1.0, 0.0, 0.0)
+    ]  # fmt: skip
+
+
+def test_embedding_plot_names_the_coarse_classes(monkeypatch):
+    figures = _drawn(monkeypatch)
+    rng = np.random.default_rng(0)
+    fine = rng.integers(0, 6, 40)
+    x = rng.normal(size=(40, 8))
+    plot_embedding_2d(x, fine // 3 * 7, fine, "p.png", coarse_name={0: "tops", 7: "shoes"}.get)
+    legend = figures[0].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["tops", "shoes"]
+    assert figures[0].axes[1].get_legend() is None

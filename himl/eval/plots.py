@@ -20,6 +20,16 @@ from matplotlib.figure import Figure
 _RECALL = re.compile(r"^recall@(\d+)$")
 
 
+# Longer label names are shortened on the plots (the retrieval grid's cells are ~1.4 in),
+# to their end: the finer part of a name like "Greek/character05".
+MAX_NAME = 16
+
+
+def _short(text) -> str:
+    text = str(text)
+    return text if len(text) <= MAX_NAME else "\u2026" + text[1 - MAX_NAME :]
+
+
 def _save(fig, path) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -85,12 +95,15 @@ def plot_embedding_2d(
     max_points: int = 5000,
     seed: int = 0,
     title: str = "",
+    coarse_name=None,
 ) -> str:
     """Two scatter panels of a 2-D projection, coloured by coarse and by fine labels.
 
     Args:
       embeddings: `[N, D]`. coarse_labels, fine_labels: `[N]` ints (pass the same array
         twice for flat labels). At most `max_points` random points are drawn.
+      coarse_name: `label -> str`: with it, the coarse panel has a legend of the names of
+        its classes (when there are at most 20, the colours of its palette).
     """
     x = np.asarray(embeddings)
     coarse, fine = np.asarray(coarse_labels).ravel(), np.asarray(fine_labels).ravel()
@@ -103,9 +116,13 @@ def plot_embedding_2d(
     fig = Figure(figsize=(10, 4.5))
     axes = fig.subplots(1, 2)
     for ax, labels, name in ((axes[0], coarse, "coarse"), (axes[1], fine, "fine")):
-        _, ids = np.unique(labels, return_inverse=True)
-        ax.scatter(xy[:, 0], xy[:, 1], c=ids, cmap="tab20", s=4, linewidths=0)
+        values, ids = np.unique(labels, return_inverse=True)
+        points = ax.scatter(xy[:, 0], xy[:, 1], c=ids, cmap="tab20", s=4, linewidths=0)
         ax.set_title(f"{method.upper()} by {name} label ({ids.max() + 1} classes)")
+        if name == "coarse" and coarse_name is not None and 1 < len(values) <= 20:
+            handles = points.legend_elements(num=None)[0]  # one per class, in id order
+            names = [_short(coarse_name(v)) for v in values]
+            ax.legend(handles, names, fontsize=7, loc="best", markerscale=0.6)
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
@@ -137,6 +154,7 @@ def plot_retrieval_grid(
     num_queries: int = 8,
     top: int = 5,
     seed: int = 0,
+    label_name=None,
 ) -> str:
     """A grid: one row per query (first column), then its `top` retrieved gallery images.
 
@@ -147,7 +165,10 @@ def plot_retrieval_grid(
       query_labels, gallery_labels: labels (ids or names) shown above the images; frames
         are green where they match the query's. Both None: no labels, black frames.
       query_ids: which queries to show (default: `num_queries` random ones).
+      label_name: `label -> str`, the text shown for a label (default: the label itself);
+        frames still compare the labels, so two classes of the same name stay apart.
     """
+    shown = (lambda label: str(label)) if label_name is None else label_name
     idx = np.asarray(knn_indices)
     known = query_labels is not None and gallery_labels is not None
     q_lab = np.asarray(query_labels if known else [""] * len(idx)).ravel()
@@ -160,13 +181,13 @@ def plot_retrieval_grid(
     fig = Figure(figsize=(1.4 * (top + 1), 1.5 * len(query_ids)))
     axes = fig.subplots(len(query_ids), top + 1, squeeze=False)
     for row, q in enumerate(query_ids):
-        cells = [(query_images[q], "black", f"query {q_lab[q]}")]
+        cells = [(query_images[q], "black", f"query {_short(shown(q_lab[q])) if known else ''}")]
         for j in idx[q, :top]:
             if not known:
                 cells.append((gallery_images[j], "black", ""))
                 continue
             hit = g_lab[j] == q_lab[q]
-            cells.append((gallery_images[j], "green" if hit else "red", str(g_lab[j])))
+            cells.append((gallery_images[j], "green" if hit else "red", _short(shown(g_lab[j]))))
         for ax, (img, colour, text) in zip(axes[row], cells, strict=True):
             img, cmap = _as_image(img)
             ax.imshow(img, cmap=cmap)

@@ -101,9 +101,7 @@ def evaluate_checkpoint(
     if plots:
         for name in dict.fromkeys(s for e in evaluators for s in e.splits):
             if levels[0] in results.get(name, {}):  # a split with per-level retrieval results
-                _plot(out, name, dataset.split(name), embeddings[name],
-                      dataset.split(name).labels[:, : len(levels)], results[name], levels,
-                      config.eval)  # fmt: skip
+                _plot(out, name, dataset, embeddings[name], results[name], config.eval)
     summary = {
         "workdir": str(workdir),
         "checkpoint_step": step,
@@ -142,8 +140,11 @@ def _remove_previous_plots(out: Path) -> None:
             (out / name.format(split)).unlink(missing_ok=True)
 
 
-def _plot(out, name, split, emb, labels, metrics, levels, eval_cfg):
+def _plot(out, name, dataset, emb, metrics, eval_cfg):
+    """The split's plots, its labels shown by name where the dataset has names."""
     recall_file, embedding_file, retrievals_file = (f.format(name) for f in PLOT_FILES)
+    split, levels = dataset.split(name), dataset.eval_level_names
+    labels, class_level = split.labels[:, : len(levels)], len(levels) - 1
     plot_recall_at_k(
         {lvl: metrics[lvl] for lvl in levels},
         out / recall_file,
@@ -155,6 +156,7 @@ def _plot(out, name, split, emb, labels, metrics, levels, eval_cfg):
         labels[:, -1],
         out / embedding_file,
         title=f"{name}: PCA of the embedding",
+        coarse_name=lambda label: dataset.label_name(0, int(label)),
     )
     top = min(5, len(split) - 1)
     indices, _ = knn(emb, k=top, metric=eval_cfg.metric, block_size=eval_cfg.block_size)
@@ -166,4 +168,5 @@ def _plot(out, name, split, emb, labels, metrics, levels, eval_cfg):
         np.asarray(jax.device_get(indices)),
         out / retrievals_file,
         top=top,
+        label_name=lambda label: dataset.label_name(class_level, int(label)),
     )
