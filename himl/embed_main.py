@@ -196,8 +196,9 @@ def search_and_report(embedder, gallery, queries, *, k, plot=None, labels=None) 
             def __getitem__(self, i):
                 return embedder.load_image(self.paths[i])
 
+        names = None if labels is None else [_label_text(labels, j) for j in range(len(labels))]
         path = plot_retrieval_grid(
-            Lazy(query_paths), None, Lazy(gallery.items), None, indices, plot,
+            Lazy(query_paths), None, Lazy(gallery.items), names, indices, plot,
             query_ids=np.arange(len(query_paths)), top=k,
         )  # fmt: skip
         print(f"wrote {path}")

@@ -93,3 +93,16 @@ def test_embedding_plot_names_the_coarse_classes(monkeypatch):
     legend = figures[0].axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["tops", "shoes"]
     assert figures[0].axes[1].get_legend() is None
+
+
+def test_retrieval_grid_of_unlabelled_queries_shows_the_gallery_labels(monkeypatch):
+    """New query images (himl-embed --query) have no labels: the gallery's are shown, in
+    black frames (nothing to match)."""
+    figures = _drawn(monkeypatch)
+    images = np.random.default_rng(4).random((3, 8, 8))
+    idx = np.array([[2, 0], [0, 2], [1, 0]])
+    gallery = ["Greek/alpha", "Greek/beta", "Latin/a"]
+    plot_retrieval_grid(images, None, images, gallery, idx, "g.png", query_ids=[0], top=2)
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["query ", "Latin/a", "Greek/alpha"]
+    assert {ax.spines["top"].get_edgecolor()[:3] for ax in axes} == {(0.0, 0.0, 0.0)}

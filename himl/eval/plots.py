@@ -163,7 +163,8 @@ def plot_retrieval_grid(
         min-max scaled). gallery_images likewise; pass the query arrays again for
         leave-one-out retrieval. knn_indices: `[Q, >=top]` gallery indices (`knn` output).
       query_labels, gallery_labels: labels (ids or names) shown above the images; frames
-        are green where they match the query's. Both None: no labels, black frames.
+        are green where they match the query's. Gallery labels only (new query images):
+        shown, in black frames. Both None: no labels, black frames.
       query_ids: which queries to show (default: `num_queries` random ones).
       label_name: `label -> str`, the text shown for a label (default: the label itself);
         frames still compare the labels, so two classes of the same name stay apart.
@@ -172,7 +173,7 @@ def plot_retrieval_grid(
     idx = np.asarray(knn_indices)
     known = query_labels is not None and gallery_labels is not None
     q_lab = np.asarray(query_labels if known else [""] * len(idx)).ravel()
-    g_lab = np.asarray(gallery_labels).ravel() if known else None
+    g_lab = None if gallery_labels is None else np.asarray(gallery_labels).ravel()
     top = min(top, idx.shape[1])
     if query_ids is None:
         rng = np.random.default_rng(seed)
@@ -184,7 +185,8 @@ def plot_retrieval_grid(
         cells = [(query_images[q], "black", f"query {_short(shown(q_lab[q])) if known else ''}")]
         for j in idx[q, :top]:
             if not known:
-                cells.append((gallery_images[j], "black", ""))
+                text = "" if g_lab is None else _short(shown(g_lab[j]))
+                cells.append((gallery_images[j], "black", text))
                 continue
             hit = g_lab[j] == q_lab[q]
             cells.append((gallery_images[j], "green" if hit else "red", _short(shown(g_lab[j]))))
