@@ -110,21 +110,26 @@ def test_resume_from_an_earlier_checkpoint_keeps_one_row_per_step(tiny_run_copy,
 
 
 def test_a_resume_restores_into_shapes_and_initialises_nothing(tiny_run_copy, monkeypatch):
-    """The restore template is abstract: no parameter is initialised (and no pretrained
-    weight copied) only to be overwritten by the checkpoint."""
-    concrete = []
+    """The restore template is abstract: no parameter is initialised only to be
+    overwritten by the checkpoint, and the pretrained file is not read (it may be gone)."""
+    concrete, reads_weights = [], []
 
     def recording(*args, **kwargs):
         state = create_state(*args, **kwargs)
         concrete.append(not isinstance(state.step, jax.core.Tracer))
         return state
 
+    def building(config, **kwargs):
+        reads_weights.append(kwargs.get("pretrained", True))
+        return build_experiment(config, **kwargs)
+
     create_state = experiment.create_state
     monkeypatch.setattr(experiment, "create_state", recording)
+    monkeypatch.setattr(loop, "build_experiment", building)
     workdir, config = tiny_run_copy
     config.train.steps = 9
     train_and_evaluate(config, workdir, progress=False)
-    assert concrete == [False]
+    assert concrete == [False] and reads_weights == [False]
     assert [r["step"] for r in _rows(workdir) if "loss" in r] == [4, 8, 9]
 
 

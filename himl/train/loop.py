@@ -314,7 +314,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     validate_config(config, num_devices=jax.device_count())
     run_dir = Workdir(workdir)
     run_dir.check_resume(config, RESUME_KEYS)  # the part that needs no data: fail early
-    exp = build_experiment(config)
+    resumed = run_dir.holds_run()
+    # A resume restores every variable: the pretrained file is not read (it may be gone).
+    exp = build_experiment(config, pretrained=not resumed)
     dataset = exp.dataset
     check_splits(dataset, [config.data.train_split], what="config.data.train_split")
     evaluate = make_evaluate_fn(exp, progress=progress)  # checks every split it will read
@@ -332,7 +334,6 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         run_dir.check_resume(config, resume_keys(settings.keys_read))
         mesh = make_mesh()
         replicated = NamedSharding(mesh, P())
-        resumed = run_dir.holds_run()
         untrained_path = run_dir.path / "untrained.json"
         untrained = None
         if resumed:
