@@ -195,6 +195,27 @@ def _check_loss(config, **_) -> None:
         )
 
 
+def unselected_loss_changes(config) -> list[str]:
+    """One note per loss that `config.loss.name` does not select whose section differs
+    from its defaults: only the selected loss's section is read, so those values train
+    nothing (the command line refuses such overrides; a config edited in Python gets
+    this note)."""
+    notes = []
+    for name in sorted(LOSSES):
+        if name == config.loss.name or name not in config.loss:
+            continue
+        section, defaults = config.loss[name], default_hparams(name)
+        changed = [
+            f"{k}={section[k]}" for k in defaults if k in section and section[k] != defaults[k]
+        ]
+        if changed:
+            notes.append(
+                f"config.loss.{name} sets {', '.join(changed)}, but config.loss.name="
+                f"{config.loss.name} trains with config.loss.{config.loss.name} only"
+            )
+    return notes
+
+
 def _check_optimizer(config, **_) -> None:
     opt = config.optimizer
     check_choice(opt.name, OPTIMIZERS, "config.optimizer.name")

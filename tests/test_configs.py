@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from himl.config_lib import ConfigError, validate_config
+from himl.config_lib import ConfigError, unselected_loss_changes, validate_config
 
 CONFIGS = sorted(
     p.stem
@@ -29,6 +29,7 @@ def test_config_validates(name, arg):
             validate_config(config)
         config.data.manual_dir = "/data/somewhere"
     validate_config(config)
+    assert unselected_loss_changes(config) == []  # a recipe sets only the loss it trains
 
 
 def test_unknown_loss_and_bad_batch_are_named():
@@ -47,3 +48,21 @@ def test_unknown_loss_and_bad_batch_are_named():
     config = default.get_config()
     with pytest.raises(ConfigError, match="divide evenly over 7 devices"):
         validate_config(config, num_devices=7)
+
+
+def test_values_set_for_an_unselected_loss_are_noted():
+    """Only the selected loss's section is read: values set in another (from Python; the
+    command line refuses them) get one note each, naming the loss that does train."""
+    config = importlib.import_module("himl.configs.default").get_config()
+    config.loss.supcon.temperature = 0.2
+    config.loss.triplet_margin.margin, config.loss.himulcone.temperature = 0.3, 0.5
+    assert unselected_loss_changes(config) == [
+        "config.loss.supcon sets temperature=0.2, but config.loss.name=himulcone trains "
+        "with config.loss.himulcone only",
+        "config.loss.triplet_margin sets margin=0.3, but config.loss.name=himulcone trains "
+        "with config.loss.himulcone only",
+    ]
+    config.loss.name = "supcon"
+    assert [n.split(" sets ")[0] for n in unselected_loss_changes(config)] == [
+        "config.loss.himulcone", "config.loss.triplet_margin"
+    ]  # fmt: skip

@@ -103,6 +103,7 @@ def test_resume_from_an_earlier_checkpoint_keeps_one_row_per_step(tiny_run_copy,
     out = capsys.readouterr().out
     assert "at step 4" in out
     assert "config.train.steps changed from 8 to 12: the learning-rate schedule" in out
+    assert "note: config.loss.supcon sets temperature=0.3, but config.loss.name=" in out
     assert [r["step"] for r in _rows(workdir) if "loss" in r] == [4, 8, 12]
     accumulator = EventAccumulator(str(workdir))
     accumulator.Reload()
