@@ -29,6 +29,12 @@ class HierarchicalSampler:
     config_keys = ("batch_size",)  # the `config.data` keys it is built from
     positive_keys = ("batch_size",)  # with num_views, what gives an anchor positives
 
+    @staticmethod
+    def class_positives(data_config) -> int:
+        """Other samples of its class (views included) each anchor has, at least: V - 1,
+        plus V from a same-class partner when the batch has room for one."""
+        return data_config.num_views * (2 if data_config.batch_size >= 2 else 1) - 1
+
     def __init__(self, labels, *, batch_size: int, seed: int):
         self.labels = np.asarray(labels, np.int64)
         if self.labels.ndim != 2:

@@ -30,6 +30,11 @@ class MPerClassSampler:
     config_keys = ("batch_size", "samples_per_class")  # the `config.data` keys it is built from
     positive_keys = ("samples_per_class",)  # with num_views, what gives an anchor positives
 
+    @staticmethod
+    def class_positives(data_config) -> int:
+        """Other samples of its class (views included) each anchor has: K V - 1."""
+        return data_config.samples_per_class * data_config.num_views - 1
+
     def __init__(self, class_labels, *, batch_size: int, samples_per_class: int, seed: int):
         class_labels = np.asarray(class_labels)
         if samples_per_class < 1 or batch_size % samples_per_class:
@@ -248,13 +253,9 @@ def _is_range(value, high: float) -> bool:
 
 
 def class_positives(data_config) -> int:
-    """Other samples of its class (views included) each anchor of a batch has: K V - 1
-    for M-per-class batches, at least V for the hierarchical sampler (a same-class
-    partner per anchor when the batch has room for one)."""
-    views = data_config.num_views
-    if data_config.sampler == "hierarchical":
-        return views * (2 if data_config.batch_size >= 2 else 1) - 1
-    return data_config.samples_per_class * views - 1
+    """Other samples of its class (views included) each anchor of a batch has, at least,
+    under `config.data.sampler` (each sampler's `class_positives`)."""
+    return SAMPLERS[data_config.sampler].class_positives(data_config)
 
 
 # `config.data` keys the batcher reads that do not change what the batches hold (a resumed
