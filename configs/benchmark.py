@@ -20,6 +20,8 @@ at the pretrained ones (as HIST's official code does).
 from himl.config_lib import config_arg
 from himl.configs import default
 
+SHARED_SETTINGS = True  # imported by the dataset configs, not a config itself
+
 
 def get_benchmark_config(name: str, *, sampler: str, eval_splits, ks, **data):
     """The default config on dataset `name`; `data` overrides `config.data` fields."""

@@ -11,6 +11,8 @@ import importlib.util
 import os
 import re
 import sys
+from importlib import resources
+from pathlib import Path
 
 from absl import flags
 
@@ -49,7 +51,43 @@ def with_default_config(argv: list[str], default: str | None, program: str = "hi
     rest = [a for a in argv[1:] if not a.startswith("--config=")]
     if not files and default is not None:
         files = [f"--config={default}"]
+    files = [f"--config={config_file(a.split('=', 1)[1], program)}" for a in files]
     return [argv[0], *files, *rest]
+
+
+def installed_configs() -> dict[str, Path]:
+    """The config files installed with himl (the repository's `configs/`, shipped as
+    `himl.configs`), by name: {"cub": .../configs/cub.py, ...}."""
+    folder = Path(str(resources.files("himl.configs")))
+    return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
+
+
+def _shared_settings(name: str) -> bool:
+    """Whether installed config `name` only holds settings the others import."""
+    return getattr(importlib.import_module(f"himl.configs.{name}"), "SHARED_SETTINGS", False)
+
+
+def config_file(value: str, program: str = "himl") -> str:
+    """`--config=` value `FILE[:ARG]`, with FILE taken from the installed configs when no
+    such file exists here and FILE names one of them (`configs/cub.py`, `cub.py`, `cub`),
+    so the README's commands work from any folder. A file that exists is used as given;
+    a missing one that names no installed config is one line listing those that exist."""
+    path, sep, arg = value.partition(":")
+    if not path or Path(path).expanduser().exists():
+        return value
+    given = Path(path)
+    name = given.stem if given.suffix == ".py" else given.name
+    shipped = installed_configs()
+    if not given.is_absolute() and given.parent in (Path("."), Path("configs")) and name in shipped:
+        print(f"{program}: config {path} is himl's installed {shipped[name]}", file=sys.stderr)
+        return f"{shipped[name]}{sep}{arg}"
+    runnable = [n for n in shipped if not _shared_settings(n)]
+    print(
+        f"{program}: error: no config file {path} (the configs installed with himl: "
+        f"{', '.join(runnable)}; e.g. --config=configs/default.py)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 
 def split_name_lists(config, overrides: dict) -> None:
@@ -144,6 +182,17 @@ def flags_parser(program: str):
         sys.exit(2)
 
     return parse
+
+
+def help_from(module_name: str) -> None:
+    """Makes `--help` describe the command of `module_name` (its docstring and flags).
+
+    absl's help prints `__main__`'s docstring and the flags of the module that runs as
+    `sys.argv[0]`; for a console script that is pip's wrapper, which has neither."""
+    module = sys.modules.get(module_name, sys.modules["__main__"])
+    sys.modules["__main__"].__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 @contextlib.contextmanager

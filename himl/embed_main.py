@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from himl.cli import exit_on_user_error, flags_parser
+from himl.cli import exit_on_user_error, flags_parser, help_from
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "himl-train work directory, or <workdir>/checkpoints/<step>.", required=True
@@ -251,6 +251,7 @@ def main(argv):
 
 def run():
     """Console-script entry point."""
+    help_from(__name__)
     app.run(main, flags_parser=flags_parser("himl-embed"))
 
 

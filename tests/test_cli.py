@@ -63,3 +63,72 @@ def test_a_none_default_can_be_set_and_reset_on_the_command_line():
             capture_output=True, text=True, check=True, cwd=REPO,
         ).stdout  # fmt: skip
         assert out.strip() == repr(expected)
+
+
+def test_a_config_named_as_in_the_readme_is_found_from_any_folder(tmp_path, monkeypatch, capsys):
+    """`--config=configs/cub.py` is the installed config when the folder you run in has no
+    `configs/` (a pip-installed himl); a file that exists is used as given."""
+    from himl.cli import config_file, installed_configs
+
+    monkeypatch.chdir(tmp_path)
+    tiny = REPO / "configs" / "tiny.py"
+    assert installed_configs()["tiny"].read_text() == tiny.read_text()
+    for given in ["configs/tiny.py", "tiny.py", "tiny"]:
+        resolved = config_file(f"{given}:small", "himl-train")
+        assert resolved == f"{installed_configs()['tiny']}:small"
+        assert f"config {given} is himl's installed" in capsys.readouterr().err
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.py").write_text("# my own\n")
+    assert config_file("configs/tiny.py:x") == "configs/tiny.py:x"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "given", ["configs/tinny.py", "elsewhere/tiny.py", "/nowhere/configs/tiny.py"]
+)
+def test_a_missing_config_file_lists_the_installed_ones(given, tmp_path, monkeypatch, capsys):
+    from himl.cli import config_file
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        config_file(given, "himl-train")
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"himl-train: error: no config file {given} (the configs installed")
+    listed = line.split("himl: ")[1].split(";")[0].split(", ")
+    assert "cub" in listed and "default" in listed and "benchmark" not in listed
+
+
+@pytest.mark.parametrize(
+    "script,summary,flags",
+    [
+        (
+            "himl-train",
+            "train, checkpoint, then evaluate",
+            ["--config", "--workdir", "--[no]progress"],
+        ),
+        (
+            "himl-eval",
+            "evaluate a himl-train checkpoint",
+            ["--workdir", "--step", "--splits", "--out"],
+        ),
+        (
+            "himl-embed",
+            "a trained embedding on new images",
+            ["--images", "--query", "--k", "--plot"],
+        ),
+    ],
+)
+def test_help_of_each_installed_command_describes_it(script, summary, flags, tmp_path):
+    """`--help` of the console scripts (whose `__main__` is pip's wrapper, not the module)
+    prints the command's docstring and its own flags."""
+    command = pathlib.Path(sys.executable).parent / script
+    if not command.exists():
+        pytest.skip(f"{script} is not installed beside {sys.executable}")
+    result = subprocess.run(
+        [str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    text = result.stdout + result.stderr
+    assert summary in text, text[-2000:]  # (absl exits 1 after --help)
+    for flag in flags:
+        assert f"  {flag}:" in text, (flag, text[-2000:])

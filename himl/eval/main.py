@@ -22,7 +22,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himl.cli import exit_on_user_error, flags_parser, with_default_config
+from himl.cli import exit_on_user_error, flags_parser, help_from, with_default_config
 
 _WORKDIR = flags.DEFINE_string(
     "workdir",
@@ -81,7 +81,7 @@ def run():
     """Console-script entry point."""
     # ml_collections reads sys.argv
     sys.argv = with_default_config(sys.argv, run_config_file(sys.argv), "himl-eval")
-    sys.modules["__main__"].__doc__ = __doc__  # what --help prints
+    help_from(__name__)
     app.run(main, flags_parser=flags_parser("himl-eval"))
 
 

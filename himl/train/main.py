@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himl.cli import exit_on_user_error, flags_parser, with_default_config
+from himl.cli import exit_on_user_error, flags_parser, help_from, with_default_config
 
 DEFAULT_CONFIG = str(resources.files("himl.configs") / "default.py")
 
@@ -55,6 +55,7 @@ def run():
     """Console-script entry point."""
     # ml_collections reads sys.argv
     sys.argv = with_default_config(sys.argv, DEFAULT_CONFIG, "himl-train")
+    help_from(__name__)
     app.run(main, flags_parser=flags_parser("himl-train"))
 
 
