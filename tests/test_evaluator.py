@@ -113,8 +113,13 @@ def test_missing_or_empty_split_is_named_before_any_embedding(setup):
     with pytest.raises(EvalInputError, match="split 'query' of 'toy' .* is empty"):
         build_evaluators(config, dataset)
     config.splits = ("nope",)
-    with pytest.raises(EvalInputError, match="has no split 'nope'"):
+    held_out = ",".join(s for s in sorted(dataset.splits) if s != "train")
+    with pytest.raises(EvalInputError, match="has no split 'nope'") as error:
         build_evaluators(config, dataset)
+    assert str(error.value).endswith(f"(evaluate those with --config.eval.splits={held_out})")
+    with pytest.raises(EvalInputError) as error:
+        build_evaluators(config, dataset, splits=("nope",))
+    assert str(error.value).endswith(f"(evaluate those with --splits={held_out})")
 
 
 @pytest.mark.slow

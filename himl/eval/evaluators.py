@@ -207,6 +207,19 @@ def check_eval_config(eval_config) -> None:
         raise ConfigError(f"config.eval.every must be >= 0, got {eval_config.every}")
 
 
+_SPLITS_FLAGS = {"config.eval.splits": "--config.eval.splits", "--splits": "--splits"}
+
+
+def _splits_hint(dataset: Dataset, what: str) -> str:
+    """The flag that evaluates the splits `dataset` holds out of training, for a list of
+    evaluation splits (e.g. a custom dataset's own `test` split under a seen/unseen
+    config)."""
+    held_out = [s for s in sorted(dataset.splits) if not s.startswith("train")]
+    if what not in _SPLITS_FLAGS or not held_out:
+        return ""
+    return f" (evaluate those with {_SPLITS_FLAGS[what]}={','.join(held_out)})"
+
+
 def check_splits(dataset: Dataset, names, *, what: str = "config.eval.splits") -> None:
     """Raises EvalInputError unless every split in `names` exists in `dataset` and is
     non-empty: called before any split is embedded."""
@@ -214,7 +227,7 @@ def check_splits(dataset: Dataset, names, *, what: str = "config.eval.splits") -
         if name not in dataset.splits:
             raise EvalInputError(
                 f"dataset {dataset.name!r} has no split {name!r} (named by {what}); it has "
-                f"{', '.join(sorted(dataset.splits))}"
+                f"{', '.join(sorted(dataset.splits))}{_splits_hint(dataset, what)}"
             )
         if len(dataset.split(name)) == 0:
             raise EvalInputError(f"split {name!r} of {dataset.name!r} ({what}) is empty")
