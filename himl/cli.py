@@ -18,6 +18,8 @@ from absl import flags
 
 from himl.errors import UserError
 
+DEFAULT_CONFIG = str(resources.files("himl.configs") / "default.py")  # himl-train's default
+
 
 def _one_line(err: BaseException) -> str:
     text = str(err.args[0]) if err.args else str(err)

@@ -103,14 +103,20 @@ def _fill_missing(saved: dict, defaults: dict, prefix: str = "") -> list[str]:
     return added
 
 
+def default_config() -> ml_collections.ConfigDict:
+    """`configs/default.py`'s config: the default of every field (for an older run's
+    missing fields, and an embeddings file's evaluation)."""
+    from himl.configs import default
+
+    return default.get_config()
+
+
 def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     """The config a training run saved in its workdir.
 
     Fields added to himl after the run was made are taken from `configs/default.py`, and
     named on stderr, so older work directories stay evaluable.
     """
-    from himl.configs import default
-
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise RunError(f"--workdir {workdir} is a file, not a directory")
@@ -118,7 +124,7 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     saved = read_config_json(path)
     if saved is None:
         raise ConfigError(f"{path} not found: is {workdir} a himl-train work directory?")
-    added = _fill_missing(saved, default.get_config().to_dict())
+    added = _fill_missing(saved, default_config().to_dict())
     if added:
         print(f"note: {path} predates fields {added}; using their defaults", file=sys.stderr)
     return ml_collections.ConfigDict(saved)
@@ -129,13 +135,12 @@ def get_config(workdir: str) -> ml_collections.ConfigDict:
     of WORKDIR (or of the run of a checkpoint path) with the same types as the config
     file it was made from, so that `--config.x=y` overrides check them: lists become
     tuples, and a null field the defaults declare (a placeholder) keeps its type."""
-    from himl.configs import default
-    from himl.runs import load_run_config, split_checkpoint_path  # loaded by path, too
+    from himl.runs import default_config, load_run_config, split_checkpoint_path  # by path too
 
     if not workdir:
         raise ConfigError("--workdir is required: the run whose saved config to evaluate")
     saved = load_run_config(split_checkpoint_path(Path(workdir), None)[0]).to_dict()
-    return _typed(saved, default.get_config())
+    return _typed(saved, default_config())
 
 
 def _typed(saved: dict, defaults) -> ml_collections.ConfigDict:

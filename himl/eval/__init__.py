@@ -8,6 +8,8 @@ Core API (plain Python numbers out, NumPy or JAX arrays in):
 - `clustering_metrics(embeddings, labels, *, seed, n_init, average)` -> dict
 - `hierarchical_metrics(embeddings, labels_2d, *, ks, level_names, seed, metric)` -> dict
 - `linear_probe(train_emb, train_labels, test_emb, test_labels, *, seed)` -> dict
+- `evaluate_embeddings(npz_path, *, config, splits, out_dir, plots)` -> dict: embeddings made
+  anywhere through the evaluators of `himl-eval` (`himl.eval.embeddings_file`)
 
 Plots live in `himl.eval.plots` (imported on demand: it loads matplotlib).
 """
@@ -20,6 +22,7 @@ from himl.eval.retrieval import query_gallery_retrieval_metrics, retrieval_metri
 
 __all__ = [
     "clustering_metrics",
+    "evaluate_embeddings",
     "hierarchical_metrics",
     "iter_knn",
     "knn",
@@ -28,3 +31,11 @@ __all__ = [
     "retrieval_metrics",
     "stratified_split",
 ]
+
+
+def __getattr__(name: str):
+    if name == "evaluate_embeddings":  # lazily: it loads the configs and the plots
+        from himl.eval.embeddings_file import evaluate_embeddings
+
+        return evaluate_embeddings
+    raise AttributeError(f"module 'himl.eval' has no attribute {name!r}")

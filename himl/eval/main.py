@@ -12,6 +12,14 @@ each field of `model`, `data` or `seed` that differs from the run's is printed a
 Writes `<workdir>/eval/metrics.json` (every number, the config used and the checkpoint
 step), prints a table, and saves PNG plots (Recall@K, 2-D projection, retrieval grid);
 the plots of the evaluation it replaces there are removed.
+
+    himl-eval --embeddings=baseline.npz                    # embeddings made anywhere
+    himl-eval --embeddings=catalogue.npz --splits=test --config.eval.ks=1,10 --out=DIR
+
+`--embeddings` evaluates an .npz of `embeddings [N, D]` and `labels [N, L]` (optional
+`level_names`, `split`, `paths`; `himl-embed --out` writes one, so can any other code) with
+the same evaluators, table and metrics.json, in `<file stem>_eval/` beside it; only
+`config.eval` and `config.seed` are read (see `himl.eval.embeddings_file`).
 """
 
 from __future__ import annotations
@@ -22,13 +30,21 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himl.cli import exit_on_user_error, flags_parser, help_from, with_default_config
+from himl.cli import (
+    DEFAULT_CONFIG,
+    exit_on_user_error,
+    flags_parser,
+    help_from,
+    with_default_config,
+)
 
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
     "himl-train work directory, or one of its checkpoints (<workdir>/checkpoints/<step>).",
-    required=True,
+)
+_EMBEDDINGS = flags.DEFINE_string(
+    "embeddings", None, "Instead of --workdir: an .npz of embeddings and labels to evaluate."
 )
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -36,9 +52,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Config file (default: the run's saved config.json); --config.x=y overrides its fields.",
 )
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: config.eval.splits).")
+_SPLITS = flags.DEFINE_list(
+    "splits", None, "Splits to evaluate (default: config.eval.splits; the file's, --embeddings)."
+)
 _OUT = flags.DEFINE_string(
-    "out", None, "Output directory (default: <workdir>/eval); its earlier plots are removed."
+    "out",
+    None,
+    "Output directory (default: <workdir>/eval, or <file stem>_eval/ beside --embeddings); "
+    "its earlier plots are removed.",
 )
 _PLOTS = flags.DEFINE_bool("plots", True, "Write PNG plots.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
@@ -48,6 +69,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    if (_WORKDIR.value is None) == (_EMBEDDINGS.value is None):
+        raise app.UsageError(BOTH_SOURCES if _WORKDIR.value else ONE_SOURCE)
+    if _EMBEDDINGS.value is not None:
+        return _evaluate_embeddings()
     from himl.eval.run import evaluate_checkpoint
 
     with exit_on_user_error("himl-eval"):
@@ -62,6 +87,34 @@ def main(argv):
         )
 
 
+ONE_SOURCE = "give --workdir (a himl-train run) or --embeddings (an .npz)"
+BOTH_SOURCES = f"{ONE_SOURCE}, not both"
+# The fields an embeddings file is evaluated with (its splits are --splits).
+EMBEDDINGS_FIELDS = ("eval.", "seed")
+
+
+def _evaluate_embeddings():
+    from himl.eval.embeddings_file import evaluate_embeddings
+
+    overrides = flags.FLAGS["config"].override_values
+    ignored = [k for k in overrides if not k.startswith(EMBEDDINGS_FIELDS) or k == "eval.splits"]
+    if ignored or _STEP.value is not None:
+        given = f"--config.{ignored[0]}" if ignored else "--step"
+        hint = " (name the file's splits with --splits)" if ignored == ["eval.splits"] else ""
+        raise app.UsageError(
+            f"{given} does not apply to --embeddings, which reads only config.eval and "
+            f"config.seed{hint}"
+        )
+    with exit_on_user_error("himl-eval"):
+        evaluate_embeddings(
+            _EMBEDDINGS.value,
+            config=_CONFIG.value,
+            splits=_SPLITS.value,
+            out_dir=_OUT.value,
+            plots=_PLOTS.value,
+        )
+
+
 def run_config_file(argv: list[str]) -> str | None:
     """`himl/runs.py:WORKDIR`, the config file that is the saved config.json of the
     `--workdir` in `argv` (`himl.runs.get_config`); None without a --workdir, unless
@@ -72,8 +125,13 @@ def run_config_file(argv: list[str]) -> str | None:
             workdir = arg.split("=", 1)[1]
         elif arg in ("--workdir", "-workdir") and i + 1 < len(argv):
             workdir = argv[i + 1]
+    if any(a.startswith(("--embeddings", "-embeddings")) for a in argv):
+        if workdir:
+            print(f"himl-eval: error: {BOTH_SOURCES}", file=sys.stderr)
+            sys.exit(2)
+        return DEFAULT_CONFIG  # its eval section and seed
     if not workdir and not any(a.startswith("--config.") for a in argv):
-        return None  # absl says --workdir is required (after --help, if asked)
+        return None  # main says --workdir is needed (after --help, if asked)
     return f"{Path(__file__).parents[1] / 'runs.py'}:{workdir}"
 
 

@@ -77,7 +77,7 @@ def evaluate_checkpoint(
     if splits is not None and not splits:
         raise RunError("--splits is empty: name the splits to evaluate, or leave it out")
     out = Path(out_dir).expanduser() if out_dir else workdir / "eval"
-    _check_writable_dir(out, "--out")
+    check_writable_dir(out, "--out")
     dataset = load_dataset(config.data)
     evaluators = build_evaluators(config.eval, dataset, seed=config.seed, splits=splits)
     if splits:
@@ -95,6 +95,18 @@ def evaluate_checkpoint(
         return embeddings[name]
 
     results = run_evaluators(evaluators, embed, progress=progress)
+    about = {"workdir": str(workdir), "checkpoint_step": step, "dataset": dataset.name}
+    return write_report(
+        out, about, dataset, evaluators, results, embeddings, config,
+        model=f"step {step}", plots=plots,
+    )  # fmt: skip
+
+
+def write_report(out, about, dataset, evaluators, results, embeddings, config, *, model, plots):
+    """Writes `out/metrics.json` (`about`, the level names, `results`, `config`) and the
+    plots of each split with per-level retrieval results (replacing an earlier
+    evaluation's), and prints the table and the linear-probe lines, `model` naming the
+    rows. Returns the dict written."""
     levels = dataset.eval_level_names
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_plots(out)
@@ -103,22 +115,20 @@ def evaluate_checkpoint(
             if levels[0] in results.get(name, {}):  # a split with per-level retrieval results
                 _plot(out, name, dataset, embeddings[name], results[name], config.eval)
     summary = {
-        "workdir": str(workdir),
-        "checkpoint_step": step,
-        "dataset": dataset.name,
+        **about,
         "level_names": list(levels),
         "results": results,
         "config": json.loads(json.dumps(config.to_dict(), default=list)),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(results_table({f"step {step}": results}, levels, tuple(config.eval.ks)))
-    for line in probe_lines({f"step {step}": results}):
+    print(results_table({model: results}, levels, tuple(config.eval.ks)))
+    for line in probe_lines({model: results}):
         print(line)
     print(f"wrote {out / 'metrics.json'}" + (" and plots" if plots else ""))
     return summary
 
 
-def _check_writable_dir(path: Path, what: str) -> None:
+def check_writable_dir(path: Path, what: str) -> None:
     """RunError unless `path` is a directory, or can be made one, that we can write in."""
     existing = path
     while not existing.exists() and existing != existing.parent:
@@ -158,6 +168,8 @@ def _plot(out, name, dataset, emb, metrics, eval_cfg):
         title=f"{name}: PCA of the embedding",
         coarse_name=lambda label: dataset.label_name(0, int(label)),
     )
+    if not split.images.shape[1]:
+        return  # labels only (embeddings made elsewhere, no image files): no retrieval grid
     top = min(5, len(split) - 1)
     indices, _ = knn(emb, k=top, metric=eval_cfg.metric, block_size=eval_cfg.block_size)
     plot_retrieval_grid(

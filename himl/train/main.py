@@ -10,15 +10,18 @@ Running the same command again with the same --workdir resumes from its last che
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himl.cli import exit_on_user_error, flags_parser, help_from, with_default_config
-
-DEFAULT_CONFIG = str(resources.files("himl.configs") / "default.py")
+from himl.cli import (
+    DEFAULT_CONFIG,
+    exit_on_user_error,
+    flags_parser,
+    help_from,
+    with_default_config,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
