@@ -217,6 +217,20 @@ def test_unusable_workdir_fails_before_the_data(config, tmp_path, monkeypatch):
         Workdir(tmp_path / "new" / "run")
 
 
+def test_a_workdir_inside_a_runs_checkpoints_is_refused(config, tmp_path, monkeypatch):
+    """`<run>/checkpoints/<step>` is a checkpoint to himl-eval and himl-embed; a run trained
+    there would be deleted with that step by the run's checkpoint rotation."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "80").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    monkeypatch.setattr(loop, "build_experiment", lambda *a, **k: pytest.fail("data loaded"))
+    for inside in (run / "checkpoints" / "80", run / "checkpoints" / "80" / "mine"):
+        with pytest.raises(WorkdirError, match=f"inside the checkpoints of the run in {run}, "):
+            train_and_evaluate(config, inside, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["80"]
+    Workdir(tmp_path / "checkpoints" / "run")  # a folder named so, outside a run: fine
+
+
 def test_checkpoint_check_logs_no_orbax_warning(tiny_run, config, caplog):
     workdir, _ = tiny_run
     ckpt = Checkpointer(workdir / "checkpoints", every=4, keep=5)

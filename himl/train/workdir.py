@@ -136,8 +136,21 @@ class Workdir:
         self.checkpoints = self.path / "checkpoints"
         if self.path.exists() and not self.path.is_dir():
             raise WorkdirError(f"--workdir {self.path} is a file, not a directory")
+        self._check_not_in_checkpoints()
         self._check_writable()
         self.saved_config = self._read_config()
+
+    def _check_not_in_checkpoints(self) -> None:
+        """Raises WorkdirError for a directory inside a run's `checkpoints/` (such as the
+        `<run>/checkpoints/<step>` himl-eval and himl-embed accept): the run's checkpoint
+        rotation would delete what is trained there."""
+        for folder in [self.path.absolute(), *self.path.absolute().parents]:
+            if folder.name == "checkpoints" and (folder.parent / "config.json").is_file():
+                raise WorkdirError(
+                    f"--workdir {self.path} is inside the checkpoints of the run in "
+                    f"{folder.parent}, whose rotation would delete it: give --workdir="
+                    f"{folder.parent} to resume that run, or a directory of its own"
+                )
 
     def _check_writable(self) -> None:
         """Raises WorkdirError unless the directory, or its nearest existing ancestor (where
