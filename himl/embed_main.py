@@ -9,7 +9,8 @@ with the run's `config.data.custom` path_column, split_column and levels) or one
 file. A manifest's label columns are optional: a `path`-only manifest lists unlabelled
 images, and a row with empty (or, in JSON lines, null) labels is an image of unknown labels
 (written as "" in `labels`). `--out` writes an .npz with `embeddings [N, D]` float32,
-`paths [N]`, and, when known, `labels [N, L]` (names) and `level_names [L]`. `--query`
+`paths [N]`, and, when known, `labels [N, L]` (names), `level_names [L]` and `split [N]` (a
+manifest's split column; `himl-eval --embeddings` evaluates each split). `--query`
 searches the embedded images (exact kNN, the run's metric) and prints the top `--k` for
 each query; `--plot` also draws them as a grid. `--input_shape=H,W,C` is needed only for a
 run made before himl-train recorded its input (`input.json`) and trained on an `.npz` that is
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from absl import app, flags, logging
@@ -56,7 +58,14 @@ def listing_options(config) -> dict:
     return {k: config.data.custom[k] for k in LISTING_OPTIONS if k in config.data.custom}
 
 
-Listing = tuple[list[Path], tuple[str, ...], list[tuple[str, ...]] | None]
+class Listing(NamedTuple):
+    """The images `--images` lists: their paths, level names and labels (None: unlabelled),
+    and the manifest's split of each image (None: it has no split column)."""
+
+    paths: list[Path]
+    level_names: tuple[str, ...]
+    labels: list[tuple[str, ...]] | None
+    split: list[str] | None = None
 
 
 def read_listing(source, options: dict | None = None) -> Listing:
@@ -72,7 +81,7 @@ def read_listing(source, options: dict | None = None) -> Listing:
     if path.is_file() and path.suffix.lower() in (*custom.MANIFEST_DELIMITERS, ".jsonl"):
         return read_manifest_listing(path, **options)
     if path.is_file():
-        return [path], (), None
+        return Listing([path], (), None)
     if not path.exists():
         raise custom.MissingDataError(f"--images: {path} does not exist")
     if not path.is_dir():
@@ -86,10 +95,10 @@ def read_listing(source, options: dict | None = None) -> Listing:
     if table is None:
         from himl.embedder import list_images
 
-        return list_images(path), (), None
+        return Listing(list_images(path), (), None)
     levels = tuple(options.get("levels") or ())
     names = levels if len(levels) == len(table.level_names) else table.level_names
-    return [table.root / f for f in table.files], names, table.values
+    return Listing([table.root / f for f in table.files], names, table.values)
 
 
 def read_manifest_listing(path: Path, *, path_column="path", split_column="split",
@@ -118,7 +127,7 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
         columns = levels if present else ()
     else:
         columns = tuple(c for c in header if c not in (path_column, split_column))
-    paths, labels = [], []
+    paths, labels, split = [], [], []
     for lineno, record in records:
         here = f"{path}:{lineno}"
         file = str(record.get(path_column) or "").strip()
@@ -126,6 +135,7 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
             raise custom.MalformedDataError(f"{here}: empty image path (column {path_column!r})")
         paths.append(path.parent / file)  # an absolute path stays absolute
         labels.append(tuple(_label(record.get(c), c, here) for c in columns))
+        split.append(str(record.get(split_column) or "").strip())
     if not records:
         raise custom.MalformedDataError(f"{path}: no rows after the header")
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
@@ -134,9 +144,16 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
         raise custom.MissingDataError(
             f"{path}: {len(missing)} of {len(paths)} listed images are missing, e.g. {examples}"
         )
+    if split_column not in header:
+        split = None
+    elif not all(split):
+        row = records[split.index("")][0]
+        print(f"note: {path}:{row}: no {split_column!r} value ({split.count('')} such rows): "
+              "the splits are left out", file=sys.stderr)  # fmt: skip
+        split = None
     if not columns or not any(any(row) for row in labels):
-        return paths, (), None
-    return paths, columns, labels
+        return Listing(paths, (), None, split)
+    return Listing(paths, columns, labels, split)
 
 
 def _label(value, column: str, where: str) -> str:
@@ -148,7 +165,7 @@ def _label(value, column: str, where: str) -> str:
     return custom.label_value(value, column, where)
 
 
-def write_embeddings(out, embeddings, paths, level_names, labels) -> Path:
+def write_embeddings(out, embeddings, paths, level_names, labels, split=None) -> Path:
     """The .npz `himl-embed --out` writes (see the module docstring)."""
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +173,8 @@ def write_embeddings(out, embeddings, paths, level_names, labels) -> Path:
     if labels is not None:
         arrays["labels"] = np.array(labels, dtype=str)
         arrays["level_names"] = np.array(level_names, dtype=str)
+    if split is not None:
+        arrays["split"] = np.array(split, dtype=str)
     np.savez(out, **arrays)
     return out
 
@@ -204,15 +223,40 @@ def search_and_report(embedder, gallery, queries, *, k, plot=None, labels=None) 
         print(f"wrote {path}")
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")  # formats matplotlib writes by name
+
+
+def check_outputs(out, plot, query) -> None:
+    """EmbedderError, before any image is embedded, for an output that would be written
+    elsewhere than named (numpy adds `.npz`, matplotlib `.png`) or not at all."""
+    from himl.embedder import EmbedderError
+
+    if not out and not query:
+        raise EmbedderError("nothing to do: pass --out=FILE.npz and/or --query=IMAGES")
+    if plot and not query:
+        raise EmbedderError(f"--plot={plot} draws the neighbours of queries: add --query=IMAGES")
+    for flag, value, suffixes in (("--out", out, (".npz",)), ("--plot", plot, PLOT_SUFFIXES)):
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir():
+            raise EmbedderError(f"{flag}={value} is a directory: name a file in it")
+        if path.suffix.lower() not in suffixes:
+            raise EmbedderError(
+                f"{flag}={value} must end in {' or '.join(suffixes)} (it would be written as "
+                f"{path.name}{suffixes[0]})"
+            )
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise EmbedderError(f"{flag}={value}: {parent} is a file, not a directory")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     with exit_on_user_error("himl-embed"):
-        if not _OUT.value and not _QUERY.value:
-            from himl.embedder import EmbedderError
-
-            raise EmbedderError("nothing to do: pass --out=FILE.npz and/or --query=IMAGES")
+        check_outputs(_OUT.value, _PLOT.value, _QUERY.value)
         from himl.embedder import EmbedderError, Gallery, load_embedder
         from himl.runs import load_run_config, split_checkpoint_path
 
@@ -228,20 +272,24 @@ def main(argv):
         # says how its manifests are read).
         workdir, _ = split_checkpoint_path(_WORKDIR.value, _STEP.value)
         config = load_run_config(workdir) if workdir.is_dir() else None
-        paths, level_names, labels = read_listing(_IMAGES.value, listing_options(config))
+        paths, level_names, labels, split = read_listing(_IMAGES.value, listing_options(config))
         queries = query_files(_QUERY.value or [])
         embedder = load_embedder(
             _WORKDIR.value, _STEP.value, batch_size=_BATCH.value, input_shape=input_shape
         )
         print(
-            f"himl-embed: step {embedder.step} of {_WORKDIR.value}, {len(paths)} images",
+            f"himl-embed: step {embedder.step} of {_WORKDIR.value}, {len(paths)} "
+            f"image{'s' if len(paths) != 1 else ''}",
             file=sys.stderr,
         )
         embeddings = embedder.embed(paths, progress=_PROGRESS.value)
         if _OUT.value:
-            out = write_embeddings(_OUT.value, embeddings, paths, level_names, labels)
+            out = write_embeddings(_OUT.value, embeddings, paths, level_names, labels, split)
             print(f"wrote {out}: {embeddings.shape[0]} x {embeddings.shape[1]} embeddings")
         if _QUERY.value:
+            if _K.value > len(paths):
+                print(f"note: --k={_K.value} > the {len(paths)} images: showing all of them",
+                      file=sys.stderr)  # fmt: skip
             gallery = Gallery(embedder, embeddings, items=paths, labels=labels)
             search_and_report(
                 embedder, gallery, queries, k=min(_K.value, len(paths)), plot=_PLOT.value,

@@ -117,12 +117,22 @@ def test_a_manifest_is_read_with_the_runs_column_options(pictures):
     manifest.write_text("file,part,kind,grp\n" + "".join(
         f"pics/{i}.png,train,k{i % 2},g{i}\n" for i in range(4)))  # fmt: skip
     options = {"path_column": "file", "split_column": "part", "levels": ["grp", "kind"]}
-    paths, level_names, labels = read_listing(manifest, options)
+    paths, level_names, labels, split = read_listing(manifest, options)
     assert paths == [pictures / f"{i}.png" for i in range(4)]
     assert level_names == ("grp", "kind")
     assert labels == [(f"g{i}", f"k{i % 2}") for i in range(4)]
+    assert split == ["train"] * 4  # written to the .npz, where himl-eval --embeddings reads it
     with pytest.raises(MalformedDataError, match="no path column 'path'"):
         read_listing(manifest, {})  # another run's default
+
+
+def test_a_split_column_with_gaps_is_left_out_with_a_note(pictures, capsys):
+    manifest = pictures.parent / "gaps.csv"
+    manifest.write_text("path,split\npics/0.png,test\npics/1.png,\npics/2.png,query\n")
+    assert read_listing(manifest).split is None
+    assert "gaps.csv:3: no 'split' value (1 such rows): the splits are left out" in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_options_come_from_a_custom_data_run_only():
@@ -143,17 +153,17 @@ def test_a_manifest_without_labels_lists_unlabelled_images(pictures, suffix):
         manifest.write_text("path\n" + "\n".join(rows) + "\n")
     else:
         manifest.write_text("".join(json.dumps({"path": r, "cls": None}) + "\n" for r in rows))
-    assert read_listing(manifest) == ([pictures / f"{i}.png" for i in range(4)], (), None)
+    assert read_listing(manifest) == ([pictures / f"{i}.png" for i in range(4)], (), None, None)
 
 
 def test_empty_labels_are_unknown_and_levels_are_all_or_none(pictures):
     manifest = pictures.parent / "partial.csv"
     manifest.write_text("path,grp,cls\npics/0.png,g,a\npics/1.png,g,\npics/2.png,,\n")
-    paths, level_names, labels = read_listing(manifest)
+    paths, level_names, labels, _ = read_listing(manifest)
     assert len(paths) == 3 and level_names == ("grp", "cls")
     assert labels == [("g", "a"), ("g", ""), ("", "")]
     # The run's levels: none of them in the header -> no labels; some of them -> an error.
-    assert read_listing(manifest, {"levels": ["family", "item"]})[1:] == ((), None)
+    assert read_listing(manifest, {"levels": ["family", "item"]})[1:3] == ((), None)
     with pytest.raises(MalformedDataError, match=r"partial.csv: label column 'item'.*or none"):
         read_listing(manifest, {"levels": ["grp", "item"]})
     # A missing image is still named, with its row.

@@ -164,3 +164,30 @@ def test_himl_embed_command(run, unseen, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"himl-embed: error: query image {tmp_path / 'nope.png'} does not exist"
     )
+
+
+@pytest.mark.parametrize(
+    "out,plot,query,message",
+    [
+        (None, None, None, "nothing to do: pass --out=FILE.npz and/or --query=IMAGES"),
+        ("e.npz", "top.png", None, "--plot=top.png draws the neighbours of queries: add --query"),
+        ("e.csv", None, None, "--out=e.csv must end in .npz (it would be written as e.csv.npz)"),
+        ("dir", None, None, "--out=dir is a directory: name a file in it"),
+        (None, "grid", ["q.png"], "--plot=grid must end in .png or .pdf or .svg or .jpg"),
+        ("notes.txt/e.npz", None, None, "notes.txt is a file, not a directory"),
+    ],
+)
+def test_himl_embed_outputs_are_checked_before_any_work(out, plot, query, message, tmp_path,
+                                                        monkeypatch):  # fmt: skip
+    """Each output is written where it is named, or refused before anything is embedded
+    (numpy and matplotlib would append their suffix, and --plot alone drew nothing)."""
+    from himl.embed_main import check_outputs
+    from himl.embedder import EmbedderError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(EmbedderError) as error:
+        check_outputs(out, plot, query)
+    assert message in str(error.value)
+    check_outputs("new/e.NPZ", "new/top5.pdf", ["q.png"])  # fine
