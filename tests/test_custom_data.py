@@ -16,6 +16,7 @@ from himl.data.custom import load_custom
 from himl.data.defaults import custom_data_config
 from himl.data.embedded import load_embedded
 from himl.data.export import write_image_tree, write_manifest, write_npz
+from himl.data.images import CorruptImageError
 from himl.data.records import MalformedDataError, MissingDataError
 from himl.errors import UserError
 
@@ -256,6 +257,30 @@ def test_missing_images_counted_with_rows(tree, tmp_path):
         load_custom(path, **GRAY_28)
 
 
+def test_files_that_are_not_images_are_named_before_any_work(tree, tmp_path):
+    """An empty file, text saved as .jpg and a PNG cut inside its header are each named
+    with their row when the data is read; a file cut after its header is found when
+    decoded (training then saves first: tests/test_resume_rules.py)."""
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    png = Path(rows[0][0]).read_bytes()
+    broken = {3: ("empty.jpg", b""), 8: ("text.jpg", b"not an image"), 12: ("cut.png", png[:20])}
+    for i, (name, data) in broken.items():
+        (tmp_path / name).write_bytes(data)
+        rows[i] = (str(tmp_path / name), *rows[i][1:])
+    path = _write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows)
+    with pytest.raises(CorruptImageError) as error:
+        load_custom(path, **GRAY_28)
+    message = str(error.value)
+    assert message.startswith(f"{path}: 3 of 70 listed images cannot be read as images, e.g. ")
+    assert f"m.csv:5: {tmp_path / 'empty.jpg'} (empty file)" in message
+    assert f"m.csv:10: {tmp_path / 'text.jpg'} (cannot identify image file)" in message
+    assert f"m.csv:14: {tmp_path / 'cut.png'} (" in message
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])  # the header is whole
+    original = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    rows[3], rows[8] = original[3], original[8]
+    load_custom(_write_csv(path, ["path", "group", "class"], rows), **GRAY_28)
+
+
 def test_class_with_one_training_image(tree, tmp_path):
     rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
     wallet = tmp_path / "wallet.png"  # another file: an image listed twice is refused
@@ -287,8 +312,9 @@ def test_folder_tree_errors(tmp_path):
 
 def test_undecodable_image_names_the_file(tree, tmp_path):
     rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not a png")
+    bad = tmp_path / "bad.png"  # its header is whole (the check when read passes it)
+    png = Path(rows[0][0]).read_bytes()
+    bad.write_bytes(png[: len(png) // 2])
     rows[0] = (str(bad), *rows[0][1:])
     ds = load_custom(_write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows), **GRAY_28)
     split = next(s for s in ds.splits.values()

@@ -248,3 +248,36 @@ def test_a_run_without_an_untrained_evaluation_resumes_without_a_note(config, tm
     train_and_evaluate(config, tmp_path, progress=False)
     out = capsys.readouterr()
     assert "untrained" not in out.out + out.err and not (tmp_path / "untrained.json").exists()
+
+
+def test_a_data_error_mid_run_saves_the_steps_trained_first(config, tmp_path, monkeypatch):
+    """An image that fails to decode at step 6 (its header passed the check before the run)
+    stops the run with the steps before it saved and the resume named; the same command,
+    once the file is replaced, resumes there."""
+    from himl.data.images import CorruptImageError
+
+    config.train.steps, config.train.checkpoint_every = 8, 4
+
+    def make(data_config, dataset, seed):
+        batcher = make_batcher(data_config, dataset, seed)
+
+        def batch(step):
+            if step == 6:
+                raise CorruptImageError(
+                    "cannot decode image x.jpg (list.csv:7): image file is truncated"
+                )
+            return batcher(step)
+
+        return batch
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "make_batcher", make)
+        with pytest.raises(UserError) as error:
+            train_and_evaluate(config, tmp_path, progress=False)
+    assert str(error.value) == (
+        "cannot decode image x.jpg (list.csv:7): image file is truncated; saved step 6 in "
+        f"{tmp_path / 'checkpoints'}: replace that file and run the same command again to resume"
+    )
+    assert _steps(tmp_path) == [4, 6]
+    train_and_evaluate(config, tmp_path, progress=False)  # the file replaced
+    assert _steps(tmp_path) == [4, 6, 8]

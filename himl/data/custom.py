@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from himl.data.dataset import Dataset, Split
-from himl.data.images import FileSource, LazyImages
+from himl.data.images import CorruptImageError, FileSource, LazyImages, unreadable_images
 from himl.data.records import MalformedDataError, MissingDataError, carve_val
 from himl.errors import ConfigError, check_choice
 
@@ -588,19 +588,25 @@ def describe_splits(splits: dict, labels: np.ndarray, class_level: int) -> str:
 
 
 def check_images_exist(table: LabelTable, show: int = 3) -> None:
-    """Every listed image exists (one pass, before any training work)."""
+    """Every listed image exists and has a header Pillow reads (one pass over the files,
+    before any training work: an empty or non-image file would otherwise stop training at
+    the first batch that holds it)."""
     if table.files is None:
         return
-    missing = [
-        i for i, f in enumerate(table.files) if not (table.root / f).is_file()
-    ]  # root / absolute = absolute
+    paths = [table.root / f for f in table.files]  # root / absolute = absolute
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
-        examples = "; ".join(
-            f"{table.where[i]}: {table.root / table.files[i]}" for i in missing[:show]
-        )
+        examples = "; ".join(f"{table.where[i]}: {paths[i]}" for i in missing[:show])
         raise MissingDataError(
             f"{table.source}: {len(missing)} of {len(table.files)} listed images are missing, "
             f"e.g. {examples}"
+        )
+    bad = unreadable_images(paths)
+    if bad:
+        examples = "; ".join(f"{table.where[i]}: {paths[i]} ({why})" for i, why in bad[:show])
+        raise CorruptImageError(
+            f"{table.source}: {len(bad)} of {len(table.files)} listed images cannot be read as "
+            f"images, e.g. {examples}"
         )
 
 
@@ -650,8 +656,8 @@ def build_dataset(
     """The `Dataset` of a `LabelTable`: labels encoded, splits made, files checked."""
     check_custom_config(options)
     check_unique_images(table)
-    check_images_exist(table)
     ids, names = encode_levels(table, unique_labels=bool(options.get("unique_labels", False)))
+    check_images_exist(table)  # reads every file's header: after the checks that read none
     class_level = len(table.level_names) - 1
     labels = np.concatenate([ids, np.arange(len(ids))[:, None]], axis=1)
     splits = make_splits(table, ids, options, class_level)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -48,6 +49,31 @@ def decode(data: bytes, name: str, channels: int) -> Image.Image:
     image = to_8bit(image, name)
     mode = "RGB" if channels == 3 else "L"
     return image if image.mode == mode else image.convert(mode)
+
+
+def header_problem(path) -> str | None:
+    """Why the file at `path` is not an image Pillow can read (empty, or a header it does
+    not recognise), or None. Reads the header only: a file cut short after it is found when
+    decoded."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - parsed from the header
+    except Exception as e:  # Pillow raises several types for bad data
+        return re.sub(r" '[^']*'$", "", str(e)) or type(e).__name__
+    return None
+
+
+def unreadable_images(paths, *, workers: int = 16) -> list[tuple[int, str]]:
+    """`(index, why)` of the files among `paths` that are not readable images
+    (`header_problem`); the files are opened by `workers` threads (the reads wait on the
+    disk, not the CPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        problems = pool.map(header_problem, paths, chunksize=64)
+        return [(i, why) for i, why in enumerate(problems) if why is not None]
 
 
 def to_8bit(image: Image.Image, name: str) -> Image.Image:

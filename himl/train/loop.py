@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from himl.config_lib import absolute_paths, unselected_loss_changes, validate_config
 from himl.data.registry import input_spec
 from himl.data.sampling import NOT_IN_BATCHES, make_batcher
+from himl.errors import UserError
 from himl.eval.evaluators import build_evaluators, check_splits, run_evaluators
 from himl.eval.report import probe_lines, results_table
 from himl.models.inference import EmbeddingFunction
@@ -187,7 +188,11 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
     try:
         with StopRequests() as stop, writer:
             for step in range(first, total):
-                state, metrics, record = step_fn(state, device_batch(batcher(step), mesh), record)
+                try:
+                    batch = batcher(step)
+                except UserError as error:  # e.g. an image cut short after its header
+                    raise _saved_before(error, state, ckpt, writer, check) from None
+                state, metrics, record = step_fn(state, device_batch(batch, mesh), record)
                 bar.update(1)
                 done = step + 1
                 log_due = done % config.train.log_every == 0 or done == total
@@ -224,6 +229,20 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
         )
         raise Interrupted(stop.requested)
     return state
+
+
+def _saved_before(error, state, ckpt, writer, check) -> UserError:
+    """`error`, a data error met while making a batch, once the steps trained so far are
+    checkpointed (unless non-finite: `check` raises), so fixing the file loses nothing."""
+    check()
+    writer.flush()
+    step = int(state.step)
+    if ckpt.latest_step() != step:
+        ckpt.save(step, state, force=True)
+    return UserError(
+        f"{error}; saved step {step} in {ckpt.directory}: replace that file and run the same "
+        "command again to resume"
+    )
 
 
 def _checkpointer(run_dir, config) -> Checkpointer:
