@@ -281,3 +281,61 @@ def test_a_data_error_mid_run_saves_the_steps_trained_first(config, tmp_path, mo
     assert _steps(tmp_path) == [4, 6]
     train_and_evaluate(config, tmp_path, progress=False)  # the file replaced
     assert _steps(tmp_path) == [4, 6, 8]
+
+
+def test_a_resume_on_other_data_is_refused(tiny_run_copy):
+    """The run records its data's fingerprint (data.json); a resume whose data differs (a
+    manifest edited since: other images, other labels) is one line, changing nothing; a
+    run made before the record resumes unchecked."""
+    workdir, config = tiny_run_copy
+    saved = json.loads((workdir / "data.json").read_text())
+    assert saved == build_experiment(config).dataset.fingerprint()
+    config.train.steps = 10
+    for split, change, message in [
+        ("train", {"images": 3501}, "split 'train' had 3501 images, this run's data has 3500"),
+        ("unseen", {"hash": "0" * 16}, "the images or labels of split 'unseen' differ"),
+    ]:
+        other = {**saved, split: {**saved[split], **change}}
+        (workdir / "data.json").write_text(json.dumps(other))
+        before = _snapshot(workdir)
+        with pytest.raises(WorkdirError) as error:
+            train_and_evaluate(config, workdir, progress=False)
+        assert str(error.value) == (
+            f"{workdir} holds a run trained on other data ({message}; {workdir / 'data.json'}): "
+            "train in a new --workdir, or restore the data it was trained on"
+        )
+        assert _snapshot(workdir) == before
+    (workdir / "data.json").unlink()  # an older run
+    train_and_evaluate(config, workdir, progress=False)
+    assert _steps(workdir)[-1] == 10 and json.loads((workdir / "data.json").read_text()) == saved
+
+
+def test_the_data_fingerprint_sees_images_labels_and_file_names(tmp_path):
+    import numpy as np
+
+    from himl.data.custom import load_custom
+    from himl.data.dataset import Dataset, Split
+    from himl.data.embedded import load_embedded
+    from himl.data.export import write_manifest
+
+    embedded = load_embedded()
+    assert embedded.fingerprint() == load_embedded().fingerprint()
+    split = embedded.split("unseen")
+    pixels = np.array(split.images)
+    pixels[0, 0, 0, 0] ^= 1
+    for changed in (Split(pixels, split.labels), Split(split.images[1:], split.labels[1:])):
+        other = Dataset(**{**embedded.__dict__, "splits": {**embedded.splits, "unseen": changed}})
+        differs = {k for k, v in other.fingerprint().items() if v != embedded.fingerprint()[k]}
+        assert differs == {"unseen"}
+    manifest = write_manifest(embedded, tmp_path / "m.csv", splits=("train",), per_class=6)
+    first = load_custom(manifest, image_size=28, channels=1, verbose=False).fingerprint()
+    assert first == load_custom(manifest, image_size=28, channels=1, verbose=False).fingerprint()
+    text = manifest.read_text()
+    renamed = tmp_path / "copy.png"
+    line = text.splitlines()[1]
+    renamed.write_bytes((tmp_path / line.split(",")[0]).read_bytes())
+    manifest.write_text(text.replace(line.split(",")[0], "copy.png", 1))
+    second = load_custom(manifest, image_size=28, channels=1, verbose=False).fingerprint()
+    assert second != first and [v["images"] for v in second.values()] == [
+        v["images"] for v in first.values()
+    ]

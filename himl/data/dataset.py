@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,21 @@ class Dataset:
                 f"dataset {self.name!r} has no split {name!r}; it has {sorted(self.splits)}"
             )
         return self.splits[name]
+
+    def fingerprint(self) -> dict:
+        """`{split: {"images": N, "hash": ...}}`: a hash of each split's labels and images
+        (the pixels of in-memory images, the file names of files decoded on demand), by
+        which a resume knows the data it trained on (`himl.train.workdir`)."""
+        out = {}
+        for name, split in sorted(self.splits.items()):
+            digest = hashlib.sha256(np.ascontiguousarray(split.labels, np.int64).tobytes())
+            images, source = split.images, getattr(split.images, "source", None)
+            if isinstance(images, np.ndarray):
+                digest.update(np.ascontiguousarray(images).tobytes())
+            elif hasattr(source, "files"):
+                digest.update("\n".join(source.files[i] for i in images.indices).encode())
+            out[name] = {"images": len(split), "hash": digest.hexdigest()[:16]}
+        return out
 
     @property
     def eval_level_names(self) -> tuple[str, ...]:

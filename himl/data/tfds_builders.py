@@ -165,6 +165,11 @@ class TfdsSource:
     def __getstate__(self):  # worker processes reopen the files (prepared by then)
         return {**self.__dict__, "_sources": None}
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The image file names, relative to the records' root (as `FileSource.files`)."""
+        return self.records.files
+
     def open(self) -> None:
         """Prepares the store (once; see `prepare`) and checks it against the records."""
         if self._sources is not None:

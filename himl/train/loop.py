@@ -353,6 +353,8 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
 
     try:
         run_dir.check_resume(config, resume_keys(settings.keys_read))
+        fingerprint = dataset.fingerprint()
+        run_dir.check_data(fingerprint)
         mesh = make_mesh()
         replicated = NamedSharding(mesh, P())
         untrained_path = run_dir.path / "untrained.json"
@@ -384,6 +386,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         if not resumed and config.eval.get("at_start", True):
             untrained = evaluate(state)
         run_dir.start(config)  # the run is known valid: from here on the workdir changes
+        run_dir.write_data(fingerprint)
         write_input_spec(run_dir.path, *input_spec(config.data))  # for himl-embed
         if not resumed:
             ckpt = _checkpointer(run_dir, config)

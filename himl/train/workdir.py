@@ -22,7 +22,9 @@ from himl.errors import ConfigError
 from himl.runs import RunError, read_config_json
 
 # Files a run writes at the top of its work directory (plus TensorBoard event files).
-RUN_FILES = ("config.json", "input.json", "metrics.json", "metrics.jsonl", "untrained.json")
+RUN_FILES = ("config.json", "data.json", "input.json", "metrics.json", "metrics.jsonl",
+             "untrained.json")  # fmt: skip
+DATA_FILE = "data.json"  # the fingerprint of the data the run trains on
 EVENTS = "events.out.tfevents.*"
 
 
@@ -130,6 +132,16 @@ def _difference(key: str, old, new) -> tuple | None:
     )
 
 
+def _data_difference(saved: dict, new: dict) -> str:
+    """The first difference of two `Dataset.fingerprint`s, in words."""
+    for name in sorted(set(saved) | set(new)):
+        before, now = saved.get(name, {}).get("images", 0), new.get(name, {}).get("images", 0)
+        if before != now:
+            return f"split {name!r} had {before} images, this run's data has {now}"
+    name = next(n for n in sorted(saved) if saved[n] != new[n])
+    return f"the images or labels of split {name!r} differ"
+
+
 class Workdir:
     def __init__(self, path):
         self.path = Path(path).expanduser()
@@ -228,6 +240,27 @@ class Workdir:
             return []
         found = [self.path / n for n in RUN_FILES if (self.path / n).exists()]
         return found + sorted(self.path.glob(EVENTS))
+
+    def check_data(self, fingerprint: dict) -> None:
+        """Raises WorkdirError if the run held here was trained on other data than
+        `fingerprint` (`Dataset.fingerprint`: images and labels per split), e.g. a manifest
+        edited since: its classes would change meaning mid-run and its evaluations mix two
+        datasets. A run made before himl recorded its data is not checked."""
+        path = self.path / DATA_FILE
+        if not self.holds_run() or not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        if saved == fingerprint:
+            return
+        what = _data_difference(saved, fingerprint)
+        raise WorkdirError(
+            f"{self.path} holds a run trained on other data ({what}; {path}): train in a new "
+            "--workdir, or restore the data it was trained on"
+        )
+
+    def write_data(self, fingerprint: dict) -> None:
+        """Records the data of a run that starts (`check_data` reads it on resume)."""
+        (self.path / DATA_FILE).write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
 
     def start(self, config) -> None:
         """Called once the run is known to be valid: sets the directory up and writes
