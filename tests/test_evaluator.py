@@ -176,3 +176,22 @@ def test_eval_scalars_name_levels_and_split_wide_numbers_and_skip_empty_evaluati
             },
         )
     ]
+
+
+def test_splits_that_cannot_be_measured_are_named_before_any_embedding(setup):
+    """A split whose every class holds one image: the probe has no test half (one line
+    naming the split and the way out), and retrieval at that level would read 0 (a warning)."""
+    dataset, model, variables, config = setup
+    labels = np.stack([np.arange(6) // 3, np.arange(6), np.arange(6)], axis=1)
+    single = Split(images=np.zeros((6, 12, 12, 1), np.uint8), labels=labels)
+    dataset = Dataset("toy", dataset.level_names, 1, {}, {**dataset.splits, "few": single})
+    config.splits = ("few",)
+    with pytest.raises(EvalInputError) as error:
+        build_evaluators(config, dataset)
+    assert str(error.value).startswith(
+        "linear_probe on split 'few': each of its 6 images is the only one of its class"
+    )
+    assert str(error.value).endswith("--config.eval.evaluators=retrieval,query_gallery")
+    config.evaluators = ("retrieval",)
+    with pytest.warns(UserWarning, match="split 'few': each image is the only one of its "):
+        build_evaluators(config, dataset)

@@ -14,12 +14,14 @@ once, however many evaluators read it, and merges the results per key, e.g.
 The training loop (before training, every `config.eval.every` steps, at the end) and
 `himl-eval` (which adds plots) run the same evaluators, as big_vision's evaluators serve
 both `train.py` and `tools/eval_only.py`; himl's table is explicit instead of imports by
-string. A new evaluator is a class with `splits` and `run`, and one row in `EVALUATORS`.
+string. A new evaluator is a class with `splits` and `run` (and optionally `check()`, run
+on the splits' labels before anything is embedded), and one row in `EVALUATORS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -53,6 +55,20 @@ class RetrievalEvaluator:
     ks: tuple[int, ...]
     metric: str
     block_size: int
+
+    def check(self) -> None:
+        """Warns of a level at which no image of a split has a same-label neighbour: its
+        Recall@K and MAP@R would read 0 and its NMI 100, measuring nothing."""
+        for name in self.splits:
+            labels = self.dataset.split(name).labels
+            for level, level_name in enumerate(self.dataset.eval_level_names):
+                if len(labels) and np.unique(labels[:, level], return_counts=True)[1].max() < 2:
+                    warnings.warn(
+                        f"split {name!r}: each image is the only one of its {level_name!r} "
+                        f"label ({len(labels)} images), so retrieval at that level measures "
+                        "nothing (no query has a positive)",
+                        stacklevel=2,
+                    )
 
     def run(self, embeddings):
         levels = self.dataset.eval_level_names
@@ -102,6 +118,18 @@ class LinearProbeEvaluator:
     dataset: Dataset
     splits: tuple[str, ...]
     seed: int
+
+    def check(self) -> None:
+        """EvalInputError for a split with no class of 2 images (no test half)."""
+        for name in self.splits:
+            labels = self.dataset.split(name).labels[:, self.dataset.class_level]
+            if np.unique(labels, return_counts=True)[1].max() < 2:
+                raise EvalInputError(
+                    f"linear_probe on split {name!r}: each of its {len(labels)} images is the "
+                    "only one of its class, so the probe has nothing to test on; give the split "
+                    "more images per class (e.g. config.data.custom.seen_test_fraction), or "
+                    "leave the probe out: --config.eval.evaluators=retrieval,query_gallery"
+                )
 
     def run(self, embeddings):
         results = {}
@@ -158,6 +186,8 @@ def build_evaluators(eval_config, dataset: Dataset, *, seed: int = 0, splits=Non
         query_gallery = isinstance(evaluator, QueryGalleryEvaluator)
         check_splits(dataset, evaluator.splits,
                      what="config.eval.query_gallery" if query_gallery else what)  # fmt: skip
+    for evaluator in built:
+        getattr(evaluator, "check", lambda: None)()  # what its splits can measure
     return built
 
 
