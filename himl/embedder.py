@@ -167,6 +167,16 @@ class Embedder:
         return np.stack([self.prepare(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a))
                          for a in array])  # fmt: skip
 
+    def _as_run_images(self, images: LazyImages):
+        """`images` decoded from their files with the run's size, channels and crop (a
+        dataset loaded with other settings, e.g. `load_custom`'s defaults, would otherwise
+        be resized twice)."""
+        h, w, c = self.input_shape
+        if h != w:
+            return images  # resized per batch from what it decodes to
+        return LazyImages(images.source, images.indices, size=h, channels=c,
+                          crop_fraction=self.crop_fraction)  # fmt: skip
+
     # --- embedding and search ---
     def embed(self, images, *, progress: bool = False) -> np.ndarray:
         """Embeddings `[N, D]` float32 of images (paths, a folder, Pillow images of any
@@ -175,8 +185,9 @@ class Embedder:
         Integer arrays (uint8, int64, uint16, ...) hold pixels 0..255 and are scaled to
         [0, 1] as in training; float arrays (float16/32/64, bfloat16) must already be in
         [0, 1]; other values and bool arrays are refused (`EmbedderError`) before anything
-        is embedded. Paths (and `LazyImages`) are decoded and resized/cropped batch by
-        batch, so a large folder never sits in memory at once.
+        is embedded. Paths (and `LazyImages`, decoded from their files as the run's images
+        whatever size they were loaded at) are decoded and resized/cropped batch by batch, so
+        a large folder never sits in memory at once.
         """
         pillow = pillow_images(images)
         if pillow is not None:  # in memory already: prepared whole, then batched
@@ -185,7 +196,9 @@ class Embedder:
         count = len(paths) if paths is not None else len(images)
         if count == 0:
             raise EmbedderError("no images to embed")
-        if paths is None and not isinstance(images, LazyImages):
+        if isinstance(images, LazyImages):  # decoded as the run's images, not as loaded
+            images = self._as_run_images(images)
+        elif paths is None:
             images = self._from_array(images)  # checked whole, before the first batch
         chunks = []
         for start in tqdm(range(0, count, self.batch_size), desc="embedding", leave=False,

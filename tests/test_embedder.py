@@ -86,6 +86,25 @@ def test_files_folders_and_resizing(run, unseen, tmp_path):
     assert embedder.embed(big).shape == (4, 16)
 
 
+def test_a_dataset_loaded_at_another_size_embeds_as_its_files(run, unseen, tmp_path):
+    """`load_custom`'s defaults decode at 224 px (crop 0.875); the embedder decodes those
+    files again as the run's images (28 px here), not resizes the 224 px crops."""
+    from himl.data.custom import load_custom
+    from himl.data.dataset import Dataset, Split
+    from himl.data.export import write_manifest
+
+    workdir, _ = run
+    embedder = himl.load_embedder(workdir)
+    small = Dataset("x", ("group", "class", "image"), 1, {0: "a", 1: "b"},
+                    {"train": Split(unseen.images[:40], unseen.labels[:40])})  # fmt: skip
+    manifest = write_manifest(small, tmp_path / "m.csv")
+    loaded = load_custom(manifest, verbose=False, test_fraction=0.5)
+    split = next(iter(loaded.splits.values()))
+    assert split.images.shape[1:] == (224, 224, 3)
+    files = [split.images.source.root / split.images.source.files[i] for i in split.images.indices]
+    np.testing.assert_allclose(embedder.embed(split.images), embedder.embed(files), atol=1e-6)
+
+
 def test_gallery_search_is_exact(run, unseen):
     workdir, _ = run
     embedder = himl.load_embedder(workdir)
