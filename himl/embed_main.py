@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from absl import app, flags, logging
 
 from himl.cli import exit_on_user_error, flags_parser, help_from
+from himl.data.listing import listing_options, read_listing
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "himl-train work directory, or <workdir>/checkpoints/<step>.", required=True
@@ -46,123 +46,6 @@ _INPUT_SHAPE = flags.DEFINE_list(
     None,
     "H,W,C the run was trained on: only for an older .npz run (no input.json) whose .npz moved.",
 )
-
-# The `config.data.custom` options that say how a manifest is read.
-LISTING_OPTIONS = ("path_column", "split_column", "levels")
-
-
-def listing_options(config) -> dict:
-    """The run's manifest options (`LISTING_OPTIONS`) when it trained on its own data."""
-    if config is None or config.data.name != "custom":
-        return {}
-    return {k: config.data.custom[k] for k in LISTING_OPTIONS if k in config.data.custom}
-
-
-class Listing(NamedTuple):
-    """The images `--images` lists: their paths, level names and labels (None: unlabelled),
-    and the manifest's split of each image (None: it has no split column)."""
-
-    paths: list[Path]
-    level_names: tuple[str, ...]
-    labels: list[tuple[str, ...]] | None
-    split: list[str] | None = None
-
-
-def read_listing(source, options: dict | None = None) -> Listing:
-    """`(paths, level_names, labels or None)` of a folder, manifest or single image.
-
-    `options`: the run's manifest options (`listing_options`). A folder's levels are
-    named by `levels` when the depths agree."""
-    from himl.data import custom
-    from himl.errors import UserError
-
-    options = options or {}
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix.lower() in (*custom.MANIFEST_DELIMITERS, ".jsonl"):
-        return read_manifest_listing(path, **options)
-    if path.is_file():
-        return Listing([path], (), None)
-    if not path.exists():
-        raise custom.MissingDataError(f"--images: {path} does not exist")
-    if not path.is_dir():
-        raise custom.MalformedDataError(
-            f"--images: {path} is not a folder, a manifest (.csv, .tsv, .jsonl) or an image"
-        )
-    try:
-        table = custom.read_folder(path)
-    except UserError:
-        table = None  # a folder whose images are not all at one depth: no labels
-    if table is None:
-        from himl.embedder import list_images
-
-        return Listing(list_images(path), (), None)
-    levels = tuple(options.get("levels") or ())
-    names = levels if len(levels) == len(table.level_names) else table.level_names
-    return Listing([table.root / f for f in table.files], names, table.values)
-
-
-def read_manifest_listing(path: Path, *, path_column="path", split_column="split",
-                          levels=()) -> Listing:  # fmt: skip
-    """A manifest's images, labelled or not (see the module docstring).
-
-    The label columns are `levels` (all in the header, or none of them: no labels), else
-    every column but the path and split columns."""
-    from himl.data import custom
-
-    header, records = custom.manifest_records(path)
-    if path_column not in header:
-        raise custom.MalformedDataError(
-            f"{path}: no path column {path_column!r} (the run's config.data.custom.path_column) "
-            f"in the header {list(header)}"
-        )
-    levels = tuple(levels or ())
-    present = [c for c in levels if c in header]
-    if levels and present and len(present) != len(levels):
-        absent = next(c for c in levels if c not in header)
-        raise custom.MalformedDataError(
-            f"{path}: label column {absent!r} (the run's config.data.custom.levels) is not in "
-            f"the header {list(header)}; give all of {list(levels)}, or none"
-        )
-    if levels:
-        columns = levels if present else ()
-    else:
-        columns = tuple(c for c in header if c not in (path_column, split_column))
-    paths, labels, split = [], [], []
-    for lineno, record in records:
-        here = f"{path}:{lineno}"
-        file = str(record.get(path_column) or "").strip()
-        if not file:
-            raise custom.MalformedDataError(f"{here}: empty image path (column {path_column!r})")
-        paths.append(path.parent / file)  # an absolute path stays absolute
-        labels.append(tuple(_label(record.get(c), c, here) for c in columns))
-        split.append(str(record.get(split_column) or "").strip())
-    if not records:
-        raise custom.MalformedDataError(f"{path}: no rows after the header")
-    missing = [i for i, p in enumerate(paths) if not p.is_file()]
-    if missing:
-        examples = "; ".join(f"{path}:{records[i][0]}: {paths[i]}" for i in missing[:3])
-        raise custom.MissingDataError(
-            f"{path}: {len(missing)} of {len(paths)} listed images are missing, e.g. {examples}"
-        )
-    if split_column not in header:
-        split = None
-    elif not all(split):
-        row = records[split.index("")][0]
-        print(f"note: {path}:{row}: no {split_column!r} value ({split.count('')} such rows): "
-              "the splits are left out", file=sys.stderr)  # fmt: skip
-        split = None
-    if not columns or not any(any(row) for row in labels):
-        return Listing(paths, (), None, split)
-    return Listing(paths, columns, labels, split)
-
-
-def _label(value, column: str, where: str) -> str:
-    """A label's text; "" when unknown (empty, or null in JSON lines)."""
-    from himl.data import custom
-
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return ""
-    return custom.label_value(value, column, where)
 
 
 def write_embeddings(out, embeddings, paths, level_names, labels, split=None) -> Path:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from himl.data.custom import find_images
 from himl.data.images import LazyImages, decode, eval_transform, to_8bit
+from himl.data.listing import Listing, listing_options, read_listing
 from himl.data.registry import IN_MEMORY_SHAPES, input_spec
 from himl.errors import UserError
 from himl.eval.knn import knn
@@ -192,6 +193,8 @@ class Embedder:
         pillow = pillow_images(images)
         if pillow is not None:  # in memory already: prepared whole, then batched
             images = self._from_pillow(pillow)
+        if isinstance(images, str | os.PathLike):
+            images = self.listing(images).paths  # a folder, a manifest or one image
         paths = image_paths(images)
         count = len(paths) if paths is not None else len(images)
         if count == 0:
@@ -213,9 +216,18 @@ class Embedder:
 
     def gallery(self, images, *, labels=None, progress: bool = False) -> Gallery:
         """Embeds `images` once and returns a searchable `Gallery` of them (`labels`: one
-        per image, kept as the array `Gallery.labels`)."""
-        items = image_paths(images) if isinstance(images, str | os.PathLike) else images
+        per image, kept as the array `Gallery.labels`; by default a manifest's label
+        columns or a folder tree's folder names, when `images` is one)."""
+        items = images
+        if isinstance(images, str | os.PathLike):
+            listing = self.listing(images)
+            items, labels = listing.paths, listing.labels if labels is None else labels
         return Gallery(self, self.embed(items, progress=progress), items=items, labels=labels)
+
+    def listing(self, source) -> Listing:
+        """The images a folder, a manifest (read with the run's column options) or one
+        image file lists, with their labels when it has them (`himl.data.listing`)."""
+        return read_listing(source, listing_options(self.config))
 
 
 class Gallery:

@@ -15,8 +15,8 @@ from PIL import Image
 import himl
 from himl.configs import tiny
 from himl.data.defaults import custom_data_config
+from himl.data.listing import listing_options, read_listing
 from himl.data.records import MalformedDataError
-from himl.embed_main import listing_options, read_listing
 from himl.embedder import Embedder, EmbedderError
 from himl.errors import UserError
 from himl.models.registry import build_model

@@ -105,6 +105,29 @@ def test_a_dataset_loaded_at_another_size_embeds_as_its_files(run, unseen, tmp_p
     np.testing.assert_allclose(embedder.embed(split.images), embedder.embed(files), atol=1e-6)
 
 
+def test_a_manifest_is_a_gallery_and_a_query_from_python(run, unseen, tmp_path):
+    """`gallery` / `embed` / `search` take a manifest as himl-embed --images does: its
+    images, and its label columns as the gallery's labels (it was read as one image)."""
+    from himl.data.dataset import Dataset, Split
+    from himl.data.export import write_manifest
+
+    workdir, _ = run
+    embedder = himl.load_embedder(workdir)
+    small = Dataset("x", ("group", "class", "image"), 1, {0: "a", 1: "b"},
+                    {"train": Split(unseen.images[:10], unseen.labels[:10])})  # fmt: skip
+    manifest = write_manifest(small, tmp_path / "m.csv")
+    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
+    files = [tmp_path / r[0] for r in rows]
+    gallery = embedder.gallery(manifest)
+    assert gallery.items == files
+    assert gallery.labels.tolist() == [r[1:3] for r in rows]
+    np.testing.assert_allclose(gallery.embeddings, embedder.embed(files), atol=1e-6)
+    only_paths = tmp_path / "q.csv"
+    only_paths.write_text("path\n" + "".join(f"{r[0]}\n" for r in rows[:3]))
+    indices, _ = gallery.search(only_paths, k=1)
+    assert indices[:, 0].tolist() == [0, 1, 2]
+
+
 def test_gallery_search_is_exact(run, unseen):
     workdir, _ = run
     embedder = himl.load_embedder(workdir)
