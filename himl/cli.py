@@ -197,6 +197,15 @@ def help_from(module_name: str) -> None:
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
+def _exit_now(status: int):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown: orbax's background asyncio threads of a failed
+    # restore print tracebacks there that would bury a one-line error, and XLA's threads
+    # of a process interrupted while it starts can crash it (a segmentation fault).
+    os._exit(status)
+
+
 @contextlib.contextmanager
 def exit_on_user_error(program: str):
     """Prints `program: error: message` and exits 2 on a user error; 130 on Ctrl-C."""
@@ -204,10 +213,18 @@ def exit_on_user_error(program: str):
         yield
     except (UserError, FileNotFoundError) as err:
         print(f"{program}: error: {err}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Nothing was written; skip interpreter teardown, where orbax's background asyncio
-        # threads of a failed restore print tracebacks that would bury the one-line error.
-        os._exit(2)
+        _exit_now(2)  # nothing was written
     except KeyboardInterrupt:
-        sys.exit(130)
+        _exit_now(130)  # a training loop saved its checkpoint before it raised
+
+
+def run_quietly(main, program: str) -> None:
+    """`absl.app.run(main)` with the one-line flag errors of `flags_parser`, and Ctrl-C at
+    any moment (importing JAX, loading the config file, compiling) exiting 130 with no
+    traceback."""
+    from absl import app
+
+    try:
+        app.run(main, flags_parser=flags_parser(program))
+    except KeyboardInterrupt:
+        _exit_now(130)

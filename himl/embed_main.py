@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from himl.cli import exit_on_user_error, flags_parser, help_from
+from himl.cli import exit_on_user_error, help_from, run_quietly
 from himl.data.listing import listing_options, read_listing
 
 _WORKDIR = flags.DEFINE_string(
@@ -183,7 +183,7 @@ def main(argv):
 def run():
     """Console-script entry point."""
     help_from(__name__)
-    app.run(main, flags_parser=flags_parser("himl-embed"))
+    run_quietly(main, "himl-embed")
 
 
 if __name__ == "__main__":

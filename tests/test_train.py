@@ -221,3 +221,35 @@ def test_a_replicated_state_is_saved_whole_from_one_replica(tmp_path, caplog):
     restored = reader.restore(state, 3)
     reader.close()
     chex.assert_trees_all_equal(restored, state)
+
+
+def test_a_ctrl_c_at_start_up_that_python_drops_still_stops_the_run(monkeypatch):
+    """A KeyboardInterrupt raised inside a garbage-collection callback is printed and
+    dropped by Python ("Exception ignored in: <function _xla_gc_callback>"), and the run
+    went on to train; the start-up handler remembers it and the loop stops before its first
+    step."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from himl.train import interrupt
+
+    monkeypatch.setattr(interrupt, "_EARLY", [])
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupt.stop_at_start_up()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+            pytest.fail("no KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass  # dropped, as a gc callback drops it
+        with pytest.raises(KeyboardInterrupt), interrupt.StopRequests():
+            pytest.fail("the loop started")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    monkeypatch.setattr(interrupt, "_EARLY", [])
+    with interrupt.StopRequests() as stop:  # no signal: the loop runs
+        assert stop.requested is None

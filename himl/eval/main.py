@@ -33,8 +33,8 @@ from ml_collections import config_flags
 from himl.cli import (
     DEFAULT_CONFIG,
     exit_on_user_error,
-    flags_parser,
     help_from,
+    run_quietly,
     with_default_config,
 )
 
@@ -140,7 +140,7 @@ def run():
     # ml_collections reads sys.argv
     sys.argv = with_default_config(sys.argv, run_config_file(sys.argv), "himl-eval")
     help_from(__name__)
-    app.run(main, flags_parser=flags_parser("himl-eval"))
+    run_quietly(main, "himl-eval")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,37 @@ step; a second Ctrl-C stops at once (the run then resumes from its last checkpoi
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 
 class Interrupted(KeyboardInterrupt):
     """Raised by the training loop after it saved a checkpoint on request."""
+
+
+_EARLY: list[str] = []  # signals received before the training loop (`stop_at_start_up`)
+
+
+def stop_at_start_up() -> None:
+    """Makes Ctrl-C before the training loop stop the command, always.
+
+    Python's own handler raises KeyboardInterrupt where the main thread happens to be; in a
+    garbage-collection callback (XLA's `_xla_gc_callback`) that exception is printed as
+    "Exception ignored" and dropped, and the run went on to train. This handler raises it
+    too, and remembers the signal: `StopRequests` raises it again before the first step."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum, frame):
+        _EARLY.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    def unraisable(hook_args, default=sys.unraisablehook):
+        if not isinstance(hook_args.exc_value, KeyboardInterrupt):  # remembered above
+            default(hook_args)
+
+    signal.signal(signal.SIGINT, handle)
+    sys.unraisablehook = unraisable
 
 
 class StopRequests:
@@ -30,6 +56,8 @@ class StopRequests:
         self.requested = signal.Signals(signum).name
 
     def __enter__(self) -> StopRequests:
+        if _EARLY:  # a Ctrl-C during start-up that Python dropped (`stop_at_start_up`)
+            raise KeyboardInterrupt
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self

@@ -18,10 +18,11 @@ from ml_collections import config_flags
 from himl.cli import (
     DEFAULT_CONFIG,
     exit_on_user_error,
-    flags_parser,
     help_from,
+    run_quietly,
     with_default_config,
 )
+from himl.train.interrupt import stop_at_start_up
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -45,12 +46,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    # Imported here so that `--help` and flag errors answer before JAX starts.
-    from himl.train.loop import train_and_evaluate
-
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     print(f"himl-train: workdir {workdir}", file=sys.stderr)
-    with exit_on_user_error("himl-train"):
+    with exit_on_user_error("himl-train"):  # Ctrl-C from here on: exit 130, no traceback
+        # Imported here so that `--help` and flag errors answer before JAX starts.
+        from himl.train.loop import train_and_evaluate
+
         train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value)
 
 
@@ -59,7 +60,8 @@ def run():
     # ml_collections reads sys.argv
     sys.argv = with_default_config(sys.argv, DEFAULT_CONFIG, "himl-train")
     help_from(__name__)
-    app.run(main, flags_parser=flags_parser("himl-train"))
+    stop_at_start_up()
+    run_quietly(main, "himl-train")
 
 
 if __name__ == "__main__":
