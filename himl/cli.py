@@ -51,6 +51,9 @@ def with_default_config(argv: list[str], default: str | None, program: str = "hi
             sys.exit(2)
     files = [a for a in argv[1:] if a.startswith("--config=")]
     rest = [a for a in argv[1:] if not a.startswith("--config=")]
+    if len(files) > 1:
+        print(f"{program}: error: give --config once, got {' '.join(files)}", file=sys.stderr)
+        sys.exit(2)
     if not files and default is not None:
         files = [f"--config={default}"]
     files = [f"--config={config_file(a.split('=', 1)[1], program)}" for a in files]
@@ -155,6 +158,17 @@ def _missing_field(argv: list[str], overrides: list[str]) -> str | None:
     return None
 
 
+def _named_in(overrides: list[str], why: str) -> list[str]:
+    """The overrides `why` is about: those whose flag it quotes, or the last field of whose
+    path it quotes (ml_collections: "'stepz' Did you mean ...")."""
+
+    def named(override):
+        flag = override.split("=", 1)[0]
+        return flag in why or f"'{flag.rsplit('.', 1)[-1]}'" in why
+
+    return [o for o in overrides if named(o)]
+
+
 def flags_parser(program: str):
     """An `absl.app.run(flags_parser=...)` that reports bad flags and config overrides
     (unknown field, wrong type, missing config file) in one line and exits 2, and reads
@@ -178,6 +192,7 @@ def flags_parser(program: str):
             why = _one_line(err)
             if isinstance(err, KeyError | AttributeError) and "Did you mean" not in why:
                 why = _missing_field(argv, overrides) or why  # ml_collections: just "'temp'"
+            overrides = _named_in(overrides, why) or overrides
             overrides = overrides or [a for a in argv[1:] if a.startswith("--config")]
             message = f"bad --config or override ({' '.join(overrides)}): {why}"
         print(f"{program}: error: {message}", file=sys.stderr)

@@ -26,6 +26,11 @@ def _run(module, *args, cwd=REPO):
         (["--config.loss.name=supcontrast"], "unknown config.loss.name 'supcontrast'; valid:"),
         (["--config.train.steps=abc"], "--config.train.steps=abc"),
         (["--config=configs/nonexistent.py"], "nonexistent.py"),
+        (["--config=configs/tiny.py", "--config=configs/tiny.py:x"], "give --config once, got"),
+        (
+            ["--config.eval.every=0", "--config.train.stepz=3"],
+            "bad --config or override (--config.train.stepz=3): 'stepz' Did you mean",
+        ),
         (
             ["--config.data.sampler=m_per_class", "--config.data.batch_size=128"],
             "needs 8 classes, the data has 7",

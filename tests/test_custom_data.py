@@ -624,3 +624,47 @@ def test_split_level_on_the_command_line_is_a_name_or_an_index():
     custom.check_custom_config(options)
     options.split_level = 1
     custom.check_custom_config(options)  # a name or an index, in Python too
+
+
+def test_hints_for_a_spreadsheets_manifest_a_single_class_and_windows_paths(tree, tmp_path):
+    """Common ways a user's own files go wrong, each one line with what to do."""
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    semicolons = _write_csv(tmp_path / "s.csv", ["path", "group", "class"], rows, delimiter=";")
+    with pytest.raises(MalformedDataError) as error:
+        load_custom(semicolons, **GRAY_28)
+    assert str(error.value).endswith(
+        "(set config.data.custom.path_column); the header looks ';'-separated but .csv is read "
+        "with ',': save it with ','"
+    )
+    one_group = [(p, "tops", "tops") for p, _, _ in rows]
+    path = _write_csv(tmp_path / "one.csv", ["path", "group", "class"], one_group)
+    with pytest.raises(MalformedDataError, match=(
+        r"one.csv: a class-disjoint split needs >= 2 labels at level 'class' "
+        r"\(config.data.custom.split_level\), it has 1 \('tops'\); add classes, or give the rows "
+        "a split column"
+    )):  # fmt: skip
+        load_custom(path, **GRAY_28)
+    windows = [(p.relative_to(tree).as_posix().replace("/", "\\"), g, c)
+               for p, g, c in ((tree / r[0], r[1], r[2]) for r in _tree_rows(tree))]  # fmt: skip
+    path = _write_csv(tree.parent / "win.csv", ["path", "group", "class"], windows)
+    with pytest.raises(MissingDataError, match=r"70 of 70 .*use '\\' \(Windows\): write them"):
+        load_custom(path, **GRAY_28)
+    with pytest.raises(MissingDataError, match=r"moved\? give the new place with --config"):
+        load_custom(tmp_path / "gone.csv", **GRAY_28)
+
+
+def test_a_folder_notes_the_images_it_cannot_read(tree, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "tree"
+    shutil.copytree(tree, copy)
+    first = sorted(copy.rglob("*.png"))[0]
+    (first.parent / "photo.HEIC").write_bytes(b"x")
+    (first.parent / "scan.jfif").write_bytes(first.read_bytes())  # a JPEG by another name
+    (first.parent / "notes.txt").write_text("not an image, not noted")
+    files = custom.find_images(copy)
+    assert len(files) == 71 and any(f.endswith("scan.jfif") for f in files)
+    assert capsys.readouterr().err == (
+        f"note: {copy}: 1 image of formats himl does not read left out (.heic: 1); "
+        "convert them to .jpg or .png to use them\n"
+    )

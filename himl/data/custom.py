@@ -53,12 +53,14 @@ fewer than 2 images (no positive pair for any sampler).
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
 import json
 import os
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -72,7 +74,11 @@ from himl.errors import ConfigError, check_choice
 CHANNELS = (1, 3)  # grayscale, RGB
 SPLIT_VALUES = ("train", "val", "test", "query", "gallery", "seen_test", "unseen")
 PROTOCOLS = ("dml", "seen_unseen")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
+                  ".tiff")  # fmt: skip
+# Image formats a folder may hold that Pillow does not decode: skipped, with a note.
+UNREAD_IMAGE_SUFFIXES = (".heic", ".heif", ".avif", ".jxl", ".svg", ".psd", ".raw", ".cr2",
+                         ".nef", ".arw", ".dng")  # fmt: skip
 MANIFEST_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 INSTANCE_LEVEL = "image"
 
@@ -159,11 +165,26 @@ def _check_split_value(value: str, where: str) -> str:
     return value
 
 
+def _delimiter_hint(header, source) -> str:
+    """A hint when the header is one column holding another delimiter (a ';' CSV from a
+    spreadsheet in a comma-decimal locale, a tab-separated file named .csv)."""
+    if len(header) != 1:
+        return ""
+    found = next((d for d in (";", "\t", "|", ",") if d in header[0]), None)
+    if found is None:
+        return ""
+    reads = MANIFEST_DELIMITERS.get(Path(source).suffix.lower(), ",")
+    return (
+        f"; the header looks {found!r}-separated but {Path(source).suffix} is read with "
+        f"{reads!r}: save it with {reads!r}" + (" or as .tsv" if found == "\t" else "")
+    )
+
+
 def _label_columns(header, path_column, split_column, levels, source) -> tuple[str, ...]:
     if path_column not in header:
         raise MalformedDataError(
             f"{source}: no path column {path_column!r} in the header {list(header)} "
-            "(set config.data.custom.path_column)"
+            f"(set config.data.custom.path_column){_delimiter_hint(header, source)}"
         )
     if levels:
         absent = [c for c in levels if c not in header]
@@ -292,7 +313,7 @@ def find_images(root) -> list[str]:
     the tree, or a link cycle) and a folder that cannot be read are errors naming it.
     """
     root = Path(root).expanduser()
-    files, seen = [], {}  # real path -> the folder first reached there
+    files, unread, seen = [], [], {}  # seen: real path -> the folder first reached there
     for folder, dirs, names in os.walk(root, onerror=_unreadable, followlinks=True):
         first = seen.setdefault(os.path.realpath(folder), folder)
         if first != folder:
@@ -302,11 +323,18 @@ def find_images(root) -> list[str]:
             )
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(folder).relative_to(root)
-        files += [
-            (rel / n).as_posix()
-            for n in sorted(names)
-            if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")
-        ]
+        visible = [n for n in sorted(names) if not n.startswith(".")]
+        files += [(rel / n).as_posix() for n in visible if n.lower().endswith(IMAGE_SUFFIXES)]
+        unread += [n for n in visible if n.lower().endswith(UNREAD_IMAGE_SUFFIXES)]
+    if unread:
+        counts = collections.Counter(Path(n).suffix.lower() for n in unread)
+        print(
+            f"note: {root}: {len(unread)} image{'s' * (len(unread) != 1)} of formats himl "
+            "does not read left out "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); convert them to "
+            ".jpg or .png to use them",
+            file=sys.stderr,
+        )
     if not files:
         raise MissingDataError(
             f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder tree"
@@ -421,7 +449,10 @@ def read_source(source, options: dict) -> LabelTable:
             "folder tree or an .npz with --config.data.custom.source=PATH"
         )
     if not path.exists():
-        raise MissingDataError(f"config.data.custom.source: {path} does not exist")
+        raise MissingDataError(
+            f"config.data.custom.source: {path} does not exist (moved? give the new place "
+            "with --config.data.custom.source=PATH)"
+        )
     levels = tuple(options.get("levels", ()) or ())
     if path.is_dir():
         return read_folder(path, levels=levels)
@@ -571,6 +602,12 @@ def make_splits(table: LabelTable, ids: np.ndarray, options: dict, class_level: 
     level = _level_index(
         options.get("split_level", -1), table.level_names, "config.data.custom.split_level"
     )
+    if len(np.unique(ids[:, level])) < 2:
+        raise MalformedDataError(
+            f"{table.source}: a class-disjoint split needs >= 2 labels at level "
+            f"{table.level_names[level]!r} (config.data.custom.split_level), it has 1 "
+            f"({table.values[0][level]!r}); add classes, or give the rows a split column"
+        )
     if protocol == "dml":
         return dml_split(ids, level, fraction, seed)
     seen_test = float(options.get("seen_test_fraction", 0.2))
@@ -597,9 +634,11 @@ def check_images_exist(table: LabelTable, show: int = 3) -> None:
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         examples = "; ".join(f"{table.where[i]}: {paths[i]}" for i in missing[:show])
+        windows = os.sep != "\\" and all("\\" in table.files[i] for i in missing[:show])
         raise MissingDataError(
             f"{table.source}: {len(missing)} of {len(table.files)} listed images are missing, "
             f"e.g. {examples}"
+            + ("; their paths use '\\' (Windows): write them with '/'" if windows else "")
         )
     bad = unreadable_images(paths)
     if bad:

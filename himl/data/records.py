@@ -86,7 +86,8 @@ def require(root: Path, *names: str, dataset: str, where: str) -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MissingDataError(
-            f"{dataset}: folder {root} does not exist (config.data.manual_dir). {where}"
+            f"{dataset}: folder {root} does not exist (config.data.manual_dir: moved? give the "
+            f"new place with --config.data.manual_dir=DIR). {where}"
         )
     paths = [root / n for n in names]
     for path in paths:
