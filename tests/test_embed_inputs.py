@@ -384,3 +384,14 @@ def test_a_bad_pixel_in_a_later_batch_is_refused_before_any_embedding(
     with pytest.raises(EmbedderError, match=r"got values in \[0, 300\]"):
         rgb_embedder.embed(images)
     assert calls == []
+
+
+def test_a_listed_file_that_is_no_image_is_named_with_its_row(pictures):
+    (pictures / "notes.png").write_text("not an image")
+    manifest = pictures.parent / "with_notes.csv"
+    manifest.write_text("path\npics/0.png\npics/notes.png\n")
+    with pytest.raises(UserError, match=(
+        r"with_notes.csv: 1 of 2 listed images cannot be read as images, e.g. "
+        r".*with_notes.csv:3: .*notes.png \(cannot identify image file\)"
+    )):  # fmt: skip
+        read_listing(manifest)

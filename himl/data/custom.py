@@ -624,28 +624,33 @@ def describe_splits(splits: dict, labels: np.ndarray, class_level: int) -> str:
 # --- checks and assembly -----------------------------------------------------------------
 
 
-def check_images_exist(table: LabelTable, show: int = 3) -> None:
+def check_images_exist(table: LabelTable) -> None:
     """Every listed image exists and has a header Pillow reads (one pass over the files,
     before any training work: an empty or non-image file would otherwise stop training at
     the first batch that holds it)."""
-    if table.files is None:
-        return
-    paths = [table.root / f for f in table.files]  # root / absolute = absolute
+    if table.files is not None:
+        paths = [table.root / f for f in table.files]  # root / absolute = absolute
+        check_image_files(table.source, paths, table.where)
+
+
+def check_image_files(source, paths, where, show: int = 3) -> None:
+    """MissingDataError / CorruptImageError naming the rows (`where`) of `source` whose
+    image files are missing or not images (`unreadable_images`)."""
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
-        examples = "; ".join(f"{table.where[i]}: {paths[i]}" for i in missing[:show])
-        windows = os.sep != "\\" and all("\\" in table.files[i] for i in missing[:show])
+        examples = "; ".join(f"{where[i]}: {paths[i]}" for i in missing[:show])
+        windows = os.sep != "\\" and all("\\" in str(paths[i]) for i in missing[:show])
         raise MissingDataError(
-            f"{table.source}: {len(missing)} of {len(table.files)} listed images are missing, "
-            f"e.g. {examples}"
+            f"{source}: {len(missing)} of {len(paths)} listed images are missing, e.g. "
+            f"{examples}"
             + ("; their paths use '\\' (Windows): write them with '/'" if windows else "")
         )
     bad = unreadable_images(paths)
     if bad:
-        examples = "; ".join(f"{table.where[i]}: {paths[i]} ({why})" for i, why in bad[:show])
+        examples = "; ".join(f"{where[i]}: {paths[i]} ({why})" for i, why in bad[:show])
         raise CorruptImageError(
-            f"{table.source}: {len(bad)} of {len(table.files)} listed images cannot be read as "
-            f"images, e.g. {examples}"
+            f"{source}: {len(bad)} of {len(paths)} listed images cannot be read as images, "
+            f"e.g. {examples}"
         )
 
 

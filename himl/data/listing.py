@@ -101,12 +101,7 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
         split.append(str(record.get(split_column) or "").strip())
     if not records:
         raise custom.MalformedDataError(f"{path}: no rows after the header")
-    missing = [i for i, p in enumerate(paths) if not p.is_file()]
-    if missing:
-        examples = "; ".join(f"{path}:{records[i][0]}: {paths[i]}" for i in missing[:3])
-        raise custom.MissingDataError(
-            f"{path}: {len(missing)} of {len(paths)} listed images are missing, e.g. {examples}"
-        )
+    custom.check_image_files(path, paths, [f"{path}:{line}" for line, _ in records])
     if split_column not in header:
         split = None
     elif not all(split):
