@@ -371,17 +371,24 @@ def read_folder(root, *, levels=()) -> LabelTable:
     )  # fmt: skip
 
 
-def read_npz(path, *, levels=()) -> LabelTable:
-    """An `.npz` of in-memory arrays (see the module docstring)."""
-    path = Path(path).expanduser()
+def npz_arrays(path: Path, required) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` (no pickled objects), MalformedDataError naming the file
+    when it is unreadable or lacks one of `required`."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise MalformedDataError(f"{path}: not a readable .npz ({e})") from e
-    for key in ("images", "labels"):
+    for key in required:
         if key not in arrays:
             raise MalformedDataError(f"{path}: no array {key!r} (has {sorted(arrays)})")
+    return arrays
+
+
+def read_npz(path, *, levels=()) -> LabelTable:
+    """An `.npz` of in-memory arrays (see the module docstring)."""
+    path = Path(path).expanduser()
+    arrays = npz_arrays(path, ("images", "labels"))
     images, labels = arrays["images"], arrays["labels"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise MalformedDataError(

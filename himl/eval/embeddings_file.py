@@ -27,7 +27,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from himl.data.custom import LabelTable, encode_levels
+from himl.data.custom import LabelTable, encode_levels, npz_arrays
 from himl.data.dataset import Dataset, Split
 from himl.data.images import FileSource, LazyImages
 from himl.data.records import MalformedDataError
@@ -35,18 +35,6 @@ from himl.eval.evaluators import build_evaluators, check_eval_config, run_evalua
 
 ALL_ROWS = "all"  # the split of a file without a `split` array
 PLOT_IMAGE_SIZE = 96  # pixels per image in the retrieval grid
-
-
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise MalformedDataError(f"{path}: not a readable .npz ({e})") from e
-    for key in ("embeddings", "labels"):
-        if key not in arrays:
-            raise MalformedDataError(f"{path}: no array {key!r} (has {sorted(arrays)})")
-    return arrays
 
 
 def _embeddings(path: Path, array: np.ndarray) -> np.ndarray:
@@ -115,7 +103,7 @@ def read_embeddings(path) -> tuple[Dataset, dict[str, np.ndarray]]:
     """The labels of an embeddings file as a `Dataset` (its splits' images are the
     `paths` files when there are, else none) and the embeddings `[n, D]` of each split."""
     path = Path(path).expanduser()
-    arrays = _arrays(path)
+    arrays = npz_arrays(path, ("embeddings", "labels"))
     embeddings = _embeddings(path, arrays["embeddings"])
     n = len(embeddings)
     values = _label_values(path, arrays["labels"], n)
