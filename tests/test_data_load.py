@@ -142,5 +142,8 @@ def test_bad_image_in_a_grain_worker_is_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert errors[-1].startswith(
         f"himl-train: error: cannot decode image {root}/images/002.Bird_2/Bird_2_"
-    ) and errors[-1].endswith(".jpg: cannot identify image file"), done.stderr[-2000:]
+    ) and errors[-1].endswith(
+        f".jpg: cannot identify image file; saved step 0 in {tmp_path / 'run' / 'checkpoints'}: "
+        "replace that file and run the same command again to resume"
+    ), done.stderr[-2000:]
     assert not any("leaked" in line or "Traceback" in line for line in errors), errors
