@@ -65,15 +65,12 @@ def header_problem(path) -> str | None:
     return None
 
 
-def unreadable_images(paths, *, workers: int = 16) -> list[tuple[int, str]]:
+def unreadable_images(paths) -> list[tuple[int, str]]:
     """`(index, why)` of the files among `paths` that are not readable images
-    (`header_problem`); the files are opened by `workers` threads (the reads wait on the
-    disk, not the CPU)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:
-        problems = pool.map(header_problem, paths, chunksize=64)
-        return [(i, why) for i, why in enumerate(problems) if why is not None]
+    (`header_problem`). One pass in this thread: about 75 us a file here (5,840 Omniglot
+    PNGs in 0.43 s cached, 1.0 s from a cold cache), where 2-16 threads were slower."""
+    problems = (header_problem(p) for p in paths)
+    return [(i, why) for i, why in enumerate(problems) if why is not None]
 
 
 def to_8bit(image: Image.Image, name: str) -> Image.Image:
