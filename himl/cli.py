@@ -18,7 +18,8 @@ from absl import flags
 
 from himl.errors import UserError
 
-DEFAULT_CONFIG = str(resources.files("himl.configs") / "default.py")  # himl-train's default
+CONFIGS = Path(str(resources.files("himl.configs")))  # the repository's configs/, installed
+DEFAULT_CONFIG = str(CONFIGS / "default.py")  # himl-train's default
 
 
 def _one_line(err: BaseException) -> str:
@@ -63,8 +64,7 @@ def with_default_config(argv: list[str], default: str | None, program: str = "hi
 def installed_configs() -> dict[str, Path]:
     """The config files installed with himl (the repository's `configs/`, shipped as
     `himl.configs`), by name: {"cub": .../configs/cub.py, ...}."""
-    folder = Path(str(resources.files("himl.configs")))
-    return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
+    return {p.stem: p for p in sorted(CONFIGS.glob("*.py")) if not p.stem.startswith("_")}
 
 
 def _shared_settings(name: str) -> bool:
@@ -223,14 +223,12 @@ def _exit_now(status: int):
 
 @contextlib.contextmanager
 def exit_on_user_error(program: str):
-    """Prints `program: error: message` and exits 2 on a user error; 130 on Ctrl-C."""
+    """Prints `program: error: message` and exits 2 on a user error (Ctrl-C: `run_quietly`)."""
     try:
         yield
     except (UserError, FileNotFoundError) as err:
         print(f"{program}: error: {err}", file=sys.stderr)
         _exit_now(2)  # nothing was written
-    except KeyboardInterrupt:
-        _exit_now(130)  # a training loop saved its checkpoint before it raised
 
 
 def run_quietly(main, program: str) -> None:
@@ -242,4 +240,4 @@ def run_quietly(main, program: str) -> None:
     try:
         app.run(main, flags_parser=flags_parser(program))
     except KeyboardInterrupt:
-        _exit_now(130)
+        _exit_now(130)  # a training loop saved its checkpoint before it raised

@@ -67,15 +67,14 @@ def _label_text(labels, i) -> str:
 
 
 def query_files(queries) -> list[Path]:
-    """The query image files (folders expanded), each checked to exist."""
-    from himl.embedder import EmbedderError, list_images
+    """The query image files (folders and manifests expanded), each checked to exist."""
+    from himl.embedder import EmbedderError
 
     paths = []
     for q in queries:
-        q = Path(q).expanduser()
-        if not q.exists():
+        if not Path(q).expanduser().exists():
             raise EmbedderError(f"query image {q} does not exist")
-        paths += list_images(q) if q.is_dir() else [q]
+        paths += read_listing(q).paths
     return paths
 
 

@@ -36,7 +36,6 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from himl.data.custom import find_images
 from himl.data.images import LazyImages, decode, eval_transform, to_8bit
 from himl.data.listing import Listing, listing_options, read_listing
 from himl.data.registry import IN_MEMORY_SHAPES, input_spec
@@ -57,17 +56,9 @@ class EmbedderError(UserError, ValueError):
     """A work directory, checkpoint or image the embedder cannot use."""
 
 
-def list_images(folder) -> list[Path]:
-    """Every image file under `folder` (recursively), in sorted path order."""
-    folder = Path(folder).expanduser()
-    return [folder / f for f in find_images(folder)]
-
-
 def image_paths(images) -> list | None:
-    """The image files `images` names (a folder: its images; one file; a sequence of
-    paths), or None when `images` is an array of pixels."""
-    if isinstance(images, str | os.PathLike):
-        return list_images(images) if Path(images).is_dir() else [Path(images)]
+    """The image files of a sequence of paths, or None when `images` is no such sequence
+    (a path to a folder or manifest is read by `Embedder.listing`)."""
     if isinstance(images, Sequence) and images and isinstance(images[0], str | os.PathLike):
         return list(images)
     return None
@@ -133,6 +124,8 @@ class Embedder:
         pillow = pillow_images(images)
         if pillow is not None:
             return self._from_pillow(pillow)
+        if isinstance(images, str | os.PathLike):
+            images = self.listing(images).paths  # a folder, a manifest or one image
         paths = image_paths(images)
         return self._from_paths(paths) if paths is not None else self._from_array(images)
 

@@ -305,6 +305,9 @@ def test_a_resume_on_other_data_is_refused(tiny_run_copy):
             "train in a new --workdir, or restore the data it was trained on"
         )
         assert _snapshot(workdir) == before
+    (workdir / "data.json").write_text('{"train": ')  # cut short by hand
+    with pytest.raises(WorkdirError, match=r"data.json is damaged: delete it to resume"):
+        train_and_evaluate(config, workdir, progress=False)
     (workdir / "data.json").unlink()  # an older run
     train_and_evaluate(config, workdir, progress=False)
     assert _steps(workdir)[-1] == 10 and json.loads((workdir / "data.json").read_text()) == saved

@@ -36,6 +36,11 @@ from himl.eval.retrieval import query_gallery_retrieval_metrics
 from himl.hierarchy import prefix_ids
 
 
+def _has_pairs(labels: np.ndarray) -> bool:
+    """Whether some label holds two or more of the images."""
+    return np.unique(labels, return_counts=True)[1].max() >= 2
+
+
 class Evaluator(Protocol):
     """Reads the embeddings of `splits` and returns `{result key: {name: number...}}`."""
 
@@ -62,7 +67,7 @@ class RetrievalEvaluator:
         for name in self.splits:
             labels = self.dataset.split(name).labels
             for level, level_name in enumerate(self.dataset.eval_level_names):
-                if len(labels) and np.unique(labels[:, level], return_counts=True)[1].max() < 2:
+                if len(labels) and not _has_pairs(labels[:, level]):
                     warnings.warn(
                         f"split {name!r}: each image is the only one of its {level_name!r} "
                         f"label ({len(labels)} images), so retrieval at that level measures "
@@ -123,7 +128,7 @@ class LinearProbeEvaluator:
         """EvalInputError for a split with no class of 2 images (no test half)."""
         for name in self.splits:
             labels = self.dataset.split(name).labels[:, self.dataset.class_level]
-            if np.unique(labels, return_counts=True)[1].max() < 2:
+            if not _has_pairs(labels):
                 raise EvalInputError(
                     f"linear_probe on split {name!r}: each of its {len(labels)} images is the "
                     "only one of its class, so the probe has nothing to test on; give the split "

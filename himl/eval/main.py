@@ -69,8 +69,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    if (_WORKDIR.value is None) == (_EMBEDDINGS.value is None):
-        raise app.UsageError(BOTH_SOURCES if _WORKDIR.value else ONE_SOURCE)
+    if _WORKDIR.value is None and _EMBEDDINGS.value is None:
+        raise app.UsageError(ONE_SOURCE)  # both: refused by run_config_file
     if _EMBEDDINGS.value is not None:
         return _evaluate_embeddings()
     from himl.eval.run import evaluate_checkpoint

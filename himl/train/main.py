@@ -48,10 +48,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     print(f"himl-train: workdir {workdir}", file=sys.stderr)
-    with exit_on_user_error("himl-train"):  # Ctrl-C from here on: exit 130, no traceback
-        # Imported here so that `--help` and flag errors answer before JAX starts.
-        from himl.train.loop import train_and_evaluate
+    # Imported here so that `--help` and flag errors answer before JAX starts.
+    from himl.train.loop import train_and_evaluate
 
+    with exit_on_user_error("himl-train"):
         train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value)
 
 

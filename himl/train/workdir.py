@@ -22,9 +22,9 @@ from himl.errors import ConfigError
 from himl.runs import RunError, read_config_json
 
 # Files a run writes at the top of its work directory (plus TensorBoard event files).
-RUN_FILES = ("config.json", "data.json", "input.json", "metrics.json", "metrics.jsonl",
-             "untrained.json")  # fmt: skip
 DATA_FILE = "data.json"  # the fingerprint of the data the run trains on
+RUN_FILES = ("config.json", DATA_FILE, "input.json", "metrics.json", "metrics.jsonl",
+             "untrained.json")  # fmt: skip
 EVENTS = "events.out.tfevents.*"
 
 
@@ -130,6 +130,13 @@ def _difference(key: str, old, new) -> tuple | None:
         if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
         else (key, old, new)
     )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Writes `path` through a temporary file: a kill never leaves it half-written."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _data_difference(saved: dict, new: dict) -> str:
@@ -249,7 +256,12 @@ class Workdir:
         path = self.path / DATA_FILE
         if not self.holds_run() or not path.is_file():
             return
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            raise WorkdirError(
+                f"{path} is damaged: delete it to resume without checking the data"
+            ) from None
         if saved == fingerprint:
             return
         what = _data_difference(saved, fingerprint)
@@ -260,7 +272,7 @@ class Workdir:
 
     def write_data(self, fingerprint: dict) -> None:
         """Records the data of a run that starts (`check_data` reads it on resume)."""
-        (self.path / DATA_FILE).write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        _write_atomically(self.path / DATA_FILE, json.dumps(fingerprint, indent=1, sort_keys=True))
 
     def start(self, config) -> None:
         """Called once the run is known to be valid: sets the directory up and writes
@@ -282,7 +294,5 @@ class Workdir:
                     file=sys.stderr,
                 )
         self.path.mkdir(parents=True, exist_ok=True)
-        path = self.path / "config.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(jsonable(config.to_dict()), indent=2, sort_keys=True))
-        tmp.replace(path)  # atomic: a kill never leaves a half-written config.json
+        text = json.dumps(jsonable(config.to_dict()), indent=2, sort_keys=True)
+        _write_atomically(self.path / "config.json", text)
