@@ -21,15 +21,28 @@ class HierarchyError(UserError, ValueError):
 
 
 def as_label_matrix(labels, *, name: str = "labels") -> np.ndarray:
-    """Returns `labels` as an int64 array `[N, L]`, raising a clear error otherwise."""
+    """Returns `labels` as an int64 array `[N, L]`, raising a clear error otherwise. Class
+    names (strings) become the ids of their sorted order, level by level."""
     labels = np.asarray(labels)
     if labels.ndim == 1:
         labels = labels[:, None]
     if labels.ndim != 2:
         raise HierarchyError(f"{name} must have shape [N] or [N, L], got {labels.shape}")
+    if are_names(labels):
+        columns = [np.unique(c.astype(str), return_inverse=True)[1] for c in labels.T]
+        return np.array(columns, dtype=np.int64).T.reshape(labels.shape)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise HierarchyError(f"{name} must be integers, got dtype {labels.dtype}")
+        raise HierarchyError(
+            f"{name} must be integers or class names (strings), got dtype {labels.dtype}"
+        )
     return labels.astype(np.int64)
+
+
+def are_names(labels: np.ndarray) -> bool:
+    """Whether `labels` holds class names (strings) rather than ids."""
+    if labels.dtype.kind in "US":
+        return True
+    return labels.dtype == object and all(isinstance(x, str) for x in labels.ravel())
 
 
 def validate_tree(labels, level_names: Sequence[str] | None = None) -> np.ndarray:

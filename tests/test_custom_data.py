@@ -286,8 +286,10 @@ def test_class_with_one_training_image(tree, tmp_path):
     wallet = tmp_path / "wallet.png"  # another file: an image listed twice is refused
     wallet.write_bytes(Path(rows[0][0]).read_bytes())
     rows.append((str(wallet), "bags", "Wallet"))
+    rows[5] = (str(tmp_path / "gone.png"), *rows[5][1:])  # named by the later file pass
     rows = [(*r, "train") for r in rows]
     path = _write_csv(tmp_path / "m.csv", ["path", "group", "class", "split"], rows)
+    # The label checks come first: the pass over every file's header is the slow one.
     with pytest.raises(MalformedDataError, match=r"class 'Wallet' .* 1 training image .*m.csv:72"):
         load_custom(path, **GRAY_28)
 
@@ -379,11 +381,40 @@ def test_himl_train_on_a_folder_tree_and_a_bad_manifest(tree, tmp_path):
     result = train(f"--config.data.custom.source={tree}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "split 'test'" in result.stdout
-    bad = _manifest(tmp_path, "path,group\nnope.png,g\n")
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    rows[4] = ("nope.png", *rows[4][1:])
+    bad = _write_csv(tmp_path / "m.csv", ["path", "group", "class"], rows)
     result = train(f"--config.data.custom.source={bad}", f"--workdir={tmp_path / 'run2'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("himl-train: error: ")
-    assert "1 of 1 listed images are missing" in result.stderr
+    assert "1 of 70 listed images are missing, e.g. " in result.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+def test_a_run_reads_no_image_file_before_its_other_checks(tree, tmp_path):
+    """The pass over every image file's header is a run's slowest check (a minute for a
+    million files): a config mistake that needs only the labels is named before it, and
+    a bad file is named after the label checks, before the work directory is written."""
+    from himl.configs import custom as custom_config
+    from himl.errors import ConfigError
+    from himl.train.loop import train_and_evaluate
+
+    rows = [(str(tree / p), g, c) for p, g, c in _tree_rows(tree)]
+    (tmp_path / "text.png").write_text("not an image")
+    rows[6] = (str(tmp_path / "text.png"), *rows[6][1:])
+    config = custom_config.get_config("small")
+    config.data.custom.source = str(_write_csv(tmp_path / "m.csv", ["path", "g", "c"], rows))
+    config.data.custom.channels = 1
+    config.data.batch_size, config.data.samples_per_class = 8, 4
+    config.loss.name, config.loss.flat_level = "supcon", "gruop"
+    with pytest.raises(ConfigError, match="unknown config.loss.flat_level 'gruop'"):
+        train_and_evaluate(config, tmp_path / "run", progress=False)
+    config.loss.flat_level = "g"
+    with pytest.raises(
+        CorruptImageError, match=r"1 of 70 listed images cannot be read .*m.csv:8: .*text.png"
+    ):
+        train_and_evaluate(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_one_call_from_python(tree):

@@ -224,3 +224,33 @@ def test_ks_may_be_one_int_and_anything_else_is_refused_in_one_line():
         assert str(err.value) == (
             f"ks must be a positive int or a sequence of them, e.g. ks=(1, 10), got {bad!r}"
         )
+
+
+def test_class_names_give_the_numbers_of_their_ids():
+    """Labels may be class names (as read from a CSV): each metric gives what it gives for
+    integer ids, query and gallery (probe train and test) sharing one encoding even when
+    their name sets differ; integers on one side and names on the other are refused."""
+    x, y = clustered(160, 6, noise=1.0, seed=7)
+    names = np.array(["zebra", "ant", "Ünicode", "b c", "ant2", "0"])[y]
+    assert retrieval_metrics(x, names) == retrieval_metrics(x, y)
+    assert retrieval_metrics(x, names.astype(object)) == retrieval_metrics(x, y)
+    # The same clusters; sklearn sums the contingency table in another order (1 ulp).
+    assert clustering_metrics(x, list(names), seed=0) == pytest.approx(
+        clustering_metrics(x, y, seed=0), rel=1e-12
+    )
+    q, g = slice(0, 50), slice(50, None)
+    g_keep = y[g] != 2  # the query side has a name the gallery lacks
+    assert query_gallery_retrieval_metrics(
+        x[q], names[q], x[g][g_keep], names[g][g_keep]
+    ) == query_gallery_retrieval_metrics(x[q], y[q], x[g][g_keep], y[g][g_keep])
+    probe = linear_probe(x[50:], names[50:], x[:50], names[:50], seed=0)
+    assert probe["accuracy"] == linear_probe(x[50:], y[50:], x[:50], y[:50], seed=0)["accuracy"]
+    tree = np.stack([y // 3, y], 1)
+    name_tree = np.stack([np.array(["odd", "even"])[y // 3], names], 1)
+    assert hierarchical_metrics(x, name_tree, clustering=False) == hierarchical_metrics(
+        x, tree, clustering=False
+    )
+    with pytest.raises(ValueError, match="query_labels are class names but gallery_labels"):
+        query_gallery_retrieval_metrics(x[q], names[q], x[g], y[g])
+    with pytest.raises(ValueError, match="integers or class names"):
+        retrieval_metrics(x, [None] * len(x))

@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from himl.data.dataset import Dataset, Split
-from himl.data.images import CorruptImageError, FileSource, LazyImages, unreadable_images
+from himl.data.images import FileSource, LazyImages
 from himl.data.records import MalformedDataError, MissingDataError, carve_val
 from himl.errors import ConfigError, check_choice
 
@@ -631,36 +631,6 @@ def describe_splits(splits: dict, labels: np.ndarray, class_level: int) -> str:
 # --- checks and assembly -----------------------------------------------------------------
 
 
-def check_images_exist(table: LabelTable) -> None:
-    """Every listed image exists and has a header Pillow reads (one pass over the files,
-    before any training work: an empty or non-image file would otherwise stop training at
-    the first batch that holds it)."""
-    if table.files is not None:
-        paths = [table.root / f for f in table.files]  # root / absolute = absolute
-        check_image_files(table.source, paths, table.where)
-
-
-def check_image_files(source, paths, where, show: int = 3) -> None:
-    """MissingDataError / CorruptImageError naming the rows (`where`) of `source` whose
-    image files are missing or not images (`unreadable_images`)."""
-    missing = [i for i, p in enumerate(paths) if not p.is_file()]
-    if missing:
-        examples = "; ".join(f"{where[i]}: {paths[i]}" for i in missing[:show])
-        windows = os.sep != "\\" and all("\\" in str(paths[i]) for i in missing[:show])
-        raise MissingDataError(
-            f"{source}: {len(missing)} of {len(paths)} listed images are missing, e.g. "
-            f"{examples}"
-            + ("; their paths use '\\' (Windows): write them with '/'" if windows else "")
-        )
-    bad = unreadable_images(paths)
-    if bad:
-        examples = "; ".join(f"{where[i]}: {paths[i]} ({why})" for i, why in bad[:show])
-        raise CorruptImageError(
-            f"{source}: {len(bad)} of {len(paths)} listed images cannot be read as images, "
-            f"e.g. {examples}"
-        )
-
-
 def check_unique_images(table: LabelTable) -> None:
     """Every image file is listed once (by its resolved path): a second listing, with the
     same labels or others, would leak between splits and match itself in retrieval."""
@@ -704,11 +674,12 @@ def build_dataset(
     table: LabelTable, options: dict, *, image_size: int = 224, eval_crop: float = 0.875,
     val_fraction: float = 0.0, verbose: bool = True,
 ) -> Dataset:  # fmt: skip
-    """The `Dataset` of a `LabelTable`: labels encoded, splits made, files checked."""
+    """The `Dataset` of a `LabelTable`: labels encoded, splits made. Its files are checked
+    when it is opened or first read (`FileSource.open`), so a run makes every check that
+    reads no file first (`himl.train.loop`)."""
     check_custom_config(options)
     check_unique_images(table)
     ids, names = encode_levels(table, unique_labels=bool(options.get("unique_labels", False)))
-    check_images_exist(table)  # reads every file's header: after the checks that read none
     class_level = len(table.level_names) - 1
     labels = np.concatenate([ids, np.arange(len(ids))[:, None]], axis=1)
     splits = make_splits(table, ids, options, class_level)
@@ -726,7 +697,7 @@ def build_dataset(
         images_of = lambda idx: table.images[idx]
     else:
         channels = int(options.get("channels", 3))
-        source = FileSource(table.root, table.files, where=table.where)
+        source = FileSource(table.root, table.files, where=table.where, listed_in=table.source)
         images_of = lambda idx: LazyImages(
             source, idx, size=image_size, channels=channels, crop_fraction=eval_crop
         )
@@ -750,18 +721,24 @@ def load_custom(source, *, image_size=224, eval_crop=0.875, val_fraction=0.0, ve
     """
     check_custom_config(options)
     table = read_source(source, options)
-    return build_dataset(
+    dataset = build_dataset(
         table, options, image_size=image_size, eval_crop=eval_crop,
         val_fraction=val_fraction, verbose=verbose,
     )  # fmt: skip
+    dataset.open()  # every listed file exists and is an image (a header read each)
+    return dataset
 
 
 def load_from_config(data_config) -> Dataset:
-    """`load_custom` for `config.data` (name "custom")."""
+    """The `Dataset` of `config.data` (name "custom"), its files checked when it is opened
+    or first read: a run opens it after its other checks (`himl.train.loop`)."""
     options = _options(data_config.custom)
-    return load_custom(
-        options.pop("source", ""), image_size=data_config.image_size,
-        eval_crop=data_config.eval_crop, val_fraction=data_config.val_fraction, **options,
+    source = options.pop("source", "")
+    check_custom_config(options)
+    return build_dataset(
+        read_source(source, options), options,
+        image_size=data_config.image_size, eval_crop=data_config.eval_crop,
+        val_fraction=data_config.val_fraction,
     )  # fmt: skip
 
 

@@ -77,8 +77,9 @@ class Dataset:
             validate_tree(split.labels, self.level_names)
 
     def open(self) -> None:
-        """Makes every split's images readable now (e.g. writes a tensorflow-datasets store
-        once): a run calls it after the checks that need no image, before the first read."""
+        """Makes every split's images readable now (checks each listed file once, writes a
+        tensorflow-datasets store once): a run calls it after the checks that read no image
+        file, before the first read (which would open them itself)."""
         for split in self.splits.values():
             getattr(split.images, "open", lambda: None)()
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from himl.data.records import MissingDataError
 from himl.errors import UserError
 
 
@@ -167,6 +168,27 @@ def train_transform(image: Image.Image, rng, *, size, scale, ratio, jitter) -> n
     return color_jitter(x, rng, jitter).astype(np.float32)
 
 
+def check_image_files(source, paths, where, show: int = 3) -> None:
+    """MissingDataError / CorruptImageError naming the rows (`where`) of `source` whose
+    image files are missing or not images (`unreadable_images`)."""
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        examples = "; ".join(f"{where[i]}: {paths[i]}" for i in missing[:show])
+        windows = os.sep != "\\" and all("\\" in str(paths[i]) for i in missing[:show])
+        raise MissingDataError(
+            f"{source}: {len(missing)} of {len(paths)} listed images are missing, e.g. "
+            f"{examples}"
+            + ("; their paths use '\\' (Windows): write them with '/'" if windows else "")
+        )
+    bad = unreadable_images(paths)
+    if bad:
+        examples = "; ".join(f"{where[i]}: {paths[i]} ({why})" for i, why in bad[:show])
+        raise CorruptImageError(
+            f"{source}: {len(bad)} of {len(paths)} listed images cannot be read as images, "
+            f"e.g. {examples}"
+        )
+
+
 class FileSource:
     """Encoded images read from files under `root` (grain RandomAccessDataSource).
 
@@ -175,15 +197,24 @@ class FileSource:
     extracted (e.g. Omniglot).
     """
 
-    def __init__(self, root, files, where=None):
+    def __init__(self, root, files, where=None, listed_in=None):
         """`where`: optional `[N]` locations of the files' listings (e.g. "list.csv:12"),
-        named with the file in error messages."""
+        named with the file in error messages. `listed_in`: the listing they come from (a
+        manifest, a folder); given, the first `open()` or read checks every file once
+        (`check_image_files`): a bad one is named before any is decoded."""
         self.root, self.files = Path(root), tuple(files)
         self.where = tuple(where) if where is not None else None
+        self.listed_in, self._checked = listed_in, listed_in is None
         self._zips = {}
 
-    def __getstate__(self):
-        return {"root": self.root, "files": self.files, "where": self.where, "_zips": {}}
+    def __getstate__(self):  # a worker process gets the source checked (opened) or not
+        return {**self.__dict__, "_zips": {}}
+
+    def open(self) -> None:
+        if not self._checked:
+            paths = [self.root / f for f in self.files]  # root / absolute = absolute
+            check_image_files(self.listed_in, paths, self.where or paths)
+            self._checked = True
 
     def __len__(self) -> int:
         return len(self.files)
@@ -195,6 +226,8 @@ class FileSource:
         return f"{path} ({self.where[i]})"
 
     def __getitem__(self, i: int) -> bytes:
+        if not self._checked:
+            self.open()
         archive, _, member = self.files[i].partition("::")
         try:
             if not member:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from himl.data import custom
+from himl.data.images import check_image_files
 from himl.errors import UserError
 
 # The `config.data.custom` options that say how a manifest is read.
@@ -101,7 +102,7 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
         split.append(str(record.get(split_column) or "").strip())
     if not records:
         raise custom.MalformedDataError(f"{path}: no rows after the header")
-    custom.check_image_files(path, paths, [f"{path}:{line}" for line, _ in records])
+    check_image_files(path, paths, [f"{path}:{line}" for line, _ in records])
     if split_column not in header:
         split = None
     elif not all(split):

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from himl.eval.knn import as_embeddings
-from himl.eval.retrieval import as_labels
+from himl.eval.retrieval import as_label_vectors
 
 
 def _prepare(x, normalize: bool) -> np.ndarray:
@@ -53,8 +53,9 @@ def linear_probe(
     te = as_embeddings(test_emb, name="test_emb")
     if tr.shape[1] != te.shape[1]:
         raise ValueError(f"train_emb has dimension {tr.shape[1]} but test_emb {te.shape[1]}")
-    y_tr = as_labels(train_labels, tr.shape[0], name="train_labels")
-    y_te = as_labels(test_labels, te.shape[0], name="test_labels")
+    y_tr, y_te = as_label_vectors(
+        (train_labels, tr.shape[0], "train_labels"), (test_labels, te.shape[0], "test_labels")
+    )
     classes = np.unique(y_tr)
     scale = np.sqrt(tr.shape[1]) if normalize else 1.0
     x_tr, x_te = _prepare(tr, normalize) * scale, _prepare(te, normalize) * scale

@@ -29,22 +29,50 @@ from collections.abc import Sequence
 import numpy as np
 
 from himl.eval.knn import as_embeddings, iter_knn
+from himl.hierarchy import are_names
 
 DEFAULT_MAX_K = 1024
 
 
 def as_labels(labels, num: int, *, name: str = "labels") -> np.ndarray:
-    """Checks `labels` is an integer vector of length `num`; returns it as int64."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must have shape [N], got {labels.shape}")
-    if labels.shape[0] != num:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num} embeddings")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
-    return labels.astype(np.int64)
+    """Checks `labels` is a vector of length `num` of integers or class names; returns int64
+    ids (names become the ids of their sorted order)."""
+    return as_label_vectors((labels, num, name))[0]
+
+
+def as_label_vectors(*vectors: tuple) -> list[np.ndarray]:
+    """Checks each `(labels, num, name)` and returns them as int64 vectors.
+
+    Integer labels are kept. Class names (strings) become the ids of their sorted order,
+    over all the vectors together, so one name has one id in each (a query and its
+    gallery, a probe's train and test split). Integers in one vector and names in another
+    are refused: they cannot be matched.
+    """
+    checked = []
+    for labels, num, name in vectors:
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise ValueError(f"{name} must have shape [N], got {labels.shape}")
+        if labels.shape[0] != num:
+            raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num} embeddings")
+        if not (np.issubdtype(labels.dtype, np.integer) or are_names(labels)):
+            raise ValueError(
+                f"{name} must be integers or class names (strings), got dtype {labels.dtype}"
+            )
+        checked.append((labels, name))
+    named = [name for labels, name in checked if not np.issubdtype(labels.dtype, np.integer)]
+    if not named:
+        return [labels.astype(np.int64) for labels, _ in checked]
+    if len(named) < len(checked):
+        numbered = next(n for labels, n in checked if np.issubdtype(labels.dtype, np.integer))
+        raise ValueError(
+            f"{named[0]} are class names but {numbered} are integers: give both the same way"
+        )
+    names = [labels.astype(str) for labels, _ in checked]
+    _, ids = np.unique(np.concatenate(names), return_inverse=True)
+    return np.split(ids.astype(np.int64), np.cumsum([len(n) for n in names])[:-1])
 
 
 def check_ks(ks: int | Sequence[int]) -> tuple[int, ...]:
@@ -144,7 +172,7 @@ def retrieval_metrics(
     """Leave-one-out retrieval metrics: every sample queries all the others.
 
     Args:
-      embeddings: `[N, D]` floats (NumPy or JAX). labels: `[N]` ints.
+      embeddings: `[N, D]` floats (NumPy or JAX). labels: `[N]` ints or class names.
       ks: the K of Recall@K, a sequence of positive ints or one int (K larger than N - 1
         is clipped to N - 1, with a warning).
       metric: "cosine" or "euclidean". block_size: see `himl.eval.knn.knn`.
@@ -194,8 +222,9 @@ def query_gallery_retrieval_metrics(
     query_emb = as_embeddings(query_emb, name="query_emb")
     gallery_emb = as_embeddings(gallery_emb, name="gallery_emb")
     q_n, g_n = query_emb.shape[0], gallery_emb.shape[0]
-    query_labels = as_labels(query_labels, q_n, name="query_labels")
-    gallery_labels = as_labels(gallery_labels, g_n, name="gallery_labels")
+    query_labels, gallery_labels = as_label_vectors(
+        (query_labels, q_n, "query_labels"), (gallery_labels, g_n, "gallery_labels")
+    )
     uniq, counts = np.unique(gallery_labels, return_counts=True)
     pos = np.clip(np.searchsorted(uniq, query_labels), 0, len(uniq) - 1)
     r_all = np.where(uniq[pos] == query_labels, counts[pos], 0)
