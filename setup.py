@@ -40,7 +40,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["himl", "himl.*"]) + ["himl.configs"],
     package_dir={"himl.configs": "configs"},
-    package_data={"himl.data": ["embedded/*.npz", "embedded/LICENSE*"]},
+    # Every data file the package reads (tests/test_packaging.py builds the wheel to check).
+    package_data={"himl.data": ["*.json", "embedded/*.npz", "embedded/LICENSE*"]},
     install_requires=RUNTIME,
     extras_require={"dev": ["pytest", "hypothesis", "ruff"]},
     entry_points={

@@ -89,13 +89,35 @@ def test_missing_file_is_one_line(tmp_path):
     assert isinstance(info.value, UserError) and "\n" not in str(info.value)
 
 
+def test_a_folder_is_named_as_such(tmp_path):
+    with pytest.raises(WeightFileError, match=f"{tmp_path} is a folder; give the weight file"):
+        read_weights(tmp_path)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_a_wrapper_prefix_on_every_name_is_taken_off(small, tmp_path, prefix):
+    """nn.DataParallel / DDP save every name under "module.", torch.compile under
+    "_orig_mod.": the same weights load; a prefix on some names only is left alone."""
+    _, variables = small
+    weights = _state_dict(variables)
+    path = tmp_path / "w.safetensors"
+    save_file({prefix + name: value for name, value in weights.items()}, str(path))
+    read = read_weights(path)
+    assert sorted(read) == sorted(weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(read[name], value)
+    some = {("module." if i % 2 else "") + n: v for i, (n, v) in enumerate(weights.items())}
+    save_file(some, str(path))
+    assert sorted(read_weights(path)) == sorted(some)
+
+
 @pytest.mark.parametrize(
     "edit,message",
     [
         (
             lambda w: w.__setitem__("layer2.0.conv2.weight", np.zeros((8, 8, 1, 1), np.float32)),
             r"tensor 'layer2.0.conv2.weight' has shape \(8, 8, 1, 1\), himl's ResNet expects "
-            r"\(8, 8, 3, 3\)",
+            r"\(8, 8, 3, 3\) \(a different architecture\?\)$",
         ),
         (
             lambda w: w.__setitem__("module.conv1.weight", w.pop("conv1.weight")),
@@ -108,7 +130,8 @@ def test_missing_file_is_one_line(tmp_path):
         (
             lambda w: w.__setitem__("conv1.weight", np.zeros((4, 1, 7, 7), np.float32)),
             r"'conv1.weight' has shape \(4, 1, 7, 7\), himl's ResNet expects \(4, 3, 7, 7\) "
-            r"\(weights for 1-channel images, the data has 3\)",
+            r"\(weights for 1-channel images, the data has 3: read the images with 1 channels, "
+            r"e.g. config.data.custom.channels=1\)",
         ),
     ],
     ids=["shape", "missing", "unexpected", "channels"],
@@ -142,7 +165,7 @@ class _Evil:
 def test_pickle_naming_other_callables_is_refused_not_run(tmp_path):
     path = tmp_path / "evil.pth"
     _torch_zip(path, pickle.dumps({"conv1.weight": _Evil()}, protocol=2), {})
-    with pytest.raises(WeightFileError, match=r"names (posix|nt)\.system.*convert_weights"):
+    with pytest.raises(WeightFileError, match=r"names (posix|nt)\.system, not only tensors .*would run code"):
         read_weights(path)
 
 

@@ -154,8 +154,14 @@ def test_a_whole_torch_module_is_refused(tmp_path):
     """torch.save(model) pickles the module's classes: not a state dict, not executed."""
     path = tmp_path / "module.pth"
     torch.save(torch.nn.Linear(2, 3), path)
-    with pytest.raises(WeightFileError, match="not a plain state dict.*convert_weights"):
+    with pytest.raises(WeightFileError) as info:
         read_weights(path)
+    # Converting would refuse it too (test below): the message says what does work.
+    assert str(info.value) == (
+        f"{path}: names torch.nn.modules.linear.Linear, not only tensors (a whole "
+        "torch.save(model)?); loading it would run code from the file. If you trust it, load "
+        "it where that class is importable and save model.state_dict() instead"
+    )
 
 
 def _small_state() -> dict:
@@ -238,14 +244,25 @@ def test_converter_reports_a_missing_file_and_a_whole_module_in_one_line(tmp_pat
     module = tmp_path / "module.pth"
     torch.save(torch.nn.Linear(2, 3), module)
     out = tmp_path / "out.safetensors"
-    for src, expected in [
-        (tmp_path / "absent.pth", f"no file {tmp_path / 'absent.pth'}"),
-        (module, "holds pickled Python objects, not only tensors (it names torch.nn."),
+    for src, dst, expected in [
+        (tmp_path / "absent.pth", out, f"no file {tmp_path / 'absent.pth'}"),
+        (module, out, "holds pickled Python objects, not only tensors (it names torch.nn."),
+        (module, tmp_path / "out.pth", "out.pth: the output is a .safetensors file, name it"),
+        (module, tmp_path / "no" / "o.safetensors", f"no folder {tmp_path / 'no'} to write it"),
     ]:
-        assert main([str(src), str(out)]) == 2
+        assert main([str(src), str(dst)]) == 2
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "out.pth").exists()
+
+
+def test_converter_expands_the_home_folder(tmp_path, monkeypatch):
+    from himl.models.convert_weights import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save({"module.a.weight": torch.ones(2, 3)}, tmp_path / "dp.pth")
+    assert main(["~/dp.pth", "~/dp.safetensors"]) == 0
+    assert list(read_weights(tmp_path / "dp.safetensors")) == ["a.weight"]
 
 
 def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path, monkeypatch):

@@ -5,7 +5,8 @@
 Needs PyTorch, only while converting (`pip install torch`); himl reads the result without
 it. Loads with `torch.load(weights_only=True)` (no code in the file is run), takes the
 state dict (or its "state_dict" / "model" entry, as `weight_files.read_weights` does), and
-writes every tensor as float32 or its integer type, contiguous, under its own name.
+writes every tensor as float32 or its integer type, contiguous, under its own name (less
+a DataParallel "module." prefix).
 
 A missing or unreadable input, or a file that pickles more than tensors (a whole
 `torch.save(model)`), is reported in one line.
@@ -19,11 +20,11 @@ import sys
 from pathlib import Path
 
 from himl.errors import UserError
-from himl.models.weight_files import WRAPPER_KEYS
+from himl.models.weight_files import WRAPPER_KEYS, unprefixed
 
 
-def _load(src: str, torch):
-    if not Path(src).is_file():
+def _load(src: Path, torch):
+    if not src.is_file():
         raise UserError(f"no file {src}")
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
@@ -40,8 +41,17 @@ def _load(src: str, torch):
         raise UserError(f"{src}: PyTorch cannot read it, truncated or damaged? ({first})") from None
 
 
-def convert(src: str, dst: str) -> int:
-    """Writes the tensors of `src` to `dst`; returns how many."""
+def _check_output(dst: Path) -> None:
+    if dst.suffix != ".safetensors":
+        raise UserError(f"{dst}: the output is a .safetensors file, name it OUT.safetensors")
+    if not dst.parent.is_dir():
+        raise UserError(f"{dst}: no folder {dst.parent} to write it in")
+
+
+def convert(src, dst) -> int:
+    """Writes the tensors of `src` to `dst` (a `.safetensors` file); returns how many."""
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    _check_output(dst)  # before the slow part
     try:
         import torch
     except ImportError:
@@ -63,7 +73,7 @@ def convert(src: str, dst: str) -> int:
         keys = ", ".join(map(str, obj)) or "none"
         raise UserError(f"{src}: no tensors at the top level (nor under "
                         f"{' or '.join(WRAPPER_KEYS)}); its keys: {keys:.200}")  # fmt: skip
-    save_file(tensors, dst)
+    save_file(unprefixed(tensors), str(dst))
     return len(tensors)
 
 

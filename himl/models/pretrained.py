@@ -113,12 +113,14 @@ def check_torchvision_resnet(variables, weights: dict, source: str) -> None:
             )
         got = tuple(weights[name].shape)
         if got != want:
-            channels = ""
+            why = " (a different architecture?)"
             if name == "conv1.weight" and got[1:2] != want[1:2]:
-                channels = f" (weights for {got[1]}-channel images, the data has {want[1]})"
+                why = (
+                    f" (weights for {got[1]}-channel images, the data has {want[1]}: read the "
+                    f"images with {got[1]} channels, e.g. config.data.custom.channels={got[1]})"
+                )
             raise WeightFileError(
-                f"{source}: tensor {name!r} has shape {got}, himl's ResNet expects {want}"
-                + channels
+                f"{source}: tensor {name!r} has shape {got}, himl's ResNet expects {want}" + why
             )
     known = {name for name, _, _ in expected}
     for name, array in weights.items():

@@ -13,7 +13,8 @@ instead of executed. Anything this reader does not understand is converted once,
 PyTorch, by `python -m himl.models.convert_weights IN OUT.safetensors`.
 
 A training checkpoint that wraps its weights (`{"state_dict": ...}` or `{"model": ...,
-"epoch": 3}`) is unwrapped, as `convert_weights` does. A file that ends early (an
+"epoch": 3}`) is unwrapped, as `convert_weights` does, and the "module." prefix of a
+model trained under `nn.DataParallel` / DDP is taken off the names. A file that ends early (an
 interrupted download) is reported as truncated: every storage must hold the bytes its
 tensors need, and every storage the pickle names must be present.
 """
@@ -54,6 +55,9 @@ ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header
 # A checkpoint dict's entries that hold the state dict, unwrapped in this order
 # (`convert_weights` does the same).
 WRAPPER_KEYS = ("state_dict", "model")
+# What a training wrapper puts before every tensor name: nn.DataParallel and DDP, and
+# torch.compile's OptimizedModule.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class WeightFileError(UserError, ValueError):
@@ -142,7 +146,13 @@ class _TorchUnpickler(pickle.Unpickler):
             return _ALLOWED[module, name]
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
-        raise _unsupported(self.path, f"names {module}.{name}, which is not a plain state dict")
+        if module == "torch" or module.startswith("torch._"):  # a tensor type this reader lacks
+            raise _unsupported(self.path, f"names {module}.{name}, which this reader lacks")
+        raise WeightFileError(  # a class of a model: converting would refuse it too
+            f"{self.path}: names {module}.{name}, not only tensors (a whole torch.save(model)?);"
+            " loading it would run code from the file. If you trust it, load it where that "
+            "class is importable and save model.state_dict() instead"
+        )
 
     def persistent_load(self, pid):
         # zip: ("storage", type, key, location, numel); legacy adds a view (None for weights).
@@ -250,10 +260,18 @@ def _read_legacy(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_weights(path) -> dict[str, np.ndarray]:
-    """`{tensor name: array}` of a `.safetensors` file or a torch-saved state dict."""
+    """`{tensor name: array}` of a `.safetensors` file or a torch-saved state dict, the
+    prefix that `nn.DataParallel` / DDP ("module.") or `torch.compile` ("_orig_mod.") put on
+    every name taken off."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise WeightFileError(f"pretrained weights: {path} is a folder; give the weight file")
     if not path.is_file():
         raise WeightFileMissing(f"pretrained weights: no file {path}")
+    return unprefixed(_read(path))
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
@@ -267,3 +285,14 @@ def read_weights(path) -> dict[str, np.ndarray]:
         if f.read(len(ZIP_MAGIC)) == ZIP_MAGIC:  # a zip archive without its directory
             raise _truncated(path, "a zip archive without its central directory at the end")
     return _read_legacy(path)
+
+
+def unprefixed(weights: dict) -> dict:
+    """`weights` with a wrapper's prefix (`WRAPPER_PREFIXES`) taken off every name, when
+    every name has it (one level at a time: DDP around a compiled model has both)."""
+    while weights:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in weights)), "")
+        if not prefix:
+            break
+        weights = {name[len(prefix) :]: value for name, value in weights.items()}
+    return weights
