@@ -49,6 +49,20 @@ def test_32_bit_integer_and_float_tiffs():
         decode(_encoded(np.array([[0, 70000]], np.int32), "TIFF"), "i.tif", 1)
 
 
+@pytest.mark.parametrize("dtype, fmt", [(np.int32, "TIFF"), (np.uint16, "PNG")])
+def test_8_bit_values_in_a_wider_mode_are_refused_not_made_black(dtype, fmt):
+    """`Image.fromarray` of an int32 array of pixels 0..255 (mode I), or a 16-bit file
+    holding 8-bit values: mapped `>> 8` they would all be 0, a black image embedded
+    without a word. An all-black one stays black."""
+    pixels = np.arange(256, dtype=dtype).reshape(16, 16)
+    with pytest.raises(
+        CorruptImageError, match=r"x: integer \(mode I.*\) values run 0..255, 8-bit"
+    ):
+        decode(_encoded(pixels, fmt), "x", 1)
+    black = np.asarray(decode(_encoded(np.zeros((4, 4), dtype), fmt), "x", 1))
+    np.testing.assert_array_equal(black, 0)
+
+
 def test_evaluation_images_see_the_mapping(tmp_path):
     """LazyImages (evaluation, and the training pipeline's decode) and `himl-embed`
     (`Embedder._load` calls the same `decode`) read a 16-bit file the same way."""

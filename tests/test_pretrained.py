@@ -165,7 +165,9 @@ class _Evil:
 def test_pickle_naming_other_callables_is_refused_not_run(tmp_path):
     path = tmp_path / "evil.pth"
     _torch_zip(path, pickle.dumps({"conv1.weight": _Evil()}, protocol=2), {})
-    with pytest.raises(WeightFileError, match=r"names (posix|nt)\.system, not only tensors .*would run code"):
+    with pytest.raises(
+        WeightFileError, match=r"names (posix|nt)\.system, not only tensors .*would run code"
+    ):
         read_weights(path)
 
 

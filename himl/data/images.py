@@ -80,8 +80,9 @@ def to_8bit(image: Image.Image, name: str) -> Image.Image:
     Integers are read as 16-bit values (0..65535, the range of 16-bit PNG and TIFF files)
     and mapped by `>> 8` (65535 -> 255; a value `257 * v` -> `v`); floats are read as
     [0, 1] and mapped by `* 255`, rounded. Values outside those ranges (e.g. 32-bit counts,
-    float intensities in other units) are refused: CorruptImageError naming the file, the
-    mode and the range. Other modes are returned as they are.
+    float intensities in other units), and integers all below 256 (8-bit values, which
+    would map to a black image), are refused: CorruptImageError naming the file, the mode
+    and the range. Other modes are returned as they are.
     """
     if not (image.mode == "F" or image.mode == "I" or image.mode.startswith("I;16")):
         return image
@@ -99,6 +100,12 @@ def to_8bit(image: Image.Image, name: str) -> Image.Image:
             f"cannot decode image {name}: integer (mode {image.mode}) values must lie in "
             f"0..65535 (16 bits) to map to 8 bits, they run {low}..{high}; save the image as "
             "8 or 16 bits"
+        )
+    if 0 < high <= 255:  # 8-bit values in a wider mode (Image.fromarray of an int32 array)
+        raise CorruptImageError(
+            f"cannot decode image {name}: integer (mode {image.mode}) values run {low}..{high}, "
+            "8-bit values that as 16 bits map to black; save the image as 8 bits (mode L), or "
+            "pass its pixels as an integer array"
         )
     return Image.fromarray((array.astype(np.uint16) >> 8).astype(np.uint8))
 
