@@ -129,6 +129,16 @@ def _check_data(config, *, num_devices: int) -> None:
             f"config.data.image_size={config.data.image_size}: the {config.data.name} dataset "
             f"is held in memory at {shape[0]} x {shape[1]} x {shape[2]} and is not resized"
         )
+    data_dir = config.data.get("data_dir", "")
+    if (
+        data_dir
+        and Path(data_dir).expanduser().exists()
+        and not Path(data_dir).expanduser().is_dir()
+    ):
+        raise ConfigError(
+            f"config.data.data_dir={data_dir} is a file; give a folder (the array_record copy "
+            "is written in it)"
+        )
     if config.data.name == "fashion_mnist" and not config.data.manual_dir:
         raise ConfigError(
             "config.data.manual_dir must point at the Fashion-MNIST IDX files for "

@@ -60,6 +60,8 @@ BAD_VALUES = [
     ("eval.batch_size", 0, "config.eval.batch_size"),
     ("eval.block_size", 0, "config.eval.block_size"),
     ("eval.query_gallery", ("query",), "config.eval.query_gallery"),
+    # A file (here this one) would end in a traceback from the store's lock file.
+    ("data.data_dir", __file__, f"config.data.data_dir={__file__} is a file; give a folder"),
 ]
 
 # (loss name, hyperparameter, bad value): checked by the loss itself, traced abstractly.

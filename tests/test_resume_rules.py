@@ -305,6 +305,19 @@ def test_a_resume_on_other_data_is_refused(tiny_run_copy):
             "train in a new --workdir, or restore the data it was trained on"
         )
         assert _snapshot(workdir) == before
+    # Data read with another setting (e.g. a label layout): named with its old and new
+    # value, the paths aside (the data may move).
+    (workdir / "data.json").write_text(json.dumps(saved))
+    changed = config.copy_and_resolve_references()
+    changed.data.val_fraction, changed.data.manual_dir = 0.5, "/moved"
+    with pytest.raises(WorkdirError) as error:
+        Workdir(workdir).check_data({**saved, "val": saved["unseen"]}, changed)
+    assert str(error.value) == (
+        f"{workdir} holds a run trained on other data (split 'val' had 0 images, this run's "
+        f"data has 2100; {workdir / 'data.json'}), read with other settings: "
+        f"config.data.val_fraction {config.data.val_fraction!r} -> 0.5; train in a new "
+        "--workdir, or set them back"
+    )
     (workdir / "data.json").write_text('{"train": ')  # cut short by hand
     with pytest.raises(WorkdirError, match=r"data.json is damaged: delete it to resume"):
         train_and_evaluate(config, workdir, progress=False)

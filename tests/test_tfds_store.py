@@ -137,3 +137,28 @@ def test_a_run_checks_everything_before_writing_the_store(tmp_path, overrides, m
     with pytest.raises(UserError, match=message):
         train_and_evaluate(config, tmp_path / "run", progress=False)
     assert not stores(tmp_path / "tfds")  # it was written before the error
+
+
+def test_an_image_bad_in_the_store_names_the_store_to_delete(tmp_path):
+    """A JPEG cut near its end has a whole header: it is copied into the store and fails
+    when decoded. Replacing the file is not enough (the store keeps its bytes): the error
+    names the store folder to delete."""
+    root, data_dir = write_cub(tmp_path / "data"), tmp_path / "tfds"
+    records = read_cub(root)
+    path = root / records.files[4]
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 4 // 5])
+    dataset = to_dataset(records, image_source(records, data_dir), image_size=8, crop_fraction=1.0)
+    dataset.open()
+    (store,) = stores(data_dir)
+    split, row = next(
+        (s, int(np.flatnonzero(s.images.indices == 4)[0]))
+        for s in dataset.splits.values()
+        if 4 in s.images.indices
+    )
+    with pytest.raises(UserError) as error:
+        split.images[row]
+    assert f"{path} (read from its copy in the store {store.parent}: after replacing the " in str(
+        error.value
+    )
+    assert str(error.value).count(str(store.parent)) == 1

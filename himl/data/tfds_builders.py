@@ -213,7 +213,14 @@ class TfdsSource:
         return len(self.records.files)
 
     def name(self, i: int) -> str:
-        return f"{self.records.root / self.records.files[i]} (array_record in {self.data_dir})"
+        """The file, and the store that holds its bytes: a file replaced after the store was
+        written is read again only once that store is deleted (it is named by file names)."""
+        self.open()
+        store = Path(builder(self.records, self.data_dir).data_dir).parent
+        return (
+            f"{self.records.root / self.records.files[i]} (read from its copy in the store "
+            f"{store}: after replacing the file, delete that folder)"
+        )
 
     def __getitem__(self, i: int) -> bytes:
         return self._record(int(i))["image"]

@@ -354,7 +354,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     try:
         run_dir.check_resume(config, resume_keys(settings.keys_read))
         fingerprint = dataset.fingerprint()
-        run_dir.check_data(fingerprint)
+        run_dir.check_data(fingerprint, config)
         mesh = make_mesh()
         replicated = NamedSharding(mesh, P())
         untrained_path = run_dir.path / "untrained.json"

@@ -140,13 +140,36 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _data_difference(saved: dict, new: dict) -> str:
-    """The first difference of two `Dataset.fingerprint`s, in words."""
-    for name in sorted(set(saved) | set(new)):
+    """The first difference of two `Dataset.fingerprint`s, in words (the train split's
+    first)."""
+    names = sorted(set(saved) | set(new), key=lambda n: (n != "train", n))
+    for name in names:
         before, now = saved.get(name, {}).get("images", 0), new.get(name, {}).get("images", 0)
         if before != now:
             return f"split {name!r} had {before} images, this run's data has {now}"
-    name = next(n for n in sorted(saved) if saved[n] != new[n])
+    name = next(n for n in names if saved[n] != new[n])
     return f"the images or labels of split {name!r} differ"
+
+
+def _leaves(tree, prefix: str) -> dict:
+    """`{dotted key: value}` of a nested dict's leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
+
+
+def _data_settings_changed(saved_config: dict | None, config) -> list[str]:
+    """The `config.data` fields that differ from the saved run's, the paths aside (data may
+    move), as "key: old -> new"."""
+    if saved_config is None or config is None:
+        return []
+    saved = _leaves(saved_config.get("data", {}), "data")
+    new = _leaves(jsonable(config.to_dict()).get("data", {}), "data")
+    return [
+        f"config.{key} {saved.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(saved) | set(new))
+        if key not in PATH_FIELDS and saved.get(key) != new.get(key)
+    ]
 
 
 class Workdir:
@@ -248,11 +271,12 @@ class Workdir:
         found = [self.path / n for n in RUN_FILES if (self.path / n).exists()]
         return found + sorted(self.path.glob(EVENTS))
 
-    def check_data(self, fingerprint: dict) -> None:
+    def check_data(self, fingerprint: dict, config=None) -> None:
         """Raises WorkdirError if the run held here was trained on other data than
         `fingerprint` (`Dataset.fingerprint`: images and labels per split), e.g. a manifest
         edited since: its classes would change meaning mid-run and its evaluations mix two
-        datasets. A run made before himl recorded its data is not checked."""
+        datasets. The message names the `config.data` settings that changed (e.g. a label
+        layout), if any. A run made before himl recorded its data is not checked."""
         path = self.path / DATA_FILE
         if not self.holds_run() or not path.is_file():
             return
@@ -265,6 +289,13 @@ class Workdir:
         if saved == fingerprint:
             return
         what = _data_difference(saved, fingerprint)
+        changed = _data_settings_changed(self.saved_config, config)
+        if changed:
+            raise WorkdirError(
+                f"{self.path} holds a run trained on other data ({what}; {path}), read with "
+                f"other settings: {', '.join(changed)}; train in a new --workdir, or set them "
+                "back"
+            )
         raise WorkdirError(
             f"{self.path} holds a run trained on other data ({what}; {path}): train in a new "
             "--workdir, or restore the data it was trained on"
