@@ -9,8 +9,8 @@ with the run's `config.data.custom` path_column, split_column and levels) or one
 file. A manifest's label columns are optional: a `path`-only manifest lists unlabelled
 images, and a row with empty (or, in JSON lines, null) labels is an image of unknown labels
 (written as "" in `labels`). `--out` writes an .npz with `embeddings [N, D]` float32,
-`paths [N]`, and, when known, `labels [N, L]` (names), `level_names [L]` and `split [N]` (a
-manifest's split column; `himl-eval --embeddings` evaluates each split). `--query`
+`paths [N]` (absolute), and, when known, `labels [N, L]` (names), `level_names [L]` and
+`split [N]` (a manifest's split column; `himl-eval --embeddings` evaluates each split). `--query`
 searches the embedded images (exact kNN, the run's metric) and prints the top `--k` for
 each query; `--plot` also draws them as a grid. `--input_shape=H,W,C` is needed only for a
 run made before himl-train recorded its input (`input.json`) and trained on an `.npz` that is
@@ -49,10 +49,11 @@ _INPUT_SHAPE = flags.DEFINE_list(
 
 
 def write_embeddings(out, embeddings, paths, level_names, labels, split=None) -> Path:
-    """The .npz `himl-embed --out` writes (see the module docstring)."""
+    """The .npz `himl-embed --out` writes (see the module docstring); its paths absolute, so
+    the file is read the same from any folder (e.g. for `himl-eval --embeddings`' grid)."""
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"embeddings": embeddings, "paths": np.array([str(p) for p in paths])}
+    arrays = {"embeddings": embeddings, "paths": np.array([str(Path(p).absolute()) for p in paths])}
     if labels is not None:
         arrays["labels"] = np.array(labels, dtype=str)
         arrays["level_names"] = np.array(level_names, dtype=str)

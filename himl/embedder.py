@@ -59,9 +59,7 @@ class EmbedderError(UserError, ValueError):
 def image_paths(images) -> list | None:
     """The image files of a sequence of paths, or None when `images` is no such sequence
     (a path to a folder or manifest is read by `Embedder.listing`)."""
-    if isinstance(images, Sequence) and images and isinstance(images[0], str | os.PathLike):
-        return list(images)
-    return None
+    return _all_of_kind(images, str | os.PathLike, "a path")
 
 
 def pillow_images(images) -> list[Image.Image] | None:
@@ -69,13 +67,19 @@ def pillow_images(images) -> list[Image.Image] | None:
     it is no Pillow image."""
     if isinstance(images, Image.Image):
         return [images]
-    if not (isinstance(images, Sequence) and images and isinstance(images[0], Image.Image)):
+    return _all_of_kind(images, Image.Image, "a Pillow image")
+
+
+def _all_of_kind(images, kind, what: str) -> list | None:
+    """`images` as a list when it is a sequence whose first item is a `kind` (None when it
+    is not), refusing one of another kind further on by its index."""
+    if not (isinstance(images, Sequence) and images and isinstance(images[0], kind)):
         return None
     for i, image in enumerate(images):
-        if not isinstance(image, Image.Image):
+        if not isinstance(image, kind):
             raise EmbedderError(
-                f"images[{i}] is a {type(image).__name__} where images[0] is a Pillow image: "
-                "pass one kind of image per call"
+                f"images[{i}] is a {type(image).__name__} where images[0] is {what}: pass one "
+                "kind of image per call"
             )
     return list(images)
 

@@ -25,6 +25,19 @@ def test_load_one_call_matches_the_config_path(tmp_path):
         himl.data.load("cub", manual_dir=str(root), image_sise=16)
 
 
+def test_printing_a_dataset_summarises_it(tmp_path):
+    """The README's check of a download prints the splits' sizes, not the label arrays."""
+    root = write_cub(tmp_path)
+    ds = himl.data.load("cub", manual_dir=str(root), image_size=16, val_fraction=0.0)
+    assert repr(ds) == (
+        "Dataset 'cub': levels class > image (class level 'class')\n"
+        "  train: 9 images of 16 x 16 x 3; labels: class 3, image 9\n"
+        "  train_no_val: 9 images of 16 x 16 x 3; labels: class 3, image 9\n"
+        "  val: 0 images of 16 x 16 x 3; labels: class 0, image 0\n"
+        "  test: 6 images of 16 x 16 x 3; labels: class 2, image 6"
+    )
+
+
 def test_an_in_memory_dataset_refuses_another_image_size():
     """ "embedded" is 28 x 28 x 1 in memory: `image_size=32` was silently ignored."""
     from himl.errors import ConfigError

@@ -156,6 +156,39 @@ def test_a_manifest_without_labels_lists_unlabelled_images(pictures, suffix):
     assert read_listing(manifest) == ([pictures / f"{i}.png" for i in range(4)], (), None, None)
 
 
+def test_written_paths_are_absolute(pictures, monkeypatch):
+    """`himl-embed --out` run with a relative --images: the .npz is read from anywhere."""
+    from himl.embed_main import write_embeddings
+
+    monkeypatch.chdir(pictures.parent)
+    listing = read_listing("pics")
+    assert listing.paths[0] == Path("pics/0.png")
+    out = write_embeddings("e.npz", np.zeros((4, 2), np.float32), *listing[:3])
+    assert list(np.load(out)["paths"]) == [str(pictures / f"{i}.png") for i in range(4)]
+
+
+def test_labels_left_out_are_noted(pictures, capsys):
+    """A manifest whose label columns are not the run's, or a folder whose images are in
+    label folders of different depths, is read unlabelled - saying so (an .npz written
+    without labels cannot be evaluated); a plain folder of new images says nothing."""
+    manifest = pictures.parent / "other.csv"
+    manifest.write_text("path,group,klass\npics/0.png,a,b\n")
+    assert read_listing(manifest, {"levels": ["alphabet", "character"]}).labels is None
+    assert capsys.readouterr().err == (
+        f"note: {manifest}: none of the run's label columns ['alphabet', 'character'] (its "
+        "config.data.custom.levels) is in the header, which has ['group', 'klass']: the images "
+        "are read without labels (name the columns as the run did to label them)\n"
+    )
+    assert read_listing(pictures).labels is None
+    assert capsys.readouterr().err == ""
+    (pictures / "deeper").mkdir()
+    Image.new("RGB", (8, 8)).save(pictures / "deeper" / "x.png")
+    assert read_listing(pictures).labels is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {pictures}: images at different depths: ")
+    assert err.endswith("; the 5 images are read without labels\n")
+
+
 def test_empty_labels_are_unknown_and_levels_are_all_or_none(pictures):
     manifest = pictures.parent / "partial.csv"
     manifest.write_text("path,grp,cls\npics/0.png,g,a\npics/1.png,g,\npics/2.png,,\n")
@@ -287,6 +320,16 @@ def test_pixels_out_of_range_are_refused_in_one_line(rgb_embedder, pixels, make,
     with pytest.raises(EmbedderError, match=message) as info:
         rgb_embedder.embed(make(pixels))
     assert "\n" not in str(info.value)
+
+
+def test_a_list_mixing_kinds_of_image_names_the_first_odd_one(rgb_embedder, pixels, pictures):
+    path, pil = pictures / "0.png", Image.fromarray(pixels[0])
+    for images, message in [
+        ([path, str(path), pixels[0]], r"images\[2\] is a ndarray where images\[0\] is a path"),
+        ([pil, path], r"images\[1\] is a PosixPath where images\[0\] is a Pillow image"),
+    ]:
+        with pytest.raises(EmbedderError, match=message + ": pass one kind of image per call"):
+            rgb_embedder.embed(images)
 
 
 def test_a_float_batch_of_another_size_is_named_float(rgb_embedder, pixels):

@@ -105,6 +105,20 @@ class Dataset:
             out[name] = {"images": len(split), "hash": digest.hexdigest()[:16]}
         return out
 
+    def __repr__(self) -> str:
+        """A summary (`print(himl.data.load(...))` checks a download): levels, and per split
+        its images and its classes per level; not the label arrays."""
+        lines = [f"Dataset {self.name!r}: levels {' > '.join(self.level_names)} "
+                 f"(class level {self.level_names[self.class_level]!r})"]  # fmt: skip
+        for name, split in self.splits.items():
+            per_level = ", ".join(
+                f"{level} {len(np.unique(split.labels[:, i])):,}"
+                for i, level in enumerate(self.level_names)
+            )
+            shape = " x ".join(map(str, split.images.shape[1:]))
+            lines.append(f"  {name}: {len(split):,} images of {shape}; labels: {per_level}")
+        return "\n".join(lines)
+
     @property
     def eval_level_names(self) -> tuple[str, ...]:
         """Levels that evaluation reports: the coarsest down to the class level."""

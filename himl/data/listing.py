@@ -58,10 +58,12 @@ def read_listing(source, options: dict | None = None) -> Listing:
         )
     try:
         table = custom.read_folder(path)
-    except UserError:
-        table = None  # a folder whose images are not all at one depth: no labels
-    if table is None:
-        return Listing([path / f for f in custom.find_images(path)], (), None)
+    except UserError as error:  # images in the folder itself, or not all at one depth
+        images = custom.find_images(path)
+        if any(len(Path(f).parts) > 1 for f in images):  # label folders, but not one tree
+            print(f"note: {error}; the {len(images)} images are read without labels",
+                  file=sys.stderr)  # fmt: skip
+        return Listing([path / f for f in images], (), None)
     levels = tuple(options.get("levels") or ())
     names = levels if len(levels) == len(table.level_names) else table.level_names
     return Listing([table.root / f for f in table.files], names, table.values)
@@ -89,6 +91,12 @@ def read_manifest_listing(path: Path, *, path_column="path", split_column="split
         )
     if levels:
         columns = levels if present else ()
+        others = [c for c in header if c not in (path_column, split_column)]
+        if not present and others:
+            print(f"note: {path}: none of the run's label columns {list(levels)} (its "
+                  f"config.data.custom.levels) is in the header, which has {others}: the images "
+                  "are read without labels (name the columns as the run did to label them)",
+                  file=sys.stderr)  # fmt: skip
     else:
         columns = tuple(c for c in header if c not in (path_column, split_column))
     paths, labels, split = [], [], []

@@ -37,6 +37,7 @@ from himl.cli import (
     run_quietly,
     with_default_config,
 )
+from himl.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string(
     "workdir",
@@ -98,14 +99,18 @@ def _evaluate_embeddings():
 
     overrides = flags.FLAGS["config"].override_values
     ignored = [k for k in overrides if not k.startswith(EMBEDDINGS_FIELDS) or k == "eval.splits"]
-    if ignored or _STEP.value is not None:
-        given = f"--config.{ignored[0]}" if ignored else "--step"
-        hint = " (name the file's splits with --splits)" if ignored == ["eval.splits"] else ""
-        raise app.UsageError(
-            f"{given} does not apply to --embeddings, which reads only config.eval and "
-            f"config.seed{hint}"
-        )
     with exit_on_user_error("himl-eval"):
+        if "eval.splits" in ignored:
+            raise ConfigError(
+                "--config.eval.splits does not apply to --embeddings: name the file's splits "
+                "with --splits"
+            )
+        if ignored or _STEP.value is not None:
+            raise ConfigError(
+                f"{f'--config.{ignored[0]}' if ignored else '--step'} does not apply to "
+                "--embeddings, which reads only config.eval (its splits: --splits) and "
+                "config.seed"
+            )
         evaluate_embeddings(
             _EMBEDDINGS.value,
             config=_CONFIG.value,
