@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -232,11 +233,14 @@ def exit_on_user_error(program: str):
 
 
 def run_quietly(main, program: str) -> None:
-    """`absl.app.run(main)` with the one-line flag errors of `flags_parser`, and Ctrl-C at
-    any moment (importing JAX, loading the config file, compiling) exiting 130 with no
-    traceback."""
+    """`absl.app.run(main)` with the one-line flag errors of `flags_parser`, warnings in one
+    line each, and Ctrl-C at any moment (importing JAX, loading the config file, compiling)
+    exiting 130 with no traceback."""
     from absl import app
 
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"{program}: {'warning' if category is UserWarning else category.__name__}: {message}\n"
+    )  # one line: not the file, line and source of the code that warned
     try:
         app.run(main, flags_parser=flags_parser(program))
     except KeyboardInterrupt:

@@ -137,3 +137,28 @@ def test_help_of_each_installed_command_describes_it(script, summary, flags, tmp
     assert summary in text, text[-2000:]  # (absl exits 1 after --help)
     for flag in flags:
         assert f"  {flag}:" in text, (flag, text[-2000:])
+
+
+def test_a_warning_is_one_line_naming_the_command(monkeypatch, capsys):
+    """Not the file, line and source of the code that warned (the user did not write it)."""
+    import warnings
+
+    from himl.cli import run_quietly
+
+    def main(argv):
+        warnings.warn("Recall@K for K in [50]: clipped", stacklevel=1)
+        warnings.warn("old", DeprecationWarning, stacklevel=1)
+
+    monkeypatch.setattr(sys, "argv", ["himl-x"])
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as done:
+        warnings.simplefilter("always")
+        # As Python's own showwarning (pytest records warnings instead of showing them).
+        warnings.showwarning = lambda *args, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(*args, line=line)
+        )
+        run_quietly(main, "himl-x")
+    assert done.value.code in (0, None)
+    assert capsys.readouterr().err == (
+        "himl-x: warning: Recall@K for K in [50]: clipped\nhiml-x: DeprecationWarning: old\n"
+    )

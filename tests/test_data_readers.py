@@ -148,8 +148,19 @@ def test_cars_combined_and_devkit_layouts(tmp_path):
     by_model = {m: k for k, m, _ in records.labels}
     assert by_model[0] == by_model[1] != by_model[100]
     assert cars_make("AM General Hummer SUV 2000") == "AM General"
-    with pytest.raises(MissingDataError, match="cars_meta.mat"):
-        read_cars(combined / "car_ims")
+    # One folder too deep (either layout): the folder to pass is named.
+    for deep in (combined / "car_ims", beside / "cars_train"):
+        with pytest.raises(MissingDataError) as error:
+            read_cars(deep)
+        assert str(error.value).startswith(
+            f"Cars196: neither cars_annos.mat nor devkit/cars_meta.mat in {deep}; its parent "
+            f"{deep.parent} has them: pass that folder. Get Cars196 "
+        )
+    with pytest.raises(MissingDataError) as error:
+        read_cars(tmp_path / "nothing")
+    assert str(error.value).startswith(
+        f"Cars196: neither cars_annos.mat nor devkit/cars_meta.mat in {tmp_path / 'nothing'}. Get"
+    )
 
 
 def test_cars_devkit_without_labelled_test_file(tmp_path):

@@ -220,6 +220,23 @@ def cars_devkit_files(manual_dir) -> tuple[Path, Path, Path]:
     )
 
 
+def _check_cars_layout(manual_dir) -> None:
+    """MissingDataError unless `manual_dir` holds one of the two layouts (the devkit folder
+    itself counts), naming its parent when that is the folder to pass (one level too deep,
+    e.g. `car_ims/` or `cars_train/`)."""
+    given = Path(manual_dir).expanduser()
+    markers = ("cars_annos.mat", "devkit/cars_meta.mat", "cars_meta.mat")
+    folders = (given, *(given / n for n in ("stanford_cars", "cars196")))
+    if any((folder / m).exists() for folder in folders for m in markers):
+        return
+    parent = any((given.parent / m).exists() for m in markers[:2])
+    raise MissingDataError(
+        f"Cars196: neither cars_annos.mat nor devkit/cars_meta.mat in {given}"
+        + (f"; its parent {given.parent} has them: pass that folder" if parent else "")
+        + f". {CARS_WHERE}"
+    )
+
+
 def _cars_devkit(manual_dir):
     """(images root, file names, 1-based classes, class names, is_test) of the devkit."""
     root, devkit, labelled = cars_devkit_files(manual_dir)
@@ -248,6 +265,7 @@ def read_cars(manual_dir, *, val_fraction: float = 0.2) -> Records:
         files, classes, names, _ = _cars_combined(root)
         require(root, "car_ims", dataset="Cars196", where=CARS_WHERE)
     else:
+        _check_cars_layout(manual_dir)
         root, files, classes, names, _ = _cars_devkit(manual_dir)
     if len(names) != 196 or classes.min() < 1 or classes.max() > 196:
         raise MalformedDataError(

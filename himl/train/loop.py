@@ -220,6 +220,7 @@ def _train(exp, batcher, state, mesh, ckpt, writer, *, progress, evaluate=None):
             if total > first or ckpt.latest_step() is None:
                 ckpt.save(int(state.step), state, force=True)
     finally:
+        bar.close()  # an error then starts on its own line, not on the bar's
         ckpt.close()  # waits for the save in flight, on every exit path
         getattr(batcher, "close", lambda: None)()
     if stop.requested:
