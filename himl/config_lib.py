@@ -226,6 +226,20 @@ def unselected_loss_changes(config) -> list[str]:
     return notes
 
 
+def config_notes(config) -> list[str]:
+    """Notes a run prints before it starts: settings that are valid but do less than they
+    seem to (`unselected_loss_changes`; a warm-up as long as the run, which
+    `himl.train.optim.schedule` cuts to leave one step for the schedule)."""
+    notes = unselected_loss_changes(config)
+    warmup, steps = config.optimizer.get("warmup_steps", 0), config.train.steps
+    if warmup >= steps > 0:
+        notes.append(
+            f"config.optimizer.warmup_steps={warmup} >= config.train.steps={steps}: the "
+            f"learning rate warms up over {steps - 1} steps and reaches its peak at the last"
+        )
+    return notes
+
+
 def _check_optimizer(config, **_) -> None:
     opt = config.optimizer
     check_choice(opt.name, OPTIMIZERS, "config.optimizer.name")

@@ -101,7 +101,8 @@ def search_and_report(embedder, gallery, queries, *, k, plot=None, labels=None) 
         names = None if labels is None else [_label_text(labels, j) for j in range(len(labels))]
         path = plot_retrieval_grid(
             Lazy(query_paths), None, Lazy(gallery.items), names, indices, plot,
-            query_ids=np.arange(len(query_paths)), top=k,
+            query_ids=np.arange(len(query_paths)), top=k, scores=scores,
+            query_titles=[Path(p).name for p in query_paths],
         )  # fmt: skip
         print(f"wrote {path}")
 

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from himl.config_lib import ConfigError, unselected_loss_changes, validate_config
+from himl.config_lib import ConfigError, config_notes, unselected_loss_changes, validate_config
 
 CONFIGS = sorted(
     p.stem
@@ -66,3 +66,13 @@ def test_values_set_for_an_unselected_loss_are_noted():
     assert [n.split(" sets ")[0] for n in unselected_loss_changes(config)] == [
         "config.loss.himulcone", "config.loss.triplet_margin"
     ]  # fmt: skip
+
+
+def test_a_warm_up_as_long_as_the_run_is_noted():
+    config = importlib.import_module("himl.configs.default").get_config()
+    assert config_notes(config) == []
+    config.train.steps = config.optimizer.warmup_steps = 30
+    assert config_notes(config) == [
+        "config.optimizer.warmup_steps=30 >= config.train.steps=30: the learning rate warms "
+        "up over 29 steps and reaches its peak at the last"
+    ]

@@ -104,5 +104,14 @@ def test_retrieval_grid_of_unlabelled_queries_shows_the_gallery_labels(monkeypat
     gallery = ["Greek/alpha", "Greek/beta", "Latin/a"]
     plot_retrieval_grid(images, None, images, gallery, idx, "g.png", query_ids=[0], top=2)
     axes = figures[0].axes
-    assert [ax.get_title() for ax in axes] == ["query ", "Latin/a", "Greek/alpha"]
+    assert [ax.get_title() for ax in axes] == ["query", "Latin/a", "Greek/alpha"]
     assert {ax.spines["top"].get_edgecolor()[:3] for ax in axes} == {(0.0, 0.0, 0.0)}
+    # himl-embed --plot: each query named by its file, each neighbour's score under it.
+    scores = np.array([[0.9, 0.8], [0.7, 0.6], [0.5, 0.25]])
+    plot_retrieval_grid(
+        images, None, images, gallery, idx, "g.png", query_ids=[2], top=2, scores=scores,
+        query_titles=["a.png", "b.png", "c.png"],
+    )  # fmt: skip
+    assert [ax.get_title() for ax in figures[1].axes] == [
+        "query c.png", "Greek/beta\n0.500", "Greek/alpha\n0.250"
+    ]  # fmt: skip

@@ -155,6 +155,8 @@ def plot_retrieval_grid(
     top: int = 5,
     seed: int = 0,
     label_name=None,
+    scores=None,
+    query_titles=None,
 ) -> str:
     """A grid: one row per query (first column), then its `top` retrieved gallery images.
 
@@ -168,6 +170,8 @@ def plot_retrieval_grid(
       query_ids: which queries to show (default: `num_queries` random ones).
       label_name: `label -> str`, the text shown for a label (default: the label itself);
         frames still compare the labels, so two classes of the same name stay apart.
+      scores: optional `[Q, >=top]` similarity of each retrieved image, shown under its label.
+      query_titles: optional `[Q]` text naming each query (e.g. its file name), shown with it.
     """
     shown = (lambda label: str(label)) if label_name is None else label_name
     idx = np.asarray(knn_indices)
@@ -182,14 +186,15 @@ def plot_retrieval_grid(
     fig = Figure(figsize=(1.4 * (top + 1), 1.5 * len(query_ids)))
     axes = fig.subplots(len(query_ids), top + 1, squeeze=False)
     for row, q in enumerate(query_ids):
-        cells = [(query_images[q], "black", f"query {_short(shown(q_lab[q])) if known else ''}")]
-        for j in idx[q, :top]:
-            if not known:
-                text = "" if g_lab is None else _short(shown(g_lab[j]))
-                cells.append((gallery_images[j], "black", text))
-                continue
-            hit = g_lab[j] == q_lab[q]
-            cells.append((gallery_images[j], "green" if hit else "red", _short(shown(g_lab[j]))))
+        title = _short(query_titles[q]) if query_titles is not None else ""
+        title = title or (_short(shown(q_lab[q])) if known else "")
+        cells = [(query_images[q], "black", f"query {title}".strip())]
+        for rank, j in enumerate(idx[q, :top]):
+            text = "" if g_lab is None else _short(shown(g_lab[j]))
+            if scores is not None:
+                text = f"{text}\n{float(scores[q][rank]):.3f}".strip()
+            colour = "black" if not known else "green" if g_lab[j] == q_lab[q] else "red"
+            cells.append((gallery_images[j], colour, text))
         for ax, (img, colour, text) in zip(axes[row], cells, strict=True):
             img, cmap = _as_image(img)
             ax.imshow(img, cmap=cmap)

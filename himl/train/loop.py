@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from himl.config_lib import absolute_paths, unselected_loss_changes, validate_config
+from himl.config_lib import absolute_paths, config_notes, validate_config
 from himl.data.registry import input_spec
 from himl.data.sampling import NOT_IN_BATCHES, make_batcher
 from himl.errors import UserError
@@ -332,7 +332,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     # the data is, so himl-eval or a resume run from another folder reads the same files.
     absolute_paths(config)
     validate_config(config, num_devices=jax.device_count())
-    for note in unselected_loss_changes(config):
+    for note in config_notes(config):
         tqdm.write(f"note: {note}")
     run_dir = Workdir(workdir)
     run_dir.check_resume(config, RESUME_KEYS)  # the part that needs no data: fail early
