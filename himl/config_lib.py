@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from himl.data.registry import DATASETS as DATASET_TABLE
-from himl.data.registry import IN_MEMORY_SHAPES
+from himl.data.registry import IN_MEMORY_SHAPES, check_manual_dir
 from himl.errors import ConfigError, UserError, check_choice
 from himl.losses import LOSSES, default_hparams
 from himl.losses.registry import check_hparams
@@ -153,13 +153,7 @@ def _check_data(config, *, num_devices: int) -> None:
         from himl.data.custom import check_custom_config
 
         check_custom_config(config.data.custom)
-    if config.data.name not in ("embedded", "fashion_mnist", "custom") and not (
-        config.data.manual_dir
-    ):
-        raise ConfigError(
-            f"config.data.manual_dir must point at the downloaded {config.data.name} files "
-            f"(--config.data.manual_dir=PATH); nothing is downloaded"
-        )
+    check_manual_dir(config.data)
 
 
 def _check_model(config, **_) -> None:

@@ -160,3 +160,12 @@ def test_bad_image_in_a_grain_worker_is_one_line(tmp_path):
         "replace that file and run the same command again to resume"
     ), done.stderr[-2000:]
     assert not any("leaked" in line or "Traceback" in line for line in errors), errors
+
+
+def test_load_without_manual_dir_says_what_to_pass():
+    from himl.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^config.data.manual_dir must point at the downloaded cub"
+    ):
+        himl.data.load("cub", manual_dir="")

@@ -55,7 +55,7 @@ def load(name: str, **data_fields):
       ConfigError: for an `image_size` other than the fixed one of an in-memory dataset
         (`IN_MEMORY_SHAPES`: "embedded" and "fashion_mnist" are 28 x 28 x 1, not resized).
     """
-    from himl.data.registry import IN_MEMORY_SHAPES, load_dataset
+    from himl.data.registry import IN_MEMORY_SHAPES, check_manual_dir, load_dataset
     from himl.errors import ConfigError
 
     shape = IN_MEMORY_SHAPES.get(name)
@@ -66,4 +66,6 @@ def load(name: str, **data_fields):
             "apply (resize the arrays yourself, or write them out with himl.data.export and "
             "load them as 'custom')"
         )
-    return load_dataset(default_data(name, **data_fields))
+    data_config = default_data(name, **data_fields)
+    check_manual_dir(data_config)
+    return load_dataset(data_config)

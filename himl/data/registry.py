@@ -5,7 +5,7 @@ from __future__ import annotations
 from himl.data.dataset import Dataset
 from himl.data.embedded import load_embedded, load_fashion_mnist
 from himl.data.real import READERS
-from himl.errors import check_choice
+from himl.errors import ConfigError, check_choice
 
 IN_MEMORY_SHAPES = {"embedded": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
 # Every dataset name `config.data.name` accepts (the readers' table included).
@@ -26,6 +26,16 @@ def load_dataset(data_config) -> Dataset:
     if data_config.name in READERS:
         return load_real(data_config)
     check_choice(data_config.name, DATASETS, "dataset", error=ValueError)
+
+
+def check_manual_dir(data_config) -> None:
+    """ConfigError when a downloaded dataset has no `manual_dir` (the config checks and
+    `himl.data.load` call it)."""
+    if data_config.name in READERS and not data_config.manual_dir:
+        raise ConfigError(
+            f"config.data.manual_dir must point at the downloaded {data_config.name} files "
+            f"(--config.data.manual_dir=PATH); nothing is downloaded"
+        )
 
 
 def input_spec(data_config) -> tuple[tuple[int, int, int], float]:
