@@ -177,7 +177,7 @@ def flags_parser(program: str):
 
     def parse(argv):
         try:
-            rest = flags.FLAGS(argv)
+            rest = flags.FLAGS(last_overrides(argv))
             config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
             if config is not None:
                 config.keys()  # a config file that failed to load raises only when touched
@@ -200,6 +200,18 @@ def flags_parser(program: str):
         sys.exit(2)
 
     return parse
+
+
+def last_overrides(argv: list[str]) -> list[str]:
+    """`argv` without the `--config.KEY=VALUE` overrides that a later one of the same KEY
+    replaces: the last wins, as for any flag (ml_collections would join the values of a
+    tuple field given twice, e.g. `--config.eval.ks=1 --config.eval.ks=2` into (1, 2))."""
+    keys = [a.split("=", 1)[0].lstrip("-") if _is_override(a) else None for a in argv]
+    return [a for i, a in enumerate(argv) if keys[i] is None or keys[i] not in keys[i + 1 :]]
+
+
+def _is_override(arg: str) -> bool:
+    return arg.startswith(("--config.", "-config.")) and "=" in arg
 
 
 def help_from(module_name: str) -> None:

@@ -162,3 +162,22 @@ def test_a_warning_is_one_line_naming_the_command(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "himl-x: warning: Recall@K for K in [50]: clipped\nhiml-x: DeprecationWarning: old\n"
     )
+
+
+def test_an_override_given_twice_is_the_last_one():
+    """As for any flag, the later value wins - ml_collections alone would join the values
+    of a tuple field (`ks=1` then `ks=2` gave (1, 2): two R@ columns nobody asked for)."""
+    show = (
+        "from absl import app; from ml_collections import config_flags;"
+        "from himl.cli import flags_parser;"
+        "C = config_flags.DEFINE_config_file('config');"
+        "app.run(lambda _: print(C.value.eval.ks, C.value.eval.splits, C.value.train.steps),"
+        " flags_parser=flags_parser('x'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", show, "--config=configs/tiny.py", "--config.eval.ks=1",
+         "--config.train.steps=3", "--config.eval.splits=unseen", "-config.eval.ks=2,4",
+         "--config.eval.splits=seen_test", "--config.train.steps=5"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    ).stdout  # fmt: skip
+    assert out.strip() == "(2, 4) ('seen_test',) 5"

@@ -12,7 +12,7 @@ from himl.config_lib import validate_config
 from himl.data.dataset import Dataset, Split
 from himl.errors import ConfigError
 from himl.eval import hierarchical_metrics, linear_probe, query_gallery_retrieval_metrics
-from himl.eval.evaluators import EVALUATORS, build_evaluators, run_evaluators
+from himl.eval.evaluators import EVALUATORS, build_evaluators, check_eval_config, run_evaluators
 from himl.eval.knn import EvalInputError
 from himl.eval.probe import stratified_split
 from himl.models.cnn import SmallCNN
@@ -195,3 +195,19 @@ def test_splits_that_cannot_be_measured_are_named_before_any_embedding(setup):
     config.evaluators = ("retrieval",)
     with pytest.warns(UserWarning, match="split 'few': each image is the only one of its "):
         build_evaluators(config, dataset)
+
+
+def test_a_query_split_sharing_images_with_its_gallery_is_refused(setup):
+    """Each shared query would find itself: Recall@1 of 100 measured nothing (train is the
+    gallery split itself here; the same name twice is refused by the config check)."""
+    dataset, _, _, config = setup
+    config.query_gallery = ("train", "gallery")
+    with pytest.raises(EvalInputError) as error:
+        build_evaluators(config, dataset)
+    assert str(error.value).startswith(
+        "config.eval.query_gallery: query split 'train' and gallery split 'gallery' share 50 "
+        "images, which would find themselves; give disjoint splits"
+    )
+    config.query_gallery = ("gallery", "gallery")
+    with pytest.raises(ConfigError, match="names 'gallery' twice: every query would find"):
+        check_eval_config(config)

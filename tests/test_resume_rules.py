@@ -207,6 +207,23 @@ def test_results_table_shows_every_split_of_every_model():
     ]
 
 
+def test_a_level_with_nothing_to_find_shows_no_retrieval_numbers():
+    """Query classes the gallery lacks (every query left out): PML's 0 would read as a
+    measured failure; the table shows "-" and says why, the clustering scores stay."""
+    found = {"recall@1": 0.5, "map@r": 0.25, "num_queries": 4, "num_left_out": 1}
+    none = {"recall@1": 0.0, "map@r": 0.0, "num_queries": 4, "num_left_out": 4, "nmi": 0.5}
+    results = {"trained": {"q->g": {"num_samples": 4, "group": found, "class": none}}}
+    table = results_table(results, ["group", "class"], (1,))
+    lines = table.splitlines()
+    assert [line.split() for line in lines[3:5]] == [
+        ["trained", "group", "50.00", "25.00", "-", "-"],
+        ["trained", "class", "-", "-", "50.00", "-"],
+    ]
+    assert (
+        lines[5] == "no query has an image of its class label to find: R@K and MAP@R not measured"
+    )
+
+
 def test_unusable_workdir_fails_before_the_data(config, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("notes")
     monkeypatch.setattr(loop, "build_experiment", lambda c: pytest.fail("data loaded"))

@@ -100,6 +100,20 @@ class QueryGalleryEvaluator:
     metric: str
     block_size: int
 
+    def check(self) -> None:
+        """EvalInputError when query and gallery share images (by the instance level, where
+        the data has one): each such query would find itself, a Recall@1 of 100."""
+        query, gallery = (self.dataset.split(s).labels for s in self.splits)
+        if self.dataset.class_level + 1 < len(self.dataset.level_names):
+            shared = np.intersect1d(query[:, -1], gallery[:, -1])
+            if len(shared):
+                raise EvalInputError(
+                    f"config.eval.query_gallery: query split {self.splits[0]!r} and gallery "
+                    f"split {self.splits[1]!r} share {len(shared)} images, which would find "
+                    "themselves; give disjoint splits (retrieval within one split is the "
+                    "retrieval evaluator's, config.eval.splits)"
+                )
+
     def run(self, embeddings):
         query, gallery = self.splits
         labels = np.concatenate([self.dataset.split(s).labels for s in self.splits])
@@ -231,6 +245,12 @@ def check_eval_config(eval_config) -> None:
         raise ConfigError(
             "config.eval.query_gallery must be empty or (query split, gallery split), got "
             f"{tuple(eval_config.query_gallery)}"
+        )
+    if eval_config.query_gallery and len(set(eval_config.query_gallery)) == 1:
+        raise ConfigError(
+            f"config.eval.query_gallery names {eval_config.query_gallery[0]!r} twice: every "
+            "query would find itself in the gallery; retrieval within one split is the "
+            "retrieval evaluator's (config.eval.splits)"
         )
     for name in eval_config.get("evaluators", DEFAULT_EVALUATORS):
         if name not in EVALUATORS:

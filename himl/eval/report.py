@@ -26,14 +26,25 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
     keys = [f"recall@{k}" for k in ks] + ["map@r", "nmi", "ami"]
     blocks = []
     for split in splits:
-        rows = []
+        rows, unmeasured = [], []
         for model_name, results in results_by_model.items():
             for level in level_names:
                 m = results.get(split, {}).get(level, {})
-                # query->gallery results have no clustering scores: shown as "-".
-                rows.append([model_name, level] + [_percent(m.get(key)) for key in keys])
+                # query->gallery results have no clustering scores: shown as "-"; nor has a
+                # level where no query has an image of its label to find (PML's 0).
+                none_found = 0 < m.get("num_queries", 0) == m.get("num_left_out")
+                if none_found and level not in unmeasured:
+                    unmeasured.append(level)
+                rows.append([model_name, level] + [
+                    "-" if none_found and key not in ("nmi", "ami") else _percent(m.get(key))
+                    for key in keys
+                ])  # fmt: skip
         n = next(r[split] for r in results_by_model.values() if split in r).get("num_samples", "?")
-        blocks.append(f"split {split!r} ({n} images)\n{format_table(header, rows)}\n")
+        notes = "".join(
+            f"no query has an image of its {level} label to find: R@K and MAP@R not measured\n"
+            for level in unmeasured
+        )
+        blocks.append(f"split {split!r} ({n} images)\n{format_table(header, rows)}\n{notes}")
     return "\n".join(blocks)
 
 
