@@ -226,10 +226,11 @@ def config_notes(config) -> list[str]:
     `himl.train.optim.schedule` cuts to leave one step for the schedule)."""
     notes = unselected_loss_changes(config)
     warmup, steps = config.optimizer.get("warmup_steps", 0), config.train.steps
-    if warmup >= steps > 0:
+    if warmup >= steps > 1:  # one step runs at the peak rate: nothing to say
         notes.append(
             f"config.optimizer.warmup_steps={warmup} >= config.train.steps={steps}: the "
-            f"learning rate warms up over {steps - 1} steps and reaches its peak at the last"
+            f"learning rate warms up over {steps - 1} step{'s' * (steps != 2)} and reaches "
+            "its peak at the last"
         )
     return notes
 
@@ -243,6 +244,11 @@ def _check_optimizer(config, **_) -> None:
     for key in ("weight_decay", "warmup_steps", "decay_every"):
         if key in opt and not opt[key] >= 0:
             raise ConfigError(f"config.optimizer.{key} must be >= 0, got {opt[key]}")
+    if opt.schedule == "step" and not opt.get("decay_every", 0):  # else a constant rate
+        raise ConfigError(
+            "config.optimizer.schedule=step needs config.optimizer.decay_every > 0 (the steps "
+            "between decays)"
+        )
     if "decay_factor" in opt and not 0 < opt.decay_factor <= 1:
         raise ConfigError(
             f"config.optimizer.decay_factor must be in (0, 1], got {opt.decay_factor}"
@@ -252,8 +258,11 @@ def _check_optimizer(config, **_) -> None:
 
 def _check_train(config, **_) -> None:
     train = config.train
-    if train.steps < 0:
-        raise ConfigError(f"config.train.steps must be >= 0, got {train.steps}")
+    if train.steps < 1:  # 0 would evaluate the untrained model and call it "trained"
+        raise ConfigError(
+            f"config.train.steps must be >= 1, got {train.steps} (the untrained model is "
+            "evaluated at the start: config.eval.at_start)"
+        )
     for key in ("log_every", "checkpoint_every"):
         if not train[key] >= 1:
             raise ConfigError(f"config.train.{key} must be >= 1, got {train[key]}")

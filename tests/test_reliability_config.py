@@ -3,6 +3,7 @@ before any data is loaded and before the work directory is touched (issue 13).""
 
 import importlib
 import pathlib
+import re
 
 import pytest
 
@@ -48,6 +49,8 @@ BAD_VALUES = [
     ("optimizer.decay_factor", 0.0, "config.optimizer.decay_factor"),
     ("optimizer.freeze_steps", -1, "config.optimizer.freeze_steps"),
     ("train.steps", -1, "config.train.steps"),
+    ("train.steps", 0, "config.train.steps must be >= 1, got 0 (the untrained model is"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule=step needs config.optimizer"),
     ("train.log_every", 0, "config.train.log_every"),
     ("train.checkpoint_every", 0, "config.train.checkpoint_every"),
     ("train.keep_checkpoints", 0, "config.train.keep_checkpoints"),
@@ -216,6 +219,6 @@ def test_bad_value_fails_before_data_or_workdir(monkeypatch, tmp_path):
     for key, value, expected in BAD_VALUES:
         config = _default()
         _set(config, key, value)
-        with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
             train_and_evaluate(config, tmp_path / "w", progress=False)
         assert not (tmp_path / "w").exists()

@@ -372,3 +372,35 @@ def test_the_data_fingerprint_sees_images_labels_and_file_names(tmp_path):
     assert second != first and [v["images"] for v in second.values()] == [
         v["images"] for v in first.values()
     ]
+
+
+def test_ctrl_c_in_the_final_evaluation_says_the_step_is_saved(
+    config, tmp_path, monkeypatch, capsys
+):
+    """Trained and saved, interrupted while evaluating: one line says so (it exited 130
+    without a word), and the same command evaluates the saved step."""
+    config.train.steps, config.eval.at_start = 2, False
+
+    def interrupted(exp, *, progress):
+        def evaluate(state):
+            raise KeyboardInterrupt
+
+        return evaluate
+
+    monkeypatch.setattr(loop, "make_evaluate_fn", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path, progress=False)
+    assert (
+        f"interrupted while evaluating step 2, which is saved in {tmp_path / 'checkpoints'}: "
+        "run the same command again to evaluate it"
+    ) in capsys.readouterr().out
+    assert _steps(tmp_path) == [2]
+
+
+def test_a_run_with_nothing_to_evaluate_says_so(config, tmp_path, capsys):
+    config.train.steps, config.eval.splits, config.eval.query_gallery = 1, (), ()
+    summary = train_and_evaluate(config, tmp_path, progress=False)
+    assert summary["results"] == {"untrained": {}, "trained": {}}
+    assert "note: config.eval gives its evaluators no split (config.eval.evaluators, " in (
+        capsys.readouterr().out
+    )

@@ -130,6 +130,11 @@ def make_evaluate_fn(exp, *, progress: bool):
     the embedding of `state`, with one embedding function compiled for the whole run."""
     config = exp.config
     evaluators = build_evaluators(config.eval, exp.dataset, seed=config.seed)
+    if not evaluators:  # himl-eval refuses this; a run may mean it (training only)
+        tqdm.write(
+            "note: config.eval gives its evaluators no split (config.eval.evaluators, "
+            "config.eval.splits, config.eval.query_gallery): the run trains and evaluates nothing"
+        )
     embed_fn = EmbeddingFunction(exp.model, batch_size=config.eval.batch_size)
 
     def evaluate(state):
@@ -400,7 +405,14 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     writer = MetricsWriter(run_dir.path, resumed_at=int(state.step) if resumed else None)
     state = _train(exp, batcher, state, mesh, ckpt, writer, progress=progress, evaluate=evaluate)
 
-    trained = evaluate(state)
+    try:
+        trained = evaluate(state)
+    except KeyboardInterrupt:
+        tqdm.write(
+            f"interrupted while evaluating step {int(state.step)}, which is saved in "
+            f"{run_dir.checkpoints}: run the same command again to evaluate it"
+        )
+        raise
     with MetricsWriter(run_dir.path) as writer:
         write_eval_scalars(writer, int(state.step), trained, dataset.eval_level_names)
     # Evaluated once, by the first run, with the eval settings it had (none to look for
