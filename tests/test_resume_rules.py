@@ -140,7 +140,16 @@ def test_finished_run_prints_its_results_and_writes_nothing(tiny_run_copy, capsy
     monkeypatch.setattr(loop, "run_evaluators", lambda *a, **k: pytest.fail("evaluated again"))
     summary = train_and_evaluate(config, workdir, progress=False)
     assert summary == json.loads((workdir / "metrics.json").read_text())
-    assert "complete run (step 8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "complete run (step 8" in out and "does not apply" not in out
+    assert _snapshot(workdir) == before
+    # Eval overrides on a finished run: its saved results, saying the overrides wait for
+    # himl-eval.
+    config.eval.ks = (1,)
+    train_and_evaluate(config, workdir, progress=False)
+    assert "re-evaluates (with config.eval overrides, which this command does not apply)" in (
+        capsys.readouterr().out
+    )
     assert _snapshot(workdir) == before
 
 

@@ -372,10 +372,13 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
             finished = _finished_summary(run_dir, int(state.step), config.train.steps)
             if finished is not None:  # nothing to train or evaluate; nothing is written
                 close()
+                other_eval = run_dir.saved("eval") != jsonable(config.eval.to_dict())
                 tqdm.write(
                     f"{run_dir.path} holds a complete run (step {finished['step']}, evaluated): "
                     f"its saved results follow; himl-eval --workdir={run_dir.path} re-evaluates"
-                )
+                    + (" (with config.eval overrides, which this command does not apply)"
+                       if other_eval else "")
+                )  # fmt: skip
                 print_summary(finished)
                 return finished
             tqdm.write(f"resuming from {ckpt.directory} at step {int(state.step)}")
