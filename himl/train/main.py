@@ -47,9 +47,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-    print(f"himl-train: workdir {workdir}", file=sys.stderr)
     # Imported here so that `--help` and flag errors answer before JAX starts.
+    import jax
+
     from himl.train.loop import train_and_evaluate
+
+    devices = jax.devices()  # every process's: the mesh the step runs over
+    print(f"himl-train: workdir {workdir}, {len(devices)} {devices[0].platform} "
+          f"device{'s' * (len(devices) > 1)}", file=sys.stderr)  # fmt: skip
 
     with exit_on_user_error("himl-train"):
         train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value)
