@@ -4,6 +4,7 @@ state together, and find the same exact
 nearest neighbours (gallery sharded over both processes) as one device."""
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from multihost_worker import knn_data, search, take_steps
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
+REPO = pathlib.Path(__file__).parents[1]
 
 
 def free_port() -> int:
@@ -72,3 +74,75 @@ def test_two_process_sharded_knn_matches_one_device(tmp_path):
     ref = np.argsort(cost, axis=1, kind="stable")[:, :12]
     np.testing.assert_array_equal(one_device["cosine_idx"], ref)
     assert one_device["cosine_idx"][3][:3] == [7, 150, 299]
+
+
+def run_himl_train(workdir, *overrides) -> None:
+    """`himl-train` in 2 processes x 4 devices over loopback, on one shared `workdir`."""
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "himl.train",
+                "--config=configs/tiny.py",
+                "--noprogress",
+                f"--workdir={workdir}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                *overrides,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output[-3000:]
+        assert "8 cpu devices (process" in output
+
+
+@pytest.mark.slow
+def test_himl_train_over_two_processes_matches_one(tmp_path):
+    """`himl-train --coordinator_address=... --num_processes=2 --process_id=i` in each
+    process: one run (every process saves the checkpoints, the first writes the other
+    files, each metric row once), resumed the same way, with the losses and evaluation of
+    one process on 8 devices (to float rounding: the collectives and the per-device
+    evaluation batches differ)."""
+    from himl.configs import tiny
+    from himl.train.loop import train_and_evaluate
+
+    overrides = ["--config.train.steps=4", "--config.eval.at_start=False"]
+    run_himl_train(tmp_path / "two", *overrides)
+    run_himl_train(tmp_path / "two", "--config.train.steps=6", "--config.eval.at_start=False")
+    config = tiny.get_config()
+    config.train.steps, config.eval.at_start = 4, False
+    train_and_evaluate(config, tmp_path / "one", progress=False)
+    config.train.steps = 6
+    one = train_and_evaluate(config, tmp_path / "one", progress=False)
+
+    def rows(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if "loss" in line]
+
+    two_rows, one_rows = rows(tmp_path / "two"), rows(tmp_path / "one")
+    assert [r["step"] for r in two_rows] == [r["step"] for r in one_rows]
+    np.testing.assert_allclose([r["loss"] for r in two_rows], [r["loss"] for r in one_rows],
+                               rtol=1e-5)  # fmt: skip
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["step"] == 6 and sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()
+                                       if p.name.isdigit()) == ["4", "6"]  # fmt: skip
+    for level in ("group", "class"):
+        got, want = (
+            two["results"]["trained"]["unseen"][level],
+            one["results"]["trained"]["unseen"][level],
+        )
+        for key in ("recall@1", "map@r", "nmi"):
+            assert got[key] == pytest.approx(want[key], abs=1e-3), (level, key)

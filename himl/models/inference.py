@@ -57,6 +57,12 @@ def _apply(model, variables, images):
     return model.apply(variables, images, train=False).astype(np.float32)
 
 
+def _local_copy(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x.addressable_data(0)  # replicated: every copy is the whole array
+    return x
+
+
 class EmbeddingFunction:
     """`fn(variables, images) -> [N, D] float32` for a Flax embedding network.
 
@@ -74,8 +80,10 @@ class EmbeddingFunction:
 
     def replicate(self, variables):
         """`variables` copied to every device the batches are split over (a no-op for
-        variables already there)."""
-        return jax.device_put(variables, self._replicated)
+        variables already there). Replicated arrays of a mesh over several processes (a
+        training state) are taken from this process's copy: no array moves between hosts,
+        and each process embeds on its own devices."""
+        return jax.device_put(jax.tree.map(_local_copy, variables), self._replicated)
 
     def batch(self, variables, images: np.ndarray) -> np.ndarray:
         """Embeddings of at most `batch_size` images: integer pixels 0..255 (scaled to

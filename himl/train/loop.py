@@ -12,6 +12,7 @@ import json
 import time
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -28,7 +29,7 @@ from himl.train import health
 from himl.train.checkpoint import Checkpointer
 from himl.train.experiment import build_experiment
 from himl.train.interrupt import Interrupted, StopRequests
-from himl.train.metrics_writer import MetricsWriter
+from himl.train.metrics_writer import metrics_writer
 from himl.train.state import train_step
 from himl.train.workdir import ReadRecorder, Workdir, jsonable
 
@@ -331,8 +332,11 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     only then is anything in `workdir` written (see `himl.train.workdir`). A resume drops
     the metrics.jsonl rows logged after its checkpoint; a run already trained to
     `train.steps` and evaluated prints its saved results and returns them, writing nothing.
+    Over several processes (`jax.distributed`) every process runs this, on a shared
+    `workdir`: all save the checkpoints, the first writes the other files.
     """
     start_time = time.time()
+    primary = jax.process_index() == 0  # writes the work directory and prints the results
     # The file and folder fields as absolute paths (in place): config.json then says where
     # the data is, so himl-eval or a resume run from another folder reads the same files.
     absolute_paths(config)
@@ -394,18 +398,25 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         dataset.open()  # e.g. writes a tensorflow-datasets store: only once all checks pass
         if not resumed and config.eval.get("at_start", True):
             untrained = evaluate(state)
-        run_dir.start(config)  # the run is known valid: from here on the workdir changes
-        run_dir.write_data(fingerprint)
-        write_input_spec(run_dir.path, *input_spec(config.data))  # for himl-embed
-        if not resumed:
-            ckpt = _checkpointer(run_dir, config)
-            if untrained is not None:
+        # The run is known valid: from here on the workdir changes, written by the first
+        # process alone (each process has read it above; they share it).
+        if primary:
+            run_dir.start(config)
+            run_dir.write_data(fingerprint)
+            write_input_spec(run_dir.path, *input_spec(config.data))  # for himl-embed
+            if not resumed and untrained is not None:
                 _write_untrained(untrained_path, untrained, config)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("himl: work directory ready")
+        if not resumed:
+            ckpt = _checkpointer(run_dir, config)  # every process saves its arrays' shards
     except BaseException:
         close()
         raise
 
-    writer = MetricsWriter(run_dir.path, resumed_at=int(state.step) if resumed else None)
+    writer = metrics_writer(
+        run_dir.path, resumed_at=int(state.step) if resumed else None, primary=primary
+    )
     state = _train(exp, batcher, state, mesh, ckpt, writer, progress=progress, evaluate=evaluate)
 
     try:
@@ -416,7 +427,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
             f"{run_dir.checkpoints}: run the same command again to evaluate it"
         )
         raise
-    with MetricsWriter(run_dir.path) as writer:
+    with metrics_writer(run_dir.path, primary=primary) as writer:
         write_eval_scalars(writer, int(state.step), trained, dataset.eval_level_names)
     # Evaluated once, by the first run, with the eval settings it had (none to look for
     # when neither that run nor this one evaluates at the start).
@@ -433,6 +444,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         "wall_time_s": time.time() - start_time,
         "config": jsonable(config.to_dict()),
     }
-    (run_dir.path / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary)
+    if primary:
+        (run_dir.path / "metrics.json").write_text(json.dumps(summary, indent=2))
+        print_summary(summary)
     return summary

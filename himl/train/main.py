@@ -9,6 +9,7 @@ Running the same command again with the same --workdir resumes from its last che
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,18 @@ _WORKDIR = flags.DEFINE_string(
     "Directory for checkpoints, metrics and metrics.json (default: ./runs/<config file name>).",
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Train over several processes (hosts), each running this same command on a shared "
+    "--workdir: jax.distributed.initialize() with what the cluster tells JAX (SLURM, Open "
+    "MPI, TPU pods), or with --coordinator_address, --num_processes and --process_id.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (implies --distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 first.")
 
 
 def default_workdir(config_path: str) -> Path:
@@ -50,14 +63,33 @@ def main(argv):
     # Imported here so that `--help` and flag errors answer before JAX starts.
     import jax
 
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        _join_processes(jax)
     from himl.train.loop import train_and_evaluate
 
     devices = jax.devices()  # every process's: the mesh the step runs over
+    processes = f" (process {jax.process_index()} of {jax.process_count()})" * (
+        jax.process_count() > 1
+    )
     print(f"himl-train: workdir {workdir}, {len(devices)} {devices[0].platform} "
-          f"device{'s' * (len(devices) > 1)}", file=sys.stderr)  # fmt: skip
+          f"device{'s' * (len(devices) > 1)}{processes}", file=sys.stderr)  # fmt: skip
 
+    primary = jax.process_index() == 0
+    if not primary:  # the first process prints the progress and results; errors are each's
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     with exit_on_user_error("himl-train"):
-        train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value)
+        train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value and primary)
+
+
+def _join_processes(jax) -> None:
+    """`jax.distributed.initialize` from the flags (on the CPU over gloo collectives)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    given = {
+        "coordinator_address": _COORDINATOR.value,
+        "num_processes": _NUM_PROCESSES.value,
+        "process_id": _PROCESS_ID.value,
+    }
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
 
 
 def run():

@@ -33,6 +33,32 @@ def _step_of(line: str) -> int | None:
         return None
 
 
+class NoMetricsWriter:
+    """`MetricsWriter`'s interface, writing nothing: a run's processes other than the first
+    (`metrics_writer`), whose scalars are the first one's."""
+
+    def write(self, step: int, scalars: dict) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NoMetricsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def metrics_writer(directory, *, resumed_at: int | None = None, primary: bool = True):
+    """A `MetricsWriter` in the primary process (the one that writes the work directory),
+    a `NoMetricsWriter` in the others."""
+    return MetricsWriter(directory, resumed_at=resumed_at) if primary else NoMetricsWriter()
+
+
 class MetricsWriter:
     """`write(step, {"name": value})` appends to `<dir>/events.out.tfevents.*` and
     `<dir>/metrics.jsonl`; `tensorboard --logdir <workdir>` shows the curves.
