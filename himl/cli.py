@@ -23,7 +23,22 @@ CONFIGS = Path(str(resources.files("himl.configs")))  # the repository's configs
 DEFAULT_CONFIG = str(CONFIGS / "default.py")  # himl-train's default
 
 
+# Python's words for a value of the wrong type, as what the field takes.
+_TYPE_WORDS = (
+    (r"\('Non-boolean argument to boolean flag', '[^']*'\)", "a bool field: give true or false"),
+    (r"could not convert string to float: '[^']*'", "a float field: give a number, e.g. 1e-3"),
+    (r"invalid literal for int\(\) with base 10: '[^']*'", "an int field: give a whole number"),
+)
+
+
 def _one_line(err: BaseException) -> str:
+    text = _raw_line(err)
+    for pattern, words in _TYPE_WORDS:
+        text = re.sub(pattern, words, text)
+    return text
+
+
+def _raw_line(err: BaseException) -> str:
     text = str(err.args[0]) if err.args else str(err)
     if "Traceback (most recent call last)" in text:
         # ml_collections wraps an error raised by a config file's get_config (e.g. an

@@ -24,7 +24,9 @@ def _run(module, *args, cwd=REPO):
     [
         (["--config.train.stepz=3"], 'Did you mean "steps"'),
         (["--config.loss.name=supcontrast"], "unknown config.loss.name 'supcontrast'; valid:"),
-        (["--config.train.steps=abc"], "--config.train.steps=abc"),
+        (["--config.train.steps=abc"], "--config.train.steps=abc: an int field: give a whole"),
+        (["--config.eval.at_start=yes"], "at_start=yes: a bool field: give true or false"),
+        (["--config.optimizer.learning_rate=None"], "=None: a float field: give a number"),
         (["--config=configs/nonexistent.py"], "nonexistent.py"),
         (["--config=configs/tiny.py", "--config=configs/tiny.py:x"], "give --config once, got"),
         (
