@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -150,7 +151,10 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="N=10k, D=128, 3 repeats")
-    p.add_argument("--json", default="experiments/results/bench_knn.json")
+    # The checkout's results folder, whatever folder the script runs in.
+    p.add_argument(
+        "--json", default=str(Path(__file__).resolve().parent / "results" / "bench_knn.json")
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.d, args.repeats = [10000], [128], args.repeats or 3

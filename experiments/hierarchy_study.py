@@ -534,7 +534,9 @@ def write_outputs(data: dict, out: Path, steps: int = 0) -> None:
 
 def main(argv=None):
     committed = RESULTS / "hierarchy_study.json"
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--objectives", default="", help="default: each dataset's plan")
     parser.add_argument("--samplers", default="", help="default: each dataset's plan")
@@ -543,7 +545,7 @@ def main(argv=None):
     parser.add_argument("--omniglot", default="", help="folder of the Omniglot zips")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     parser.add_argument("--cache", default="", help="where the Omniglot .npz is written")
-    parser.add_argument("--out", default=str(committed))
+    parser.add_argument("--out", default=str(committed), help="the results JSON")
     parser.add_argument("--report", action="store_true", help="only re-write table + figure")
     parser.add_argument(
         "--steps", type=int, default=0, help="check runs of this length (needs --out)"
