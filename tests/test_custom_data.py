@@ -185,6 +185,22 @@ def test_written_manifest_round_trips(embedded, tmp_path):
     assert len(ds.split("unseen")) == 9
 
 
+def test_a_lazily_decoded_dataset_written_out_reads_back_the_same(tree, tmp_path):
+    """Its files are copied, not its decoded pixels: those are already resized and
+    centre-cropped, and were cropped again when read back (11% of pixels changed)."""
+    options = {"image_size": 20, "eval_crop": 0.75, "channels": 1, "verbose": False}
+    source = load_custom(tree, **options)
+    path = write_manifest(source, tmp_path / "m.csv", splits=["train", "test"])
+    back = load_custom(path, **options)
+    for split in ("train", "test"):  # the manifest keeps the rows' order
+        np.testing.assert_array_equal(back.split(split).images[:], source.split(split).images[:])
+    test = source.split("test").images
+    written = write_image_tree(source, tmp_path / "t", split="test")
+    for row, file in enumerate(written):
+        original = test.source.files[test.indices[row]]
+        assert file.suffix == ".png" and file.read_bytes() == (tree / original).read_bytes()
+
+
 def test_written_npz_round_trips_every_split(embedded, tmp_path):
     """`write_npz` keeps every split, its pixels in order, and each image's class name and
     coarse label; `himl.data.custom` reads it back with the dataset's own splits."""

@@ -11,6 +11,7 @@ from PIL import Image
 
 from himl.data.custom import SPLIT_VALUES
 from himl.data.dataset import Dataset
+from himl.data.images import LazyImages
 
 # Splits that are the union of others: "train" of "train_no_val" + "val" (carved from it
 # for model selection), In-Shop's "test" of "query" + "gallery".
@@ -58,14 +59,29 @@ def _check_splits(dataset: Dataset, splits) -> list[str]:
     return list(splits)
 
 
-def _image(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+def _write_image(images, row: int, stem: Path) -> Path:
+    """Writes image `row` of a split's `images` at `stem` + its suffix; returns the path.
+
+    A lazily decoded image is its source file's bytes, copied: read back with the same
+    `image_size` and `eval_crop`, it decodes to the same pixels (its decoded pixels are
+    already resized and cropped, and would be cropped again). In-memory pixels: a PNG."""
+    if isinstance(images, LazyImages):
+        j = int(images.indices[row])
+        name = images.source.files[j]
+        path = stem.with_suffix(Path(name.partition("::")[2] or name).suffix.lower())
+        path.write_bytes(images.source[j])
+        return path
+    array = np.asarray(images[row])
+    path = stem.with_suffix(".png")
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    return path
 
 
 def write_image_tree(
     dataset: Dataset, root, *, split: str = "train", per_class: int | None = None
 ) -> list[Path]:
-    """PNG files `root/<level 0 name>/.../<class name>/<record>.png` of one split.
+    """Image files `root/<level 0 name>/.../<class name>/<record>.<suffix>` of one split
+    (`_write_image`: the source files of lazily decoded images, PNGs of in-memory ones).
 
     Args:
       dataset: any `Dataset`; the levels down to `class_level` become folders, named by
@@ -84,17 +100,16 @@ def write_image_tree(
             dataset.label_name(level, int(data.labels[row, level])).replace("/", "_")
             for level in range(dataset.class_level + 1)
         ]
-        path = root.joinpath(*names, f"{int(data.labels[row, -1])}.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _image(np.asarray(data.images[int(row)])).save(path)
-        paths.append(path)
+        stem = root.joinpath(*names, str(int(data.labels[row, -1])))
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        paths.append(_write_image(data.images, int(row), stem))
     return paths
 
 
 def write_manifest(dataset: Dataset, path, *, splits=("train",), per_class=None) -> Path:
-    """A CSV manifest (`path`, one column per level, `split`) with PNGs beside it in
-    `images/` (folders created); the split column keeps the dataset's own split names,
-    which must be ones `himl.data.custom` reads (SPLIT_VALUES)."""
+    """A CSV manifest (`path`, one column per level, `split`) with the images beside it in
+    `images/` (`_write_image`; folders created); the split column keeps the dataset's own
+    split names, which must be ones `himl.data.custom` reads (SPLIT_VALUES)."""
     path = Path(path)
     splits = _check_splits(dataset, splits)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +120,9 @@ def write_manifest(dataset: Dataset, path, *, splits=("train",), per_class=None)
         for split in splits:
             data = dataset.split(split)
             for row in _rows(dataset, split, per_class):
-                file = Path("images") / split / f"{int(data.labels[row, -1])}.png"
-                (path.parent / file).parent.mkdir(parents=True, exist_ok=True)
-                _image(np.asarray(data.images[int(row)])).save(path.parent / file)
+                stem = path.parent / "images" / split / str(int(data.labels[row, -1]))
+                stem.parent.mkdir(parents=True, exist_ok=True)
+                file = _write_image(data.images, int(row), stem).relative_to(path.parent)
                 names = [
                     dataset.label_name(lv, int(data.labels[row, lv])) for lv in range(len(levels))
                 ]
