@@ -183,3 +183,26 @@ def test_an_override_given_twice_is_the_last_one():
         capture_output=True, text=True, check=True, cwd=REPO,
     ).stdout  # fmt: skip
     assert out.strip() == "(2, 4) ('seen_test',) 5"
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ({"process_id": 1},
+         "--process_id given without --coordinator_address, --num_processes: give all three"),
+        ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2},
+         "--process_id=2 with --num_processes=2: the ids run 0..1"),
+        ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0},
+         "--num_processes=0: give how many processes, >= 1"),
+    ],
+)  # fmt: skip
+def test_process_flags_are_checked_before_joining(given, expected, monkeypatch):
+    import jax
+
+    from himl.errors import ConfigError
+    from himl.train.processes import join_processes
+
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **_: pytest.fail("joined"))
+    with pytest.raises(ConfigError) as error:
+        join_processes(**given)
+    assert str(error.value) == expected

@@ -76,37 +76,51 @@ def test_two_process_sharded_knn_matches_one_device(tmp_path):
     assert one_device["cosine_idx"][3][:3] == [7, 150, 299]
 
 
-def run_himl_train(workdir, *overrides) -> None:
-    """`himl-train` in 2 processes x 4 devices over loopback, on one shared `workdir`."""
+def run_himl_train(workdir, *overrides, second=(), returncode=0) -> list[str]:
+    """`himl-train` in 2 processes x 4 devices over loopback, on one shared `workdir`
+    (`second`: more arguments for process 1 only); returns each one's output."""
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    command = [sys.executable, "-m", "himl.train", "--config=configs/tiny.py", "--noprogress",
+               f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+               "--num_processes=2", *overrides]  # fmt: skip
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "himl.train",
-                "--config=configs/tiny.py",
-                "--noprogress",
-                f"--workdir={workdir}",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-                *overrides,
-            ],
+            [*command, f"--process_id={i}", *(second if i else ())],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
+    outputs = []
     for proc in procs:
         output, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, output[-3000:]
+        assert proc.returncode == returncode, output[-3000:]
         assert "8 cpu devices (process" in output
+        outputs.append(output)
+    return outputs
+
+
+@pytest.mark.slow
+def test_processes_given_different_runs_are_refused_in_each(tmp_path):
+    """A setting that leaves the step's shapes alone (here train.steps) trained each
+    process on its own schedule, their weights apart, and hung at the evaluation; another
+    work directory hung at the first checkpoint. Both processes now stop with one line,
+    before any data is read or anything is written."""
+    for second, what in [
+        (["--config.train.steps=16"], "config.train"),
+        ([f"--workdir={tmp_path / 'other'}"], "--workdir"),
+    ]:
+        outputs = run_himl_train(tmp_path / "run", second=second, returncode=2)
+        for output in outputs:
+            assert f"himl-train: error: process 1 was given another {what} than process 0" in (
+                output
+            )
+        assert not (tmp_path / "run").exists() and not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

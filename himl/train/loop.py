@@ -30,6 +30,7 @@ from himl.train.checkpoint import Checkpointer
 from himl.train.experiment import build_experiment
 from himl.train.interrupt import Interrupted, StopRequests
 from himl.train.metrics_writer import metrics_writer
+from himl.train.processes import check_same_run
 from himl.train.state import train_step
 from himl.train.workdir import ReadRecorder, Workdir, jsonable
 
@@ -341,6 +342,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     # the data is, so himl-eval or a resume run from another folder reads the same files.
     absolute_paths(config)
     validate_config(config, num_devices=jax.device_count())
+    check_same_run(config, workdir)
     for note in config_notes(config):
         tqdm.write(f"note: {note}")
     run_dir = Workdir(workdir)

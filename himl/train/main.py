@@ -63,8 +63,14 @@ def main(argv):
     # Imported here so that `--help` and flag errors answer before JAX starts.
     import jax
 
-    if _DISTRIBUTED.value or _COORDINATOR.value:
-        _join_processes(jax)
+    from himl.train.processes import join_processes
+
+    joining = _DISTRIBUTED.value or any(
+        f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+    )
+    if joining:
+        with exit_on_user_error("himl-train"):
+            join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from himl.train.loop import train_and_evaluate
 
     devices = jax.devices()  # every process's: the mesh the step runs over
@@ -79,17 +85,6 @@ def main(argv):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     with exit_on_user_error("himl-train"):
         train_and_evaluate(_CONFIG.value, workdir, progress=_PROGRESS.value and primary)
-
-
-def _join_processes(jax) -> None:
-    """`jax.distributed.initialize` from the flags (on the CPU over gloo collectives)."""
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    given = {
-        "coordinator_address": _COORDINATOR.value,
-        "num_processes": _NUM_PROCESSES.value,
-        "process_id": _PROCESS_ID.value,
-    }
-    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
 
 
 def run():
