@@ -130,11 +130,7 @@ def _check_data(config, *, num_devices: int) -> None:
             f"is held in memory at {shape[0]} x {shape[1]} x {shape[2]} and is not resized"
         )
     data_dir = config.data.get("data_dir", "")
-    if (
-        data_dir
-        and Path(data_dir).expanduser().exists()
-        and not Path(data_dir).expanduser().is_dir()
-    ):
+    if data_dir and Path(data_dir).expanduser().is_file():
         raise ConfigError(
             f"config.data.data_dir={data_dir} is a file; give a folder (the array_record copy "
             "is written in it)"

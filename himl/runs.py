@@ -158,10 +158,12 @@ def _typed(saved: dict, defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(typed)
 
 
-def config_differences(saved: dict, config, sections=("model", "data", "seed")) -> list[str]:
+def config_differences(
+    saved: dict, config, sections=("model", "data", "seed"), skip=()
+) -> list[str]:
     """`config.<key> = X here; the run saved Y` for each field of `sections` whose value
     in `config` differs from a run's saved config.json dict (`(absent)` where one lacks
-    it), values as JSON."""
+    it), values as JSON; the dotted keys in `skip` (e.g. "data.manual_dir") left out."""
     used = json.loads(json.dumps(config.to_dict(), default=list))  # tuples as saved: lists
 
     def flat(tree, prefix):
@@ -174,6 +176,8 @@ def config_differences(saved: dict, config, sections=("model", "data", "seed")) 
         ours = flat(used.get(section, {}), f"config.{section}")
         theirs = flat(saved.get(section, {}), f"config.{section}")
         for key in dict.fromkeys([*ours, *theirs]):
+            if key.removeprefix("config.") in skip:
+                continue
             mine, run = (json.dumps(d[key]) if key in d else "(absent)" for d in (ours, theirs))
             if mine != run:
                 lines.append(f"{key} = {mine} here; the run saved {run}")

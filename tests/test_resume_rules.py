@@ -341,8 +341,8 @@ def test_a_resume_on_other_data_is_refused(tiny_run_copy):
     assert str(error.value) == (
         f"{workdir} holds a run trained on other data (split 'val' had 0 images, this run's "
         f"data has 2100; {workdir / 'data.json'}), read with other settings: "
-        f"config.data.val_fraction {config.data.val_fraction!r} -> 0.5; train in a new "
-        "--workdir, or set them back"
+        f"config.data.val_fraction = 0.5 here; the run saved {config.data.val_fraction}; "
+        "train in a new --workdir, or set them back"
     )
     (workdir / "data.json").write_text('{"train": ')  # cut short by hand
     with pytest.raises(WorkdirError, match=r"data.json is damaged: delete it to resume"):

@@ -63,6 +63,8 @@ SOP_WHERE = (
     "Get Stanford_Online_Products.zip from https://cvgl.stanford.edu/projects/lifted_struct/ "
     "and pass the extracted folder (with Ebay_train.txt, Ebay_test.txt)."
 )
+# The folder names a Cars196 download is unpacked as (a `manual_dir` above one is found).
+CARS_FOLDERS = ("stanford_cars", "cars196")
 # Cars196 makes of more than one word; every other make is the first word of the class name.
 MULTI_WORD_MAKES = ("AM General", "Aston Martin", "Land Rover")
 
@@ -203,7 +205,7 @@ def cars_devkit_files(manual_dir) -> tuple[Path, Path, Path]:
     devkit folder itself); `cars_test_annos_withlabels.mat` may sit beside `devkit/` or in it.
     """
     given = Path(manual_dir).expanduser()
-    root = dataset_root(given, "devkit/cars_meta.mat", "stanford_cars", "cars196")
+    root = dataset_root(given, "devkit/cars_meta.mat", *CARS_FOLDERS)
     if not (root / "devkit" / "cars_meta.mat").exists() and (given / "cars_meta.mat").exists():
         root = given.parent  # the devkit folder itself was passed
     devkit = root / "devkit"
@@ -226,7 +228,7 @@ def _check_cars_layout(manual_dir) -> None:
     e.g. `car_ims/` or `cars_train/`)."""
     given = Path(manual_dir).expanduser()
     markers = ("cars_annos.mat", "devkit/cars_meta.mat", "cars_meta.mat")
-    folders = (given, *(given / n for n in ("stanford_cars", "cars196")))
+    folders = (given, *(given / n for n in CARS_FOLDERS))
     if any((folder / m).exists() for folder in folders for m in markers):
         return
     parent = any((given.parent / m).exists() for m in markers[:2])
@@ -260,7 +262,7 @@ def read_cars(manual_dir, *, val_fraction: float = 0.2) -> Records:
     The protocol splits by class (1-98 train, 99-196 test), so the devkit's own
     train/test halves are merged; each record keeps its file under cars_train/ or cars_test/.
     """
-    root = dataset_root(manual_dir, "cars_annos.mat", "stanford_cars", "cars196")
+    root = dataset_root(manual_dir, "cars_annos.mat", *CARS_FOLDERS)
     if (root / "cars_annos.mat").exists():
         files, classes, names, _ = _cars_combined(root)
         require(root, "car_ims", dataset="Cars196", where=CARS_WHERE)

@@ -178,6 +178,7 @@ class TfdsSource:
         b = builder(self.records, self.data_dir) if self._prepared else prepare(
             self.records, self.data_dir
         )  # fmt: skip
+        self._store = Path(b.data_dir).parent  # named in errors (`name`)
         skip = {"image": tfds.decode.SkipDecoding()}
         self._sources = {
             part: b.as_data_source(split=part, decoders=skip) for part in self.records.parts
@@ -215,11 +216,10 @@ class TfdsSource:
     def name(self, i: int) -> str:
         """The file, and the store that holds its bytes: a file replaced after the store was
         written is read again only once that store is deleted (it is named by file names)."""
-        self.open()
-        store = Path(builder(self.records, self.data_dir).data_dir).parent
+        self.open()  # names come with errors of reads, which opened it already
         return (
             f"{self.records.root / self.records.files[i]} (read from its copy in the store "
-            f"{store}: after replacing the file, delete that folder)"
+            f"{self._store}: after replacing the file, delete that folder)"
         )
 
     def __getitem__(self, i: int) -> bytes:

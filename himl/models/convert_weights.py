@@ -6,7 +6,7 @@ Needs PyTorch, only while converting (`pip install torch`); himl reads the resul
 it. Loads with `torch.load(weights_only=True)` (no code in the file is run), takes the
 state dict (or its "state_dict" / "model" entry, as `weight_files.read_weights` does), and
 writes every tensor as float32 or its integer type, contiguous, under its own name (less
-a DataParallel "module." prefix).
+the prefix DataParallel, DDP or torch.compile put on every name: `weight_files.unprefixed`).
 
 A missing or unreadable input, or a file that pickles more than tensors (a whole
 `torch.save(model)`), is reported in one line.

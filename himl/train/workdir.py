@@ -19,7 +19,7 @@ from pathlib import Path
 
 from himl.config_lib import PATH_FIELDS
 from himl.errors import ConfigError
-from himl.runs import RunError, read_config_json
+from himl.runs import RunError, config_differences, read_config_json
 
 # Files a run writes at the top of its work directory (plus TensorBoard event files).
 DATA_FILE = "data.json"  # the fingerprint of the data the run trains on
@@ -151,27 +151,6 @@ def _data_difference(saved: dict, new: dict) -> str:
     return f"the images or labels of split {name!r} differ"
 
 
-def _leaves(tree, prefix: str) -> dict:
-    """`{dotted key: value}` of a nested dict's leaves."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
-
-
-def _data_settings_changed(saved_config: dict | None, config) -> list[str]:
-    """The `config.data` fields that differ from the saved run's, the paths aside (data may
-    move), as "key: old -> new"."""
-    if saved_config is None or config is None:
-        return []
-    saved = _leaves(saved_config.get("data", {}), "data")
-    new = _leaves(jsonable(config.to_dict()).get("data", {}), "data")
-    return [
-        f"config.{key} {saved.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(set(saved) | set(new))
-        if key not in PATH_FIELDS and saved.get(key) != new.get(key)
-    ]
-
-
 class Workdir:
     def __init__(self, path):
         self.path = Path(path).expanduser()
@@ -289,7 +268,9 @@ class Workdir:
         if saved == fingerprint:
             return
         what = _data_difference(saved, fingerprint)
-        changed = _data_settings_changed(self.saved_config, config)
+        changed = []
+        if self.saved_config is not None and config is not None:  # the paths may move
+            changed = config_differences(self.saved_config, config, ("data",), PATH_FIELDS)
         if changed:
             raise WorkdirError(
                 f"{self.path} holds a run trained on other data ({what}; {path}), read with "
