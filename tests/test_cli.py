@@ -194,6 +194,8 @@ def test_an_override_given_twice_is_the_last_one():
          "--process_id=2 with --num_processes=2: the ids run 0..1"),
         ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0},
          "--num_processes=0: give how many processes, >= 1"),
+        ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 0, "timeout_s": 0},
+         "--join_timeout=0: give the seconds to wait, >= 1"),
     ],
 )  # fmt: skip
 def test_process_flags_are_checked_before_joining(given, expected, monkeypatch):

@@ -49,6 +49,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 first.")
+_JOIN_TIMEOUT = flags.DEFINE_integer(
+    "join_timeout",
+    300,
+    "Seconds each process waits for all of them to join (JAX's default); then it aborts.",
+)
 
 
 def default_workdir(config_path: str) -> Path:
@@ -70,7 +75,9 @@ def main(argv):
     )
     if joining:
         with exit_on_user_error("himl-train"):
-            join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+            join_processes(
+                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _JOIN_TIMEOUT.value
+            )
     from himl.train.loop import train_and_evaluate
 
     devices = jax.devices()  # every process's: the mesh the step runs over

@@ -24,15 +24,21 @@ from himl.train.workdir import jsonable
 RUN_SECTIONS = ("workdir", "seed", "data", "model", "loss", "optimizer", "train", "eval")
 
 
-def join_processes(coordinator_address=None, num_processes=None, process_id=None) -> None:
+def join_processes(
+    coordinator_address=None, num_processes=None, process_id=None, timeout_s: int = 300
+) -> None:
     """`jax.distributed.initialize` (on the CPU over gloo collectives), the values checked
-    first: none given, JAX reads them from the cluster (SLURM, Open MPI, TPU pods)."""
+    first: none given, JAX reads them from the cluster (SLURM, Open MPI, TPU pods).
+    `timeout_s`: how long each process waits for all of them to join; JAX then ends the
+    process (a fatal error, which no Python code can catch)."""
     given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
              "process_id": process_id}  # fmt: skip
     named = {k: v for k, v in given.items() if v is not None}
     if named and len(named) != 3:
         missing = ", ".join(f"--{k}" for k, v in given.items() if v is None)
         raise ConfigError(f"--{', --'.join(named)} given without {missing}: give all three")
+    if timeout_s < 1:
+        raise ConfigError(f"--join_timeout={timeout_s}: give the seconds to wait, >= 1")
     if named and num_processes < 1:
         raise ConfigError(f"--num_processes={num_processes}: give how many processes, >= 1")
     if named and not 0 <= process_id < num_processes:
@@ -41,12 +47,12 @@ def join_processes(coordinator_address=None, num_processes=None, process_id=None
             f"0..{num_processes - 1}"
         )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if named:  # JAX waits for every process, minutes, and then aborts: say so first
+    if named:  # JAX waits for every process, and then aborts with its own trace: say so first
         print(f"himl-train: process {process_id} of {num_processes} joining at "
-              f"{coordinator_address} (waits until all {num_processes} have started)",
-              file=sys.stderr)  # fmt: skip
+              f"{coordinator_address} (waits up to {timeout_s} s, --join_timeout, for all "
+              f"{num_processes} to start)", file=sys.stderr)  # fmt: skip
     try:
-        jax.distributed.initialize(**named)
+        jax.distributed.initialize(**named, initialization_timeout=timeout_s)
     except ValueError as e:  # e.g. no cluster JAX knows when none is given
         raise ConfigError(f"cannot join the processes: {e}") from None
 
