@@ -42,6 +42,7 @@ MODEL_HEADS = HEADS
 PATH_FIELDS = (
     "data.manual_dir",  # the downloaded dataset's folder
     "data.data_dir",  # where the array_record copy is prepared and read
+    "data.class_list",  # the file of the classes to read (ImageNet subsets)
     "data.custom.source",  # the custom manifest, image-folder tree or .npz
     "model.pretrained",  # the ImageNet weight file
 )

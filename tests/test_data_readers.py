@@ -2,6 +2,7 @@
 
 import io
 import json
+import pathlib
 import shutil
 import zipfile
 
@@ -429,6 +430,76 @@ def test_imagenet_with_wordnet_superclasses(tmp_path):
         read_imagenet(tmp_path)
 
 
+def _imagenet_subset(root, wnids, *, flat_val=False):
+    """train/<wnid>/ (two images) for `wnids` alone; val/<wnid>/ too, or with `flat_val`
+    the complete flat validation set (empty files: only their names are read)."""
+    jpeg = _jpeg_bytes()
+    for w in wnids:
+        (root / "train" / w).mkdir(parents=True)
+        for i in range(2):
+            (root / "train" / w / f"{w}_{i}.JPEG").write_bytes(jpeg)
+        if not flat_val:
+            (root / "val" / w).mkdir(parents=True)
+            (root / "val" / w / f"ILSVRC2012_val_{w}.JPEG").write_bytes(jpeg)
+    if flat_val:
+        (root / "val").mkdir()
+        for k in range(1, 50_001):
+            (root / "val" / f"ILSVRC2012_val_{k:08d}.JPEG").touch()
+
+
+def test_an_imagenet_subset_is_read_from_its_class_list(tmp_path):
+    """ImageNet-100 style: only the listed classes' folders exist; the seen/unseen split is
+    the full set's rule (every fifth class of each super-class) over the listed ones."""
+    mapping = json.loads(SUPERCLASSES.read_text())
+    by_super = {}
+    for w in sorted(mapping):
+        by_super.setdefault(mapping[w]["superclass"], []).append(w)
+    big = next(ws for ws in by_super.values() if len(ws) >= 10)
+    small = next(ws for ws in by_super.values() if len(ws) == 3)
+    wnids = big[:10] + small[:2]
+    _imagenet_subset(tmp_path / "in", wnids)
+    listing = tmp_path / "imagenet12.txt"
+    listing.write_text("# my subset\n\n" + "\n".join(f"{w} some name" for w in wnids[::-1]))
+    records = read_imagenet(tmp_path / "in", class_list=str(listing))
+    assert len(records.files) == 12 * 3
+    names = {records.class_names[c] for c in set(records.labels[:, 1])}
+    assert names == {mapping[w]["name"] for w in wnids}
+    unseen = {records.class_names[c] for c in set(records.labels[records.splits["unseen"], 1])}
+    assert unseen == {mapping[big[4]]["name"], mapping[big[9]]["name"]}
+    assert len(records.splits["train"]) == 10 * 2 and len(records.splits["seen_test"]) == 10
+    # Without the list, the missing folders are named with the way to read a subset.
+    with pytest.raises(MissingDataError, match="--config.data.class_list=FILE"):
+        read_imagenet(tmp_path / "in")
+    # Bad lists: one line naming the file and line (or the folder missing for a listed class).
+    other = next(w for w in sorted(mapping) if w not in wnids)
+    for text, match in [
+        ("n01440764x\n", r"imagenet12.txt:1: 'n01440764x' is not an ImageNet-1k class"),
+        (f"{wnids[0]}\n\n{wnids[0]}\n", rf"txt:3: {wnids[0]} is listed twice \(first on line 1\)"),
+        ("# nothing\n", "lists no class"),
+        (f"{wnids[0]}\n{other}\n", f"1 class folders missing in .*, e.g. {other} listed in"),
+    ]:  # fmt: skip
+        listing.write_text(text)
+        with pytest.raises(UserError, match=match) as info:
+            read_imagenet(tmp_path / "in", class_list=str(listing))
+        assert "\n" not in str(info.value)
+    with pytest.raises(MissingDataError, match="class_list: cannot read .*absent.txt"):
+        read_imagenet(tmp_path / "in", class_list=str(tmp_path / "absent.txt"))
+
+
+def test_an_imagenet_subset_takes_its_images_from_the_flat_validation_set(tmp_path):
+    import tensorflow_datasets as tfds
+
+    labels = pathlib.Path(tfds.__file__).parent / "datasets" / "imagenet2012"
+    truth = (labels / "validation_labels.txt").read_text().split()
+    wnids = sorted(set(truth))[:3]
+    _imagenet_subset(tmp_path, wnids, flat_val=True)
+    (tmp_path / "list.txt").write_text("\n".join(wnids))
+    records = read_imagenet(tmp_path, class_list=str(tmp_path / "list.txt"))
+    val = [f for f in records.files if f.startswith("val/")]
+    expected = [f"val/ILSVRC2012_val_{k + 1:08d}.JPEG" for k, w in enumerate(truth) if w in wnids]
+    assert sorted(val) == expected and len(val) == 150
+
+
 def _config(**kw):
     return ml_collections.ConfigDict(
         {"image_size": 16, "eval_crop": 0.875, "data_dir": "", "val_fraction": 0.2, **kw}
@@ -469,7 +540,7 @@ def test_inshop_config_trains_and_evaluates_query_to_gallery(tmp_path):
     config.model.name, config.model.widths, config.model.embedding_dim = "small_cnn", (4,), 8
     config.train.steps, config.eval.batch_size, config.eval.ks = 2, 4, (1, 2)
     summary = train_and_evaluate(config, tmp_path / "run", progress=False)
-    result = summary["results"]["trained"]["query->gallery"]
+    result = summary["results"]["query->gallery"]
     assert result["num_samples"] == 1 and result["item"]["num_queries"] == 1
     # One query whose item has one gallery image among two: recall@2 must find it.
     assert result["item"]["recall@2"] == 1.0

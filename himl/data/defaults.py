@@ -35,6 +35,7 @@ def data_config(name: str = "embedded") -> ml_collections.ConfigDict:
     data.label_layout = ""  # inshop: "official" (seed code) | "gender"
     data.split_protocol = ""  # omniglot: "characters" | "alphabets" | "held_out_alphabets"
     # inshop split_protocol: "official" | "held_out_categories"
+    data.class_list = ""  # imagenet: a file of WordNet ids to read alone (e.g. ImageNet-100)
     return data
 
 

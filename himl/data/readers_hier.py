@@ -15,6 +15,8 @@
   labels); levels (superclass, class, image). Seen/unseen: in every super-class, every
   fifth class (in WordNet-id order) is unseen. Splits: train (seen classes, train
   images), seen_test (seen, val images), unseen (unseen, val images), unseen_train.
+  `class_list`: a file of WordNet ids, one a line, reads those classes alone (a subset
+  such as ImageNet-100; the other class folders may be absent), split the same way.
 - Omniglot (Lake et al. 2015; github.com/brendenlake/omniglot): `images_background`
   (or its subsets `images_background_small{1,2}`) and `images_evaluation`, zipped or
   extracted; levels (alphabet, character, image). Protocols: "characters" (the last
@@ -295,20 +297,57 @@ def _imagenet_val(root: Path, wnids: list[str]) -> tuple[list[str], list[str]]:
             f"{val}: {len(files)} flat validation images, the official set has {len(truth)}; "
             "use val/<wnid>/ folders or the complete flat ILSVRC2012_val_*.JPEG set"
         )
-    return [f"val/{f}" for f in files], truth
+    read = set(wnids)  # a class_list's classes
+    pairs = [(f"val/{f}", w) for f, w in zip(files, truth, strict=True) if w in read]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def read_imagenet(manual_dir, *, val_fraction: float = 0.0) -> Records:
-    """ImageNet-1k with WordNet super-classes; labels (superclass, class, image)."""
+def listed_classes(path, known) -> list[str]:
+    """The WordNet ids `path` lists (the first word of each line; blank lines and `#`
+    comments skipped), sorted; each one of `known`, none twice."""
+    path = Path(path).expanduser()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MissingDataError(f"config.data.class_list: cannot read {path} ({e})") from None
+    first_line = {}
+    for number, line in enumerate(lines, 1):
+        words = line.split("#")[0].split()
+        if not words:
+            continue
+        wnid = words[0]
+        if wnid not in known:
+            raise MalformedDataError(
+                f"{path}:{number}: {wnid!r} is not an ImageNet-1k class (a WordNet id such as "
+                "n01440764)"
+            )
+        if wnid in first_line:
+            raise MalformedDataError(
+                f"{path}:{number}: {wnid} is listed twice (first on line {first_line[wnid]})"
+            )
+        first_line[wnid] = number
+    if not first_line:
+        raise MalformedDataError(f"{path} lists no class (one WordNet id a line)")
+    return sorted(first_line)
+
+
+def read_imagenet(manual_dir, *, val_fraction: float = 0.0, class_list: str = "") -> Records:
+    """ImageNet-1k with WordNet super-classes; labels (superclass, class, image). With
+    `class_list` (a file of WordNet ids), those classes alone."""
     root = Path(manual_dir).expanduser()
     require(root, "train", "val", dataset="ImageNet", where=IMAGENET_WHERE)
     mapping = json.loads(SUPERCLASSES.read_text())
-    wnids = sorted(mapping)
+    wnids = listed_classes(class_list, mapping) if class_list else sorted(mapping)
     missing = [w for w in wnids if not (root / "train" / w).is_dir()]
     if missing:
+        subset = (
+            f"listed in {class_list}" if class_list
+            else "(for a subset such as ImageNet-100, list its classes in a file: "
+            "--config.data.class_list=FILE)"
+        )  # fmt: skip
         raise MissingDataError(
             f"ImageNet: {len(missing)} class folders missing in {root / 'train'}, e.g. "
-            f"{missing[0]}. {IMAGENET_WHERE}"
+            f"{missing[0]} {subset}. {IMAGENET_WHERE}"
         )
     train_files = [f"train/{w}/{f}" for w in wnids for f in _image_files(root / "train" / w)]
     train_wnids = [f.split("/")[1] for f in train_files]

@@ -34,8 +34,13 @@ READERS = {
 CHANNELS = {"omniglot": 1}  # every other dataset is RGB
 # config.data field -> the reader keyword it sets; empty = the reader's default.
 # inshop: label_layout "official" | "gender"; omniglot: split_protocol "characters" | "alphabets" |
-# "held_out_alphabets"; inshop: split_protocol "official" | "held_out_categories".
-READER_OPTIONS = {"label_layout": "layout", "split_protocol": "protocol"}
+# "held_out_alphabets"; inshop: split_protocol "official" | "held_out_categories";
+# imagenet: class_list, a file of the classes to read.
+READER_OPTIONS = {
+    "label_layout": "layout",
+    "split_protocol": "protocol",
+    "class_list": "class_list",
+}
 
 
 def read_records(data_config) -> Records:
