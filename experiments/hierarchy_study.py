@@ -289,7 +289,7 @@ def run_cell(job: tuple) -> tuple[str, dict]:
         summary = train_and_evaluate(config, workdir, progress=False)
     record = dict(cell)
     record["levels"] = summary["level_names"]
-    record["results"] = compact(summary["results"]["trained"], summary["level_names"])
+    record["results"] = compact(summary["results"], summary["level_names"])
     record["steps"] = summary["step"]
     record["wall_time_s"] = round(time.time() - start, 1)
     return run_id(cell), record

@@ -386,7 +386,7 @@ def probe_accuracy(workdir: Path, probe: Probe) -> dict:
         split = dataset.split(name)
         sides += [embedder.embed(split.images), split.labels[:, level]]
     result = linear_probe(*sides, seed=config.seed)
-    return {**result, "checkpoint_step": step, **dataclasses.asdict(probe)}
+    return {**result, "step": step, **dataclasses.asdict(probe)}
 
 
 def _check_inputs(row: Row, manual_dir: str, pretrained: str) -> None:

@@ -128,7 +128,7 @@ def test_tiny_omniglot_trains_in_seconds(tmp_path):
     start = time.perf_counter()
     summary = train_and_evaluate(config, tmp_path / "run", progress=False)
     seconds = time.perf_counter() - start
-    result = summary["results"]["trained"]["unseen"]
+    result = summary["results"]["unseen"]
     unseen = read_records(config.data).splits["unseen"]
     assert result["num_samples"] == len(unseen) > 0
     assert np.isfinite(result["character"]["recall@1"])

@@ -39,7 +39,7 @@ def test_eval_binary_json_matches_library(trained_workdir, tmp_path):
     result = _eval(f"--workdir={workdir}", "--splits=unseen", f"--out={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["checkpoint_step"] == 8
+    assert written["step"] == 8
     assert written["config"]["model"]["embedding_dim"] == config.model.embedding_dim
     for plot in ("unseen_recall_at_k.png", "unseen_embedding_2d.png", "unseen_retrievals.png"):
         assert (tmp_path / plot).stat().st_size > 1000

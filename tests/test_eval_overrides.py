@@ -67,7 +67,7 @@ def test_config_file_differences_are_notes_and_old_plots_go(tiny_run, tmp_path):
     assert notes == ['note: config.model.dtype = "bfloat16" here; the run saved "float32"']
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["config"]["model"]["dtype"] == "bfloat16"
-    assert written["checkpoint_step"] == 4
+    assert written["step"] == 4
     assert not any(path.exists() for path in old_plots)
     assert (tmp_path / "mine.png").exists()  # not a plot of the earlier evaluation
 

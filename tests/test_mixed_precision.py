@@ -122,8 +122,7 @@ def test_bf16_run_on_embedded_default_learns(tiny_config, tmp_path):
     tiny_config.train.steps = 40
     tiny_config.train.log_every = 5
     summary = train_and_evaluate(tiny_config, tmp_path, progress=False)
-    res = summary["results"]
-    before, after = res["untrained"]["unseen"]["class"], res["trained"]["unseen"]["class"]
+    before, after = summary["untrained"]["unseen"]["class"], summary["results"]["unseen"]["class"]
     assert after["map@r"] > before["map@r"] + 0.02, (before["map@r"], after["map@r"])
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     losses = [r["loss"] for r in rows if "loss" in r]

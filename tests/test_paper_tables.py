@@ -325,13 +325,13 @@ def test_row_command_runs_on_fixture_files(name, tmp_path):
     assert 0.0 <= float(measured[1]) <= 100.0
     assert re.search(rf"^{name}: published {row.published:.2f} ", result.stdout, re.M)
     metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
-    assert metrics["checkpoint_step"] == 2
+    assert metrics["step"] == 2
     if row.probe is not None:
         metrics["probe"] = json.loads((workdir / "eval" / "probe.json").read_text())
         probe = metrics["probe"]
         sizes = (probe["num_train"], probe["num_test"], probe["num_classes"])
         assert sizes == PROBE_SIZES[name]
-        assert (probe["level"], probe["checkpoint_step"]) == ("category", 2)
+        assert (probe["level"], probe["step"]) == ("category", 2)
     assert pt.measured_value(row, metrics) == pytest.approx(float(measured[1]), abs=0.01)
     # The run used the row's config (its loss and data), not a default one.
     saved = json.loads((workdir / "config.json").read_text())

@@ -199,7 +199,7 @@ def test_relative_manual_dir_and_data_dir_are_saved_absolute_and_reused_from_els
     # himl-eval from another folder reads the same files and the same prepared copy.
     monkeypatch.chdir(elsewhere)
     summary = evaluate_checkpoint(here / "run", plots=False, progress=False)
-    assert summary["checkpoint_step"] == 2 and "test" in summary["results"]
+    assert summary["step"] == 2 and "test" in summary["results"]
     assert list(elsewhere.iterdir()) == [] and _tree(here / "dd") == prepared
     assert "written" not in capsys.readouterr().out
 
@@ -248,7 +248,7 @@ def test_relative_custom_source_is_saved_absolute_and_an_older_relative_run_resu
 
     monkeypatch.chdir(elsewhere)  # himl-eval from another folder finds the .npz
     summary = evaluate_checkpoint(run, splits=["test"], plots=False, progress=False)
-    assert summary["checkpoint_step"] == 2 and "test" in summary["results"]
+    assert summary["step"] == 2 and "test" in summary["results"]
 
     # A run saved by an older himl holds the path as typed: resuming it from the folder it
     # was typed in, with the same file (relative or absolute), is accepted.

@@ -284,7 +284,7 @@ def test_resumed_run_does_not_repeat_the_untrained_evaluation(config, tmp_path, 
     config.train.steps = 8
     second = train_and_evaluate(config, tmp_path, progress=False)
     assert len(calls) == 3  # trained only
-    assert second["results"]["untrained"] == first["results"]["untrained"]
+    assert second["untrained"] == first["untrained"]
 
 
 # --- damaged checkpoints ------------------------------------------------------------------

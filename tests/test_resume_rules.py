@@ -153,6 +153,20 @@ def test_finished_run_prints_its_results_and_writes_nothing(tiny_run_copy, capsy
     assert _snapshot(workdir) == before
 
 
+def test_a_finished_runs_metrics_json_of_the_earlier_layout_is_evaluated_again(tiny_run_copy):
+    """Before `results` held the trained numbers alone they were `results.trained`: such a
+    metrics.json is rewritten in the current layout, not printed as an empty table."""
+    workdir, config = tiny_run_copy
+    path = workdir / "metrics.json"
+    current = json.loads(path.read_text())
+    earlier = {k: v for k, v in current.items() if k != "untrained"}
+    earlier["results"] = {"untrained": current["untrained"], "trained": current["results"]}
+    path.write_text(json.dumps(earlier))
+    summary = train_and_evaluate(config, workdir, progress=False)
+    assert json.loads(path.read_text()) == json.loads(json.dumps(summary))
+    assert summary["results"] == current["results"] and "trained" not in summary["results"]
+
+
 def test_rows_are_on_disk_at_each_checkpoint_and_rates_count_the_steps_done(
     config, tmp_path, monkeypatch
 ):
@@ -194,12 +208,13 @@ def test_untrained_results_of_other_eval_settings_are_left_out(config, tmp_path,
     second = train_and_evaluate(config, tmp_path, progress=False)
     out = capsys.readouterr().out
     assert "config.eval.splits=['unseen'], this run has ['seen_test']" in out
-    assert list(second["results"]) == ["trained"] and "split 'seen_test'" in out
+    assert "untrained" not in second and list(second["results"]) == ["seen_test"]
+    assert "split 'seen_test'" in out
     # An untrained.json of an older himl (results only) counts when its splits match.
-    (tmp_path / "untrained.json").write_text(json.dumps(first["results"]["untrained"]))
+    (tmp_path / "untrained.json").write_text(json.dumps(first["untrained"]))
     config.eval.splits, config.train.steps = ("unseen",), 8
     third = train_and_evaluate(config, tmp_path, progress=False)
-    assert third["results"]["untrained"] == first["results"]["untrained"]
+    assert third["untrained"] == first["untrained"]
 
 
 def test_results_table_shows_every_split_of_every_model():
@@ -409,7 +424,7 @@ def test_ctrl_c_in_the_final_evaluation_says_the_step_is_saved(
 def test_a_run_with_nothing_to_evaluate_says_so(config, tmp_path, capsys):
     config.train.steps, config.eval.splits, config.eval.query_gallery = 1, (), ()
     summary = train_and_evaluate(config, tmp_path, progress=False)
-    assert summary["results"] == {"untrained": {}, "trained": {}}
+    assert (summary["untrained"], summary["results"]) == ({}, {})
     assert "note: config.eval gives its evaluators no split (config.eval.evaluators, " in (
         capsys.readouterr().out
     )

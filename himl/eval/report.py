@@ -48,6 +48,14 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
     return "\n".join(blocks)
 
 
+def results_by_model(summary: dict) -> dict:
+    """`{"untrained": ..., "trained": ...}` (per split) of a himl-train metrics.json
+    (`untrained` and `results`), for `results_table` and `probe_lines`; without
+    "untrained" where it was not evaluated."""
+    untrained = {"untrained": summary["untrained"]} if "untrained" in summary else {}
+    return untrained | {"trained": summary["results"]}
+
+
 def probe_lines(results_by_model: dict) -> list[str]:
     """One line per (model, split) with a linear-probe accuracy, e.g.
     "linear probe on 'unseen' (trained): accuracy 71.30"."""

@@ -95,7 +95,7 @@ def evaluate_checkpoint(
         return embeddings[name]
 
     results = run_evaluators(evaluators, embed, progress=progress)
-    about = {"workdir": str(workdir), "checkpoint_step": step, "dataset": dataset.name}
+    about = {"workdir": str(workdir), "step": step, "dataset": dataset.name}
     return write_report(
         out, about, dataset, evaluators, results, embeddings, config,
         model=f"step {step}", plots=plots,

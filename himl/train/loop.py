@@ -3,6 +3,9 @@
 config -> dataset -> model + objective -> jit(train_step) over a 1-D data mesh -> orbax
 checkpoints + TensorBoard scalars -> retrieval/clustering metrics of the untrained and the
 trained embedding on classes never seen in training -> `metrics.json` and a table.
+
+metrics.json has himl-eval's layout (`step`, `level_names`, `results.<split>.<level>.<metric>`
+for the trained embedding), plus `untrained.<split>...` for the untrained one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from himl.data.registry import input_spec
 from himl.data.sampling import NOT_IN_BATCHES, make_batcher
 from himl.errors import UserError
 from himl.eval.evaluators import build_evaluators, check_splits, run_evaluators
-from himl.eval.report import probe_lines, results_table
+from himl.eval.report import probe_lines, results_by_model, results_table
 from himl.models.inference import EmbeddingFunction
 from himl.runs import write_input_spec
 from himl.train import health
@@ -315,14 +318,17 @@ def _finished_summary(run_dir, step: int, total: int) -> dict | None:
     except (OSError, ValueError):
         return None
     finished = step == total and isinstance(summary, dict) and summary.get("step") == step
-    return summary if finished else None
+    # A metrics.json from before `results` held the trained numbers alone (they were under
+    # results.trained) is evaluated again, which rewrites it.
+    return summary if finished and "trained" not in summary.get("results", {}) else None
 
 
 def print_summary(summary: dict) -> None:
     """The table and linear-probe lines of a metrics.json summary."""
     ks = tuple(summary["config"]["eval"]["ks"])
-    print(results_table(summary["results"], summary["level_names"], ks))
-    for line in probe_lines(summary["results"]):
+    by_model = results_by_model(summary)
+    print(results_table(by_model, summary["level_names"], ks))
+    for line in probe_lines(by_model):
         print(line)
 
 
@@ -435,14 +441,14 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     # when neither that run nor this one evaluates at the start).
     if resumed and (untrained_path.exists() or config.eval.get("at_start", True)):
         untrained = _comparable_untrained(untrained_path, config, trained)
-    results = {"untrained": untrained, "trained": trained}
-    if untrained is None:  # not evaluated (eval.at_start=False, other settings), or older
-        del results["untrained"]
+    # `results` as himl-eval writes them for a checkpoint; `untrained` left out when not
+    # evaluated (eval.at_start=False, other eval settings, or an older run).
     summary = {
         "step": int(state.step),
         "dataset": dataset.name,
         "level_names": list(dataset.eval_level_names),
-        "results": results,
+        "results": trained,
+        **({"untrained": untrained} if untrained is not None else {}),
         "wall_time_s": time.time() - start_time,
         "config": jsonable(config.to_dict()),
     }
