@@ -76,9 +76,11 @@ def cosine_similarity(a: jax.Array, b: jax.Array | None = None) -> jax.Array:
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
-    """`sqrt(max(x, 0))` whose gradient is 0 (not inf/NaN) where `x <= 0`."""
+    """`sqrt(max(x, 0))` whose gradient is 0 (not inf/NaN) where `x <= 0`. NaN stays NaN
+    (as `torch.sqrt(clamp(x, min=0))` in PML): a NaN embedding must not become a distance
+    of 0, which would give a finite loss with NaN gradients."""
     positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), jnp.where(x <= 0, 0.0, x))
 
 
 def _squared_norms_and_gram(a: jax.Array, b: jax.Array | None):

@@ -21,6 +21,7 @@ from references.pair import (
 from himl.losses import (
     LOSSES,
     contrastive,
+    get_loss,
     masked_supcon,
     multi_similarity,
     ntxent,
@@ -335,6 +336,42 @@ def test_matches_pytorch_metric_learning():
             )
             np.testing.assert_allclose(float(got), want.item(), rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_is_nan_when_an_embedding_is(name):
+    """A NaN (or inf) embedding gives a NaN loss, never a finite one over NaN gradients: a
+    user's `isfinite(loss)` guard must see it. The pair losses read a NaN distance as 0
+    (safe_sqrt) and dropped the pair before; PML's torch.sqrt(clamp) keeps the NaN."""
+    info = LOSSES[name]
+    hparams = info.hparams
+    if name == "hist":
+        hparams["hgnn_hidden"] = 8
+    variables = info.init(jax.random.key(0), num_classes=3, embedding_dim=8, **hparams)
+    flat = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    y = flat if info.labels == "flat" else np.stack([flat // 2, flat, np.arange(8)], axis=1)
+    for bad in (np.nan, np.inf):
+        x = np.random.default_rng(0).normal(size=(8, 2, 8)).astype(np.float32)
+        x[3, 0, 1] = bad
+        loss, grad = jax.value_and_grad(lambda x: info.apply(variables, x, y, **hparams)[0])(x)
+        if name == "npairs":  # it reads one pair per class: sample 3 is in none
+            assert np.isfinite(float(loss)) and np.isfinite(grad).all() and not grad[3].any()
+        else:
+            assert np.isnan(float(loss)), (name, bad)
+
+
+def test_labels_jax_would_change_are_refused():
+    """int64 ids beyond int32 (0 and 2**32 would become one class in JAX's 32-bit
+    integers) and class names are refused in one line; int64 ids that fit are taken."""
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"supcon: labels in \[0, 4294967297\] do not fit int32"):
+        supcon(x, np.array([0, 2**32, 1, 2**32 + 1]))
+    with pytest.raises(ValueError, match="himulcone: labels in .* do not fit int32, .* per column"):
+        get_loss("himulcone")(x, np.array([[0, 0], [0, 2**40], [1, 2], [1, 2]]))
+    with pytest.raises(ValueError, match="triplet_margin: labels must be integers, got <U1"):
+        get_loss("triplet_margin")(x, np.array(["a", "b", "a", "b"]))
+    ids = np.array([0, 2**31 - 1, 0, 2**31 - 1], np.int64)
+    assert float(supcon(x, ids)) == pytest.approx(float(supcon(x, np.array([0, 1, 0, 1]))))
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

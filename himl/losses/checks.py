@@ -42,9 +42,33 @@ def check_embeddings_and_labels(embeddings, labels, loss_name: str, *, label_ran
         raise ValueError(f"{loss_name}: labels must be integers, got {labels.dtype}")
 
 
+def as_labels(labels, loss_name: str) -> jax.Array:
+    """`labels` as a JAX array, refusing what the conversion would change: class names
+    (strings), and integers beyond the 32 bits JAX computes in by default (int64 ids such
+    as 0 and 2**32 would become one class). A JAX array (or tracer) is taken as it is."""
+    if isinstance(labels, jax.Array):
+        return labels
+    values = np.asarray(labels)
+    if values.dtype.kind in "USO":
+        raise ValueError(
+            f"{loss_name}: labels must be integers, got {values.dtype} (names? encode them, "
+            "e.g. np.unique(labels, return_inverse=True)[1])"
+        )
+    computed = jax.dtypes.canonicalize_dtype(values.dtype)
+    if values.dtype.kind in "iu" and computed != values.dtype and values.size:
+        lo, hi, fits = values.min(), values.max(), np.iinfo(computed)
+        if lo < fits.min or hi > fits.max:
+            raise ValueError(
+                f"{loss_name}: labels in [{lo}, {hi}] do not fit {computed}, the integers JAX "
+                "computes in: relabel them, e.g. np.unique(labels, return_inverse=True)[1] "
+                "(for [B, L] labels, per column)"
+            )
+    return jnp.asarray(values)
+
+
 def flatten_views(embeddings, labels, loss_name: str) -> tuple[jax.Array, jax.Array]:
     """Checks flat-label inputs and turns `[B, V, D]` into `[B*V, D]` with labels repeated."""
-    embeddings, labels = jnp.asarray(embeddings), jnp.asarray(labels)
+    embeddings, labels = jnp.asarray(embeddings), as_labels(labels, loss_name)
     check_embeddings_and_labels(embeddings, labels, loss_name)
     if embeddings.ndim == 3:
         b, v, d = embeddings.shape

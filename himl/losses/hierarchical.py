@@ -86,6 +86,7 @@ import numpy as np
 
 from himl.distances import l2_normalize
 from himl.losses.checks import (
+    as_labels,
     check_choice,
     check_chunk_size,
     check_embeddings_and_labels,
@@ -350,7 +351,7 @@ def _hierarchical_loss(
     embeddings, labels, name, *, temperature, mode, level_penalty, base_temperature, clamp,
     chunk_size,
 ):  # fmt: skip
-    embeddings, labels = jnp.asarray(embeddings), jnp.asarray(labels)
+    embeddings, labels = jnp.asarray(embeddings), as_labels(labels, name)
     check_embeddings_and_labels(embeddings, labels, name, label_rank=2)
     check_choice(name, "mode", mode, MODES)
     check_choice(name, "level_penalty", level_penalty, tuple(LEVEL_PENALTIES))

@@ -80,6 +80,10 @@ class LossInfo:
         return self.init_variables if self.has_state else self.init_params
 
     @property
+    def _init_keywords(self) -> set[str]:
+        return set() if self._initializer is None else _keywords(self._initializer)
+
+    @property
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters (of the loss and of its initialiser) and their defaults."""
         found = _keyword_defaults(self.fn)
@@ -91,8 +95,7 @@ class LossInfo:
         """`hparams` -> (those for the initialiser, those for `fn`). A name the
         initialiser takes goes to it (and to `fn` too if `fn` takes it); every other
         name goes to `fn`, which rejects one it does not know."""
-        init_names = set() if self._initializer is None else _keywords(self._initializer)
-        fn_names = _keywords(self.fn)
+        init_names, fn_names = self._init_keywords, _keywords(self.fn)
         init_kw = {k: v for k, v in hparams.items() if k in init_names}
         fn_kw = {k: v for k, v in hparams.items() if k not in init_names or k in fn_names}
         return init_kw, fn_kw
@@ -100,7 +103,14 @@ class LossInfo:
     def init(self, rng, *, num_classes: int, embedding_dim: int, **hparams) -> dict:
         """`{"params": ..., "batch_stats": ...}` of this loss (both `{}` for a plain loss)
         for `num_classes` classes and `embedding_dim`-dimensional embeddings. `hparams` may
-        hold all of the loss's hyperparameters: the initialiser gets the ones it takes."""
+        hold all of the loss's hyperparameters: the initialiser gets the ones it takes; a
+        name neither takes is a TypeError (as `apply` gives), not silently dropped."""
+        unknown = sorted(set(hparams) - _keywords(self.fn) - self._init_keywords)
+        if unknown:
+            raise TypeError(
+                f"{self.fn.__name__}: no hyperparameter {unknown[0]!r}; it takes "
+                f"{', '.join(sorted(self.hparams))}"
+            )
         init_kw, _ = self._split(hparams)
         size = {"num_classes": num_classes, "embedding_dim": embedding_dim}
         if self.has_state:

@@ -48,7 +48,6 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     most = n // 2
     if most == 0:
         return jnp.zeros((), jnp.float32)
-    xn = l2_normalize(x.astype(jnp.float32))
     # Sorted stably by label, a class's samples stand in batch order: its first two are
     # adjacent, found without any [n, n] comparison. (The loss does not depend on the order
     # of the pairs.)
@@ -60,7 +59,10 @@ def npairs(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     sizes = _pair_sizes(most)
     branches = [functools.partial(_npairs_on_first, size) for size in sizes]
     which = jnp.searchsorted(jnp.asarray(sizes), count)  # the first size >= count
-    return jax.lax.switch(which, branches, xn[anchors], xn[positives], count)
+    # Normalised after the gather: a sample in no pair (a NaN one included) changes neither
+    # the value nor the gradient.
+    xa, xp = (l2_normalize(x[i].astype(jnp.float32)) for i in (anchors, positives))
+    return jax.lax.switch(which, branches, xa, xp, count)
 
 
 # The smallest number of pairs `npairs` computes at: below it one more size saves little.
