@@ -70,4 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.every = 0  # also evaluate every this many steps (0: before and after only)
     config.eval.at_start = True  # evaluate the untrained embedding of a fresh run
     config.eval.block_size = 4096
+    # R-Precision / MAP@R count at most this many same-label neighbours per query (1024:
+    # bounded work, near PML's former faiss limit); 0: exact, however many there are.
+    config.eval.max_r = 1024
     return config

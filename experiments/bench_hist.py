@@ -96,10 +96,17 @@ def main(argv=None):
     p.add_argument("--no-ref", action="store_true", help="skip the official-style reference")
     p.add_argument("--ref-max-bcd", type=float, default=3e8, help="skip ref when B*C*D is larger")
     p.add_argument("--quick", action="store_true", help="B in (32, 128), C in (100, 1000)")
-    p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_hist.json"))
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default experiments/results/bench_hist.json (--quick: bench_hist_quick.json, "
+        "so a check never replaces the recorded table)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.classes, args.repeats = [32, 128], [100, 1000], 5
+    name = "bench_hist_quick.json" if args.quick else "bench_hist.json"
+    args.out = args.out or str(ROOT / "experiments" / "results" / name)
     rows = []
     header = f"{'B':>5} {'C':>6} {'himl ms':>9} {'ref ms':>9} {'x ref':>6} {'compile s':>9}"
     print(f"device: {jax.devices()[0].device_kind}, D={args.dim}, hidden={args.hidden}")

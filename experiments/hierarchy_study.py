@@ -6,7 +6,7 @@
     python experiments/hierarchy_study.py --datasets embedded \\
         --objectives supcon_fine,himulcone --samplers hierarchical   # a part of the plan
 
-Trains every cell of the plan (`--plan`, below) once per seed on the CPU-sized setup of the
+Trains every cell of the plan (`PLAN`, below) once per seed on the CPU-sized setup of the
 main job (small CNN, 600 steps, 64-sample batches of two views), evaluates the final
 embedding on unseen classes and on held-out images of seen classes at every level
 (Recall@1, MAP@R, NMI, mistake severity = mean LCA height of the wrong top-1 neighbours,
@@ -225,7 +225,8 @@ def cell_config(cell: dict, dirs: dict, cache: Path):
     if cell.get("steps"):  # a quick check of the study itself, not a result
         config.train.steps = cell["steps"]
         config.train.log_every = config.train.checkpoint_every = cell["steps"]
-        config.optimizer.warmup_steps = config.optimizer.decay_every = 0
+        config.optimizer.warmup_steps = 0
+        config.optimizer.decay_every = cell["steps"]  # a step schedule (HIST's) needs one
     return config
 
 
@@ -537,10 +538,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     parser.add_argument("--objectives", default="", help="default: each dataset's plan")
     parser.add_argument("--samplers", default="", help="default: each dataset's plan")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated config.seed values")
     parser.add_argument("--fashion_mnist", default="", help="folder of the Fashion-MNIST IDX")
     parser.add_argument("--omniglot", default="", help="folder of the Omniglot zips")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")

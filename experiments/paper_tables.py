@@ -389,9 +389,11 @@ def probe_accuracy(workdir: Path, probe: Probe) -> dict:
     return {**result, "step": step, **dataclasses.asdict(probe)}
 
 
-def _check_inputs(row: Row, manual_dir: str, pretrained: str) -> None:
+def _check_inputs(row: Row, manual_dir: str, pretrained: str, dry_run: bool) -> None:
     if row.blocked:
         raise PaperTableError(f"row {row.name} cannot run yet: {row.blocked}")
+    if dry_run:  # the commands only: the files may not be here yet
+        return
     if not manual_dir:
         raise PaperTableError(f"row {row.name} needs --manual_dir (the {row.dataset} files)")
     if not Path(manual_dir).is_dir():
@@ -406,7 +408,8 @@ def run_row(row, *, manual_dir, pretrained, workdir, extra=(), dry_run=False) ->
 
     manual_dir = absolute_path(manual_dir) if manual_dir else ""
     pretrained = absolute_path(pretrained) if pretrained else ""
-    _check_inputs(row, manual_dir, pretrained)
+    _check_inputs(row, manual_dir, pretrained, dry_run)
+    manual_dir = manual_dir or "MANUAL_DIR"  # a dry run's placeholder
     load_config(row, extra)  # a bad --set fails now, before any work
     workdir = Path(absolute_path(workdir))
     train, evaluate = commands(

@@ -155,6 +155,11 @@ class Embedder:
             array = array[..., None]
         if array.ndim != 4:
             raise EmbedderError(f"images must be [N, H, W(, C)] or paths, got shape {array.shape}")
+        if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+            raise EmbedderError(
+                f"images of shape {array.shape} look channel-first [N, C, H, W] (PyTorch's); "
+                "give [N, H, W, C]: np.moveaxis(images, 1, -1)"
+            )
         if array.shape[1:] == (h, w, c):
             return array
         if array.dtype != np.uint8:
@@ -248,8 +253,9 @@ class Gallery:
         return len(self.embeddings)
 
     def search(self, queries, *, k: int = 5, block_size: int = 4096):
-        """`(indices [Q, k] int32, scores [Q, k] float32)`, best first; the results'
-        labels (when the gallery has labels) are `gallery.labels[indices]`.
+        """`(indices [Q, k] int32, scores [Q, k] float32)`, best first (k at most the
+        gallery's size: a larger k returns every item); the results' labels (when the
+        gallery has labels) are `gallery.labels[indices]`.
 
         `queries`: images as `Embedder.embed` takes them, or float embeddings (float16/32/
         64, bfloat16) `[Q, D]`, or one embedding `[D]` (searched as `[1, D]`: results

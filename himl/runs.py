@@ -125,9 +125,13 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     if saved is None:
         raise ConfigError(f"{path} not found: is {workdir} a himl-train work directory?")
     added = _fill_missing(saved, default_config().to_dict())
-    if added:
+    if added and path.resolve() not in _NOTED_OLDER:  # a command may read it twice
+        _NOTED_OLDER.add(path.resolve())
         print(f"note: {path} predates fields {added}; using their defaults", file=sys.stderr)
     return ml_collections.ConfigDict(saved)
+
+
+_NOTED_OLDER: set[Path] = set()  # config.json files whose added fields were named
 
 
 def get_config(workdir: str) -> ml_collections.ConfigDict:

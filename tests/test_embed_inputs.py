@@ -252,6 +252,12 @@ def test_grayscale_arrays_embed_as_gray_rgb(rgb_embedder):
     assert rgb_embedder.embed(big).shape == expected.shape
     with pytest.raises(EmbedderError, match=r"look like one \[H, W, C\] image"):
         rgb_embedder.embed(np.zeros((16, 16, 3), np.uint8))
+    # PyTorch's layout: named, with the fix (Pillow's "Cannot handle this data type" before).
+    for channels in (1, 3):
+        with pytest.raises(
+            EmbedderError, match=r"look channel-first .*np.moveaxis\(images, 1, -1\)"
+        ):
+            rgb_embedder.embed(np.zeros((4, channels, 28, 28), np.uint8))
 
 
 def test_a_gallery_of_one_image_file(rgb_embedder, pictures):

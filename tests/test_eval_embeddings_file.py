@@ -131,6 +131,8 @@ def _file(tmp_path, **arrays):
         ({"labels": np.array(["a"] * 11)}, "names [N] or [N, L] with N = 12"),
         ({"labels": np.array([["g", "a"]] * 11 + [["g", " "]])}, "labels row 11 column 1 is empty"),
         ({"labels": np.ones((12, 2), np.float32)}, "labels must be integers or names"),
+        # names in an object array (a pandas column): np.load refuses pickles; say the fix
+        ({"labels": np.array([["g", "a"]] * 12, object)}, "np.asarray(labels).astype(str)"),
         ({"split": np.array(["test"] * 11)}, "split must be 12 names (one per row)"),
         ({"level_names": np.array(["one"])}, "level_names must be 2 names (one per label column)"),
     ],

@@ -117,6 +117,21 @@ def test_large_k_never_changes_the_r_cap():
     assert_close(res, reference_metrics(x[:20], y[:20], g, gl, (1, 50), False, r_cap=8))
 
 
+def test_map_at_r_is_exact_without_a_cap_and_capped_at_1024_by_default():
+    """R above 1024 (two classes of ~1,100): the default caps it and counts those queries;
+    max_k=None gives the definition (Musgrave et al.; PML's AccuracyCalculator(k=None))."""
+    x, y = clustered(2200, 2, noise=3.0)
+    capped = retrieval_metrics(x, y, ks=(1,))
+    assert capped["r_cap"] == 1024 and capped["num_r_truncated"] == 2200
+    exact = retrieval_metrics(x, y, ks=(1,), max_k=None)
+    assert exact["num_r_truncated"] == 0 and exact["r_cap"] == max(np.bincount(y)) - 1
+    for result, r_cap in [(capped, 1024), (exact, None)]:
+        ref = reference_metrics(x, y, x, y, (1,), exclude_self=True, r_cap=r_cap)
+        for key, value in ref.items():  # sums over 2,200 queries: float64 rounding apart
+            assert result[key] == pytest.approx(value, abs=1e-7), key
+    assert abs(exact["map@r"] - capped["map@r"]) > 1e-3
+
+
 def test_a_repeated_k_is_refused():
     x, y = clustered(10, 2)
     with pytest.raises(ValueError, match="must not repeat a K"):

@@ -94,14 +94,17 @@ def test_a_bad_override_is_one_line(tiny_run, args, expected):
     [
         ({"step": 3}, "no checkpoint for step 3"),
         ({"splits": []}, "--splits is empty"),
+        ({"evaluators": ()}, "config.eval.evaluators is empty: name some of retrieval, "),
         ({"out_dir": "config.json/eval"}, "config.json is a file, not a directory"),
+        # writable by its permission bits as root, yet no folder can be made there
+        ({"out_dir": "/proc/himl_eval"}, "(cannot create a folder in /proc|/proc is not writable)"),
     ],
 )
 def test_step_splits_and_out_are_checked_before_the_data_loads(
     tiny_run, monkeypatch, kwargs, expected
 ):
     from himl.eval import run
-    from himl.runs import RunError
+    from himl.runs import RunError, load_run_config
 
     workdir, _ = tiny_run
 
@@ -111,6 +114,10 @@ def test_step_splits_and_out_are_checked_before_the_data_loads(
     monkeypatch.setattr(run, "load_dataset", no_data)
     if "out_dir" in kwargs:
         kwargs = {"out_dir": workdir / kwargs["out_dir"]}
+    if "evaluators" in kwargs:
+        config = load_run_config(workdir)
+        config.eval.evaluators = kwargs.pop("evaluators")
+        kwargs["config"] = config
     with pytest.raises(RunError, match=expected):
         run.evaluate_checkpoint(workdir, **kwargs)
 

@@ -195,6 +195,10 @@ def test_splits_that_cannot_be_measured_are_named_before_any_embedding(setup):
     config.evaluators = ("retrieval",)
     with pytest.warns(UserWarning, match="split 'few': each image is the only one of its "):
         build_evaluators(config, dataset)
+    # One label for the whole split at a level: everything there would read 100.
+    labels[:, 0] = 0
+    with pytest.warns(UserWarning, match="split 'few': all its 6 images have one 'group' label"):
+        build_evaluators(config, dataset)
 
 
 def test_a_query_split_sharing_images_with_its_gallery_is_refused(setup):

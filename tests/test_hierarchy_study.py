@@ -101,6 +101,19 @@ def test_report_marks_only_differences_beyond_the_seed_noise(study):
     assert "**" not in hicone and "_" not in hicone.replace("m_per_class", "")
 
 
+def test_every_objective_makes_a_valid_check_run_config(study, tmp_path):
+    """`--steps N` shortens every objective's config to one that passes the run's checks
+    (HIST's step schedule was left with decay_every=0, refused)."""
+    from himl.config_lib import validate_config
+
+    for objective in study.OBJECTIVES:
+        cell = dict(dataset="embedded", objective=objective, sampler="m_per_class", seed=0,
+                    steps=5)  # fmt: skip
+        config = study.cell_config(cell, {}, tmp_path)
+        validate_config(config, num_devices=1)
+        assert config.train.steps == 5, objective
+
+
 @pytest.mark.slow
 def test_the_command_runs_a_shortened_study(tmp_path):
     out = tmp_path / "study.json"

@@ -185,6 +185,9 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
     assert f"--config.data.manual_dir={tmp_path}" in lines[0]
     assert f"-m himl.eval --workdir={workdir} --noplots" in lines[1]
     assert not workdir.exists()
+    # Before the files are here: the commands, with a placeholder for the folder.
+    assert pt.main(["--row=hist_sop", f"--workdir={workdir}", "--dry_run"]) == 0
+    assert "--config.data.manual_dir=MANUAL_DIR " in capsys.readouterr().out
 
 
 def test_commands_run_in_the_users_folder_so_relative_set_paths_are_theirs(

@@ -172,13 +172,22 @@ def test_pickle_naming_other_callables_is_refused_not_run(tmp_path):
 
 
 def test_unknown_format_names_the_converter(tmp_path):
+    """A pickle this reader does not know may be one torch reads: the converter is named.
+    Bytes that are no pickle at all are no torch.save file either: converting would fail."""
     path = tmp_path / "weights.pth"
-    path.write_bytes(b"\x00not a torch file at all")
+    path.write_bytes(pickle.dumps({"conv1.weight": [1.0]}, protocol=2))
     with pytest.raises(WeightFileError) as info:
         read_weights(path)
     message = str(info.value)
     assert "python -m himl.models.convert_weights" in message and str(path) in message
     assert "\n" not in message
+    path.write_bytes(b"\x00not a torch file at all")
+    with pytest.raises(WeightFileError) as info:
+        read_weights(path)
+    assert str(info.value) == (
+        f"{path}: neither a zip archive nor a pickle, so not a file torch.save wrote "
+        "(damaged, or another format?)"
+    )
 
 
 def test_pretrained_and_freeze_bn_need_resnet50(tiny_config):

@@ -62,6 +62,7 @@ BAD_VALUES = [
     ("eval.metric", "manhattan", "config.eval.metric"),
     ("eval.batch_size", 0, "config.eval.batch_size"),
     ("eval.block_size", 0, "config.eval.block_size"),
+    ("eval.max_r", -1, "config.eval.max_r must be >= 0 (0: no cap on R)"),
     ("eval.query_gallery", ("query",), "config.eval.query_gallery"),
     # A file (here this one) would end in a traceback from the store's lock file.
     ("data.data_dir", __file__, f"config.data.data_dir={__file__} is a file; give a folder"),

@@ -231,6 +231,12 @@ def test_results_table_shows_every_split_of_every_model():
     ]
 
 
+def test_a_split_with_a_probe_alone_gets_no_table():
+    """`--config.eval.evaluators=linear_probe` printed an empty table "(? images)"."""
+    probe_only = {"trained": {"unseen": {"linear_probe": {"accuracy": 0.5}}}}
+    assert results_table(probe_only, ["group", "class"], (1,)) == ""
+
+
 def test_a_level_with_nothing_to_find_shows_no_retrieval_numbers():
     """Query classes the gallery lacks (every query left out): PML's 0 would read as a
     measured failure; the table shows "-" and says why, the clustering scores stay."""
@@ -246,6 +252,15 @@ def test_a_level_with_nothing_to_find_shows_no_retrieval_numbers():
     assert (
         lines[5] == "no query has an image of its class label to find: R@K and MAP@R not measured"
     )
+    # Some queries of a level left out, or their R capped: a line each says how they count.
+    found |= {"num_r_truncated": 3, "r_cap": 1024}
+    lines = results_table(results, ["group", "class"], (1,)).splitlines()
+    assert lines[6:] == [
+        "1 of 4 queries have no image of their group label to find: R@K counts them as misses, "
+        "P@1 and MAP@R leave them out",
+        "MAP@R at group: R capped at 1024 same-label images for 3 of 4 queries "
+        "(config.eval.max_r=0: exact)",
+    ]
 
 
 def test_unusable_workdir_fails_before_the_data(config, tmp_path, monkeypatch):

@@ -378,7 +378,12 @@ def npz_arrays(path: Path, required) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-        raise MalformedDataError(f"{path}: not a readable .npz ({e})") from e
+        hint = (  # e.g. labels from a pandas column
+            ": save names as strings, np.asarray(labels).astype(str)"
+            if "Object arr" in str(e)
+            else ""
+        )
+        raise MalformedDataError(f"{path}: not a readable .npz ({e}){hint}") from e
     for key in required:
         if key not in arrays:
             raise MalformedDataError(f"{path}: no array {key!r} (has {sorted(arrays)})")

@@ -2,7 +2,8 @@
 
 Core API (plain Python numbers out, NumPy or JAX arrays in):
 
-- `knn(queries, gallery=None, *, k, metric, block_size, exclude_self)` -> (indices, scores)
+- `knn(queries, gallery=None, *, k, metric, block_size, exclude_self, mesh)` -> (indices,
+  scores); `mesh=search_mesh()` shards the gallery over every device and process
 - `retrieval_metrics(embeddings, labels, *, ks, metric, block_size)` -> dict
 - `query_gallery_retrieval_metrics(query_emb, query_labels, gallery_emb, gallery_labels, ...)`
 - `clustering_metrics(embeddings, labels, *, seed, n_init, average)` -> dict
@@ -16,7 +17,7 @@ Plots live in `himl.eval.plots` (imported on demand: it loads matplotlib).
 
 from himl.eval.clustering import clustering_metrics
 from himl.eval.hierarchical import hierarchical_metrics
-from himl.eval.knn import iter_knn, knn
+from himl.eval.knn import iter_knn, knn, search_mesh
 from himl.eval.probe import linear_probe, stratified_split
 from himl.eval.retrieval import query_gallery_retrieval_metrics, retrieval_metrics
 
@@ -29,6 +30,7 @@ __all__ = [
     "linear_probe",
     "query_gallery_retrieval_metrics",
     "retrieval_metrics",
+    "search_mesh",
     "stratified_split",
 ]
 

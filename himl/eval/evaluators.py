@@ -32,7 +32,7 @@ from himl.data.dataset import Dataset
 from himl.eval.hierarchical import hierarchical_metrics
 from himl.eval.knn import EvalInputError, as_embeddings, search_mesh
 from himl.eval.probe import linear_probe, stratified_split
-from himl.eval.retrieval import query_gallery_retrieval_metrics
+from himl.eval.retrieval import DEFAULT_MAX_K, query_gallery_retrieval_metrics
 from himl.hierarchy import prefix_ids
 
 
@@ -60,10 +60,12 @@ class RetrievalEvaluator:
     ks: tuple[int, ...]
     metric: str
     block_size: int
+    max_r: int = DEFAULT_MAX_K  # R cap of R-Precision / MAP@R; 0: none
 
     def check(self) -> None:
-        """Warns of a level at which no image of a split has a same-label neighbour: its
-        Recall@K and MAP@R would read 0 and its NMI 100, measuring nothing."""
+        """Warns of a level at which a split's retrieval measures nothing: no image has a
+        same-label neighbour (Recall@K and MAP@R read 0, NMI 100), or every image has
+        the same label (everything reads 100)."""
         for name in self.splits:
             labels = self.dataset.split(name).labels
             for level, level_name in enumerate(self.dataset.eval_level_names):
@@ -74,6 +76,13 @@ class RetrievalEvaluator:
                         "nothing (no query has a positive)",
                         stacklevel=2,
                     )
+                elif len(labels) > 1 and len(np.unique(labels[:, level])) == 1:
+                    warnings.warn(
+                        f"split {name!r}: all its {len(labels)} images have one "
+                        f"{level_name!r} label, so retrieval and clustering at that level "
+                        "measure nothing (every neighbour is a match: 100)",
+                        stacklevel=2,
+                    )
 
     def run(self, embeddings):
         levels = self.dataset.eval_level_names
@@ -82,7 +91,7 @@ class RetrievalEvaluator:
             labels = self.dataset.split(name).labels[:, : len(levels)]
             metrics = hierarchical_metrics(
                 embeddings[name], labels, ks=self.ks, level_names=levels, metric=self.metric,
-                block_size=self.block_size, mesh=search_mesh(),
+                block_size=self.block_size, max_k=self.max_r or None, mesh=search_mesh(),
             )  # fmt: skip
             results[name] = {**metrics, "num_samples": len(labels)}
         return results
@@ -99,6 +108,7 @@ class QueryGalleryEvaluator:
     ks: tuple[int, ...]
     metric: str
     block_size: int
+    max_r: int = DEFAULT_MAX_K  # R cap of R-Precision / MAP@R; 0: none
 
     def check(self) -> None:
         """EvalInputError when query and gallery share images (by the instance level, where
@@ -123,7 +133,8 @@ class QueryGalleryEvaluator:
             ids = prefix_ids(labels, depth)  # one id space for query and gallery
             results[level] = query_gallery_retrieval_metrics(
                 embeddings[query], ids[:num_queries], embeddings[gallery], ids[num_queries:],
-                ks=self.ks, metric=self.metric, block_size=self.block_size, mesh=search_mesh(),
+                ks=self.ks, metric=self.metric, block_size=self.block_size,
+                max_k=self.max_r or None, mesh=search_mesh(),
             )  # fmt: skip
         return {f"{query}->{gallery}": results}
 
@@ -166,7 +177,7 @@ class LinearProbeEvaluator:
 def _retrieval(eval_config, dataset, splits, seed):
     del seed
     return RetrievalEvaluator(dataset, tuple(splits), tuple(eval_config.ks), eval_config.metric,
-                              eval_config.block_size)  # fmt: skip
+                              eval_config.block_size, _max_r(eval_config))  # fmt: skip
 
 
 def _query_gallery(eval_config, dataset, splits, seed):
@@ -175,7 +186,11 @@ def _query_gallery(eval_config, dataset, splits, seed):
         return None  # the dataset has no query/gallery protocol
     return QueryGalleryEvaluator(dataset, tuple(eval_config.query_gallery),
                                  tuple(eval_config.ks), eval_config.metric,
-                                 eval_config.block_size)  # fmt: skip
+                                 eval_config.block_size, _max_r(eval_config))  # fmt: skip
+
+
+def _max_r(eval_config) -> int:
+    return eval_config.get("max_r", DEFAULT_MAX_K)  # the cap before it was a setting
 
 
 def _linear_probe(eval_config, dataset, splits, seed):
@@ -241,6 +256,10 @@ def check_eval_config(eval_config) -> None:
     for key in ("batch_size", "block_size"):
         if not eval_config[key] >= 1:
             raise ConfigError(f"config.eval.{key} must be >= 1, got {eval_config[key]}")
+    if not _max_r(eval_config) >= 0:
+        raise ConfigError(
+            f"config.eval.max_r must be >= 0 (0: no cap on R), got {eval_config.max_r}"
+        )
     if eval_config.query_gallery and len(eval_config.query_gallery) != 2:
         raise ConfigError(
             "config.eval.query_gallery must be empty or (query split, gallery split), got "

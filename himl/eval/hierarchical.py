@@ -59,7 +59,7 @@ def hierarchical_metrics(
     seed: int = 0,
     metric: str = "cosine",
     block_size: int = 4096,
-    max_k: int = DEFAULT_MAX_K,
+    max_k: int | None = DEFAULT_MAX_K,
     clustering: bool = True,
     average: str = "arithmetic",
     mesh=None,
@@ -71,11 +71,11 @@ def hierarchical_metrics(
       ks: K values for Recall@K, accuracy@K, mean_lca_height@K, hierarchical_precision@K.
       level_names: L names (default "level_0", ...), used as keys.
       seed: k-means seed. metric: "cosine" or "euclidean".
-      max_k: cap on the neighbours fetched for R-Precision / MAP@R at coarse levels (the
-        per-level "num_r_truncated" counts queries whose R was capped).
+      max_k: cap on R for R-Precision / MAP@R (None: no cap; the per-level
+        "num_r_truncated" counts queries whose R was capped, "r_cap" is the cap).
       clustering: also run k-means per level (NMI/AMI); the expensive part for many classes.
       average: NMI/AMI normaliser for the headline "nmi"/"ami" (see `clustering`).
-      mesh: shard the kNN over this device mesh (`himl.eval.knn.search_mesh()`).
+      mesh: shard the kNN over this device mesh (`himl.eval.search_mesh()`).
 
     Returns:
       {"<level name>": {"recall@K"..., "precision@1", "r_precision", "map@r", "accuracy@K"...,

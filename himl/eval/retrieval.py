@@ -13,11 +13,13 @@ matching `pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator`)
 - Queries with R = 0 ("left out") are excluded from Precision@1, R-Precision and MAP@R,
   as PML does; their number is reported as "num_left_out".
 
-R is capped at `min(max R, max_k)` (PML caps it at 1023 because of faiss), whatever the
-ks: the search fetches `k = max(max(ks), that cap)` neighbours, so asking for a large
-Recall@K never changes R-Precision or MAP@R. Queries whose R exceeds the cap use R' = cap
-in both the numerator window and the denominator, as PML does; their count is
-"num_r_truncated".
+R is capped at `min(max R, max_k)` whatever the ks (`max_k=None`: no cap, the exact
+definition, as PML's current `AccuracyCalculator(k=None)`; the default 1024 bounds the
+neighbours fetched per query, near the 1023 that PML's faiss search allowed and the
+"Reality Check" benchmarks used): the search fetches `k = max(max(ks), that cap)`
+neighbours, so asking for a large Recall@K never changes R-Precision or MAP@R. Queries
+whose R exceeds the cap use R' = cap in both the numerator window and the denominator, as
+PML does with a finite k; their count is "num_r_truncated", the cap "r_cap".
 """
 
 from __future__ import annotations
@@ -140,14 +142,15 @@ class RankAccumulator:
         out["num_queries"] = int(self.num)
         out["num_left_out"] = int(self.left_out)
         out["num_r_truncated"] = int(self.truncated)
+        out["r_cap"] = int(self.r_cap)
         out["k"] = int(self.k)
         return out
 
 
-def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> tuple[int, int]:
-    """`(neighbours to fetch, R cap)`: the cap is `min(r_max, max_k)` whatever the ks. A K
-    above the `available` neighbours is clipped to them (Recall@K then equals
-    Recall@available), with a warning naming K."""
+def _num_neighbours(ks, r_max: int, available: int, max_k: int | None) -> tuple[int, int]:
+    """`(neighbours to fetch, R cap)`: the cap is `min(r_max, max_k)` (`max_k` None or 0:
+    `r_max`) whatever the ks. A K above the `available` neighbours is clipped to them
+    (Recall@K then equals Recall@available), with a warning naming K."""
     if max(ks) > available:
         warnings.warn(
             f"Recall@K for K in {[k for k in ks if k > available]}: only {available} "
@@ -155,7 +158,7 @@ def _num_neighbours(ks, r_max: int, available: int, max_k: int) -> tuple[int, in
             f"Recall@{available})",
             stacklevel=3,
         )
-    r_cap = max(1, min(r_max, max_k, available))
+    r_cap = max(1, min(r_max, max_k or r_max, available))
     return max(1, min(max(max(ks), r_cap), available)), r_cap
 
 
@@ -166,7 +169,7 @@ def retrieval_metrics(
     ks: int | Sequence[int] = (1, 2, 4, 8),
     metric: str = "cosine",
     block_size: int = 4096,
-    max_k: int = DEFAULT_MAX_K,
+    max_k: int | None = DEFAULT_MAX_K,
     mesh=None,
 ) -> dict:
     """Leave-one-out retrieval metrics: every sample queries all the others.
@@ -176,8 +179,9 @@ def retrieval_metrics(
       ks: the K of Recall@K, a sequence of positive ints or one int (K larger than N - 1
         is clipped to N - 1, with a warning).
       metric: "cosine" or "euclidean". block_size: see `himl.eval.knn.knn`.
-      max_k: cap on the neighbours fetched for R-Precision / MAP@R (see module doc).
-      mesh: shard the search over this device mesh (`himl.eval.knn.search_mesh()`).
+      max_k: cap on R for R-Precision / MAP@R, i.e. on the neighbours fetched; None: no
+        cap (see module doc).
+      mesh: shard the search over this device mesh (`himl.eval.search_mesh()`).
 
     Returns:
       dict of plain floats/ints: "recall@K" per K, "precision@1", "r_precision", "map@r",
@@ -208,7 +212,7 @@ def query_gallery_retrieval_metrics(
     ks: int | Sequence[int] = (1, 10, 20, 30),
     metric: str = "cosine",
     block_size: int = 4096,
-    max_k: int = DEFAULT_MAX_K,
+    max_k: int | None = DEFAULT_MAX_K,
     mesh=None,
 ) -> dict:
     """Query -> gallery retrieval metrics (In-Shop protocol); no sample is excluded.

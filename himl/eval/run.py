@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -16,7 +17,13 @@ import numpy as np
 
 from himl.config_lib import absolute_paths, validate_config
 from himl.data.registry import load_dataset
-from himl.eval.evaluators import QueryGalleryEvaluator, build_evaluators, run_evaluators
+from himl.eval.evaluators import (
+    DEFAULT_EVALUATORS,
+    EVALUATORS,
+    QueryGalleryEvaluator,
+    build_evaluators,
+    run_evaluators,
+)
 from himl.eval.knn import EvalInputError, knn
 from himl.eval.plots import plot_embedding_2d, plot_recall_at_k, plot_retrieval_grid
 from himl.eval.report import probe_lines, results_table
@@ -76,6 +83,11 @@ def evaluate_checkpoint(
     step = checkpoint_step(workdir, step)
     if splits is not None and not splits:
         raise RunError("--splits is empty: name the splits to evaluate, or leave it out")
+    if not config.eval.get("evaluators", DEFAULT_EVALUATORS):
+        raise RunError(
+            f"config.eval.evaluators is empty: name some of {', '.join(EVALUATORS)}, or leave "
+            "it out"
+        )
     out = Path(out_dir).expanduser() if out_dir else workdir / "eval"
     check_writable_dir(out, "--out")
     dataset = load_dataset(config.data)
@@ -83,7 +95,10 @@ def evaluate_checkpoint(
     if splits:
         evaluators = [e for e in evaluators if not isinstance(e, QueryGalleryEvaluator)]
     if not evaluators:
-        raise EvalInputError("nothing to evaluate: config.eval.splits and --splits are empty")
+        raise EvalInputError(
+            "nothing to evaluate: the evaluators read no split (config.eval.splits or --splits, "
+            "config.eval.query_gallery)"
+        )
     model = build_model(config.model)
     shape = dataset.split(config.data.train_split).images.shape[1:]  # what the model saw
     variables, step = restore_model_variables(model, shape, workdir, step)
@@ -137,6 +152,11 @@ def check_writable_dir(path: Path, what: str) -> None:
         raise RunError(f"{what} {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunError(f"{what} {path}: {existing} is not writable")
+    try:  # the permission bits do not tell all (root, read-only mounts, /proc)
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        reason = f"cannot create a folder in {existing} ({e.strerror})"
+        raise RunError(f"{what} {path}: {reason}") from None
 
 
 def _remove_previous_plots(out: Path) -> None:

@@ -230,6 +230,12 @@ def _member(archive: zipfile.ZipFile, name: str, path: Path) -> bytes:
 
 def _read_legacy(path: Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
+        if f.read(1) != pickle.PROTO:  # every torch.save stream starts with a pickle
+            raise WeightFileError(
+                f"{path}: neither a zip archive nor a pickle, so not a file torch.save wrote "
+                "(damaged, or another format?)"
+            )
+        f.seek(0)
         try:
             magic = pickle.load(f)
         except Exception as e:

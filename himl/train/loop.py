@@ -26,6 +26,7 @@ from himl.data.sampling import NOT_IN_BATCHES, make_batcher
 from himl.errors import UserError
 from himl.eval.evaluators import build_evaluators, check_splits, run_evaluators
 from himl.eval.report import probe_lines, results_by_model, results_table
+from himl.eval.retrieval import DEFAULT_MAX_K
 from himl.models.inference import EmbeddingFunction
 from himl.runs import write_input_spec
 from himl.train import health
@@ -56,7 +57,9 @@ RESUME_KEYS = (
 
 # The `config.eval` settings an evaluation's numbers depend on, saved in untrained.json:
 # a resumed run whose settings differ leaves the untrained results out.
-EVAL_SETTINGS = ("splits", "query_gallery", "ks", "metric", "evaluators")
+EVAL_SETTINGS = ("splits", "query_gallery", "ks", "metric", "evaluators", "max_r")
+# The value an EVAL_SETTINGS key had before it was a setting (an older untrained.json).
+EARLIER_EVAL_SETTINGS = {"max_r": DEFAULT_MAX_K}
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -266,7 +269,7 @@ def _checkpointer(run_dir, config) -> Checkpointer:
 
 def eval_settings(config) -> dict:
     """The `config.eval` settings (EVAL_SETTINGS) an evaluation's numbers depend on."""
-    return jsonable({key: config.eval.get(key) for key in EVAL_SETTINGS})
+    return jsonable({k: config.eval.get(k, EARLIER_EVAL_SETTINGS.get(k)) for k in EVAL_SETTINGS})
 
 
 def _write_untrained(path, untrained: dict, config) -> None:
@@ -299,6 +302,7 @@ def _comparable_untrained(path, config, trained: dict) -> dict | None:
         differs = [("splits", old, new)] if old != new else []
     else:
         now = eval_settings(config)
+        settings = EARLIER_EVAL_SETTINGS | settings
         differs = [(k, settings.get(k), now[k]) for k in EVAL_SETTINGS if settings.get(k) != now[k]]
     if not differs:
         return untrained
