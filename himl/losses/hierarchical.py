@@ -64,6 +64,8 @@ The three losses share their arguments, results and modes:
         positives sharing the label prefix of length L-l, averaged over those anchors;
         then keep one sample per prefix (the one whose row without its last column is
         lexicographically smallest, ties by batch index). Sum over levels, divided by L.
+        The kept samples depend on the order of the batch, so a permuted batch can give
+        another value at the coarse levels (as in the official code).
       paper: the pair loss `-log(exp(s_ip) / sum_{a != i} exp(s_ia))` over the full batch,
         averaged over the `|P_l(i)|` positives of i at level l, over the anchors that
         have one, summed over l = 1 .. L-1 and divided by L (as the official code does).
