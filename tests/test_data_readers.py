@@ -459,7 +459,9 @@ def test_an_imagenet_subset_is_read_from_its_class_list(tmp_path):
     wnids = big[:10] + small[:2]
     _imagenet_subset(tmp_path / "in", wnids)
     listing = tmp_path / "imagenet12.txt"
-    listing.write_text("# my subset\n\n" + "\n".join(f"{w} some name" for w in wnids[::-1]))
+    # saved by Notepad: a byte-order mark and CRLF line ends
+    text = "# my subset\r\n\r\n" + "\r\n".join(f"{w} some name" for w in wnids[::-1])
+    listing.write_bytes(text.encode("utf-8-sig"))
     records = read_imagenet(tmp_path / "in", class_list=str(listing))
     assert len(records.files) == 12 * 3
     names = {records.class_names[c] for c in set(records.labels[:, 1])}

@@ -178,6 +178,7 @@ def test_himl_eval_embeddings_command(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     written = json.loads((tmp_path / "e_eval" / "metrics.json").read_text())
     assert written["embeddings"] == str(path) and written["config"]["eval"]["ks"] == [1, 3]
+    assert written["step"] is None  # the key a checkpoint's metrics.json has, read alike
     assert "R@3" in result.stdout and "linear probe on 'all' (e)" in result.stdout
     for args, message in [
         (["--embeddings=e.npz", "--step=3"], "--step does not apply to --embeddings, which"),

@@ -361,19 +361,27 @@ def test_a_resume_on_other_data_is_refused(tiny_run_copy):
             "train in a new --workdir, or restore the data it was trained on"
         )
         assert _snapshot(workdir) == before
-    # Data read with another setting (e.g. a label layout): named with its old and new
-    # value, the paths aside (the data may move).
+    # Data read with another setting (e.g. a label layout, or a class_list given where
+    # the run had none): named with its old and new value; a path given in both is left
+    # out (the data may have moved).
     (workdir / "data.json").write_text(json.dumps(saved))
+    run_config = json.loads((workdir / "config.json").read_text())
+    run_config["data"]["manual_dir"] = "/old"
+    (workdir / "config.json").write_text(json.dumps(run_config))
     changed = config.copy_and_resolve_references()
     changed.data.val_fraction, changed.data.manual_dir = 0.5, "/moved"
+    changed.data.class_list = "/lists/imagenet100.txt"
     with pytest.raises(WorkdirError) as error:
         Workdir(workdir).check_data({**saved, "val": saved["unseen"]}, changed)
     assert str(error.value) == (
         f"{workdir} holds a run trained on other data (split 'val' had 0 images, this run's "
         f"data has 2100; {workdir / 'data.json'}), read with other settings: "
+        'config.data.class_list = "/lists/imagenet100.txt" here; the run saved "", '
         f"config.data.val_fraction = 0.5 here; the run saved {config.data.val_fraction}; "
         "train in a new --workdir, or set them back"
     )
+    run_config["data"]["manual_dir"] = ""
+    (workdir / "config.json").write_text(json.dumps(run_config))
     (workdir / "data.json").write_text('{"train": ')  # cut short by hand
     with pytest.raises(WorkdirError, match=r"data.json is damaged: delete it to resume"):
         train_and_evaluate(config, workdir, progress=False)

@@ -16,7 +16,9 @@
   fifth class (in WordNet-id order) is unseen. Splits: train (seen classes, train
   images), seen_test (seen, val images), unseen (unseen, val images), unseen_train.
   `class_list`: a file of WordNet ids, one a line, reads those classes alone (a subset
-  such as ImageNet-100; the other class folders may be absent), split the same way.
+  such as ImageNet-100; the other class folders may be absent), split by the same rule
+  among them: every fifth listed class of each super-class is unseen (not the full set's
+  unseen classes, which a subset may hold few of).
 - Omniglot (Lake et al. 2015; github.com/brendenlake/omniglot): `images_background`
   (or its subsets `images_background_small{1,2}`) and `images_evaluation`, zipped or
   extracted; levels (alphabet, character, image). Protocols: "characters" (the last
@@ -307,7 +309,7 @@ def listed_classes(path, known) -> list[str]:
     comments skipped), sorted; each one of `known`, none twice."""
     path = Path(path).expanduser()
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Notepad) dropped
     except (OSError, UnicodeDecodeError) as e:
         raise MissingDataError(f"config.data.class_list: cannot read {path} ({e})") from None
     first_line = {}

@@ -175,7 +175,7 @@ def evaluate_embeddings(path, *, config=None, splits=None, out_dir=None, plots=T
     used.eval.splits = tuple(splits or dataset.splits)
     evaluators = build_evaluators(used.eval, dataset, seed=used.seed, splits=splits)
     results = run_evaluators(evaluators, embeddings.__getitem__)
-    about = {"embeddings": str(path.resolve()), "dataset": dataset.name}
+    about = {"embeddings": str(path.resolve()), "step": None, "dataset": dataset.name}
     return write_report(
         out, about, dataset, evaluators, results, embeddings, used, model=path.stem, plots=plots
     )

@@ -109,7 +109,7 @@ class LossInfo:
         if unknown:
             raise TypeError(
                 f"{self.fn.__name__}: no hyperparameter {unknown[0]!r}; it takes "
-                f"{', '.join(sorted(self.hparams))}"
+                f"{', '.join(sorted(self.hparams)) or 'none'}"
             )
         init_kw, _ = self._split(hparams)
         size = {"num_classes": num_classes, "embedding_dim": embedding_dim}

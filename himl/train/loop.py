@@ -141,7 +141,7 @@ def make_evaluate_fn(exp, *, progress: bool):
     if not evaluators:  # himl-eval refuses this; a run may mean it (training only)
         tqdm.write(
             "note: config.eval gives its evaluators no split (config.eval.evaluators, "
-            "config.eval.splits, config.eval.query_gallery): the run trains and evaluates nothing"
+            "config.eval.splits, config.eval.query_gallery): the run trains, and evaluates nothing"
         )
     embed_fn = EmbeddingFunction(exp.model, batch_size=config.eval.batch_size)
 

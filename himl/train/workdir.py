@@ -269,8 +269,14 @@ class Workdir:
             return
         what = _data_difference(saved, fingerprint)
         changed = []
-        if self.saved_config is not None and config is not None:  # the paths may move
-            changed = config_differences(self.saved_config, config, ("data",), PATH_FIELDS)
+        if self.saved_config is not None and config is not None:
+            # A path given in both may name moved data: left out. One given or dropped
+            # (e.g. a class_list) is a setting that changed.
+            new = jsonable(config.to_dict())
+            moved = [d for d in PATH_FIELDS if all(
+                isinstance(v, str) and v for v in (_select(self.saved_config, d), _select(new, d))
+            )]  # fmt: skip
+            changed = config_differences(self.saved_config, config, ("data",), moved)
         if changed:
             raise WorkdirError(
                 f"{self.path} holds a run trained on other data ({what}; {path}), read with "
