@@ -84,6 +84,28 @@ def test_every_evaluator_matches_the_metric_functions(setup):
     assert results["query"]["linear_probe"]["accuracy"] == pytest.approx(probe["accuracy"])
 
 
+def test_a_level_with_nothing_to_find_records_none_not_pmls_zero(setup):
+    """Classes 0 and 2 queried, 1 and 3 in the gallery: at the class level no query has an
+    image to find, and its rank metrics are None (JSON null; the table's "-"), not PML's 0,
+    which a script would read as a measured failure. The group level is measured."""
+    dataset, model, variables, config = setup
+    query, gallery = dataset.split("query"), dataset.split("gallery")
+    even = query.labels[:, 1] % 2 == 0
+    query = Split(images=query.images[even], labels=query.labels[even])
+    odd = gallery.labels[:, 1] % 2 == 1
+    gallery = Split(images=gallery.images[odd], labels=gallery.labels[odd])
+    splits = {**dataset.splits, "query": query, "gallery": gallery}
+    dataset = Dataset("toy", dataset.level_names, 1, {}, splits)
+    config.evaluators = ("query_gallery",)
+    results = _run(dataset, model, variables, config)["query->gallery"]
+    assert results["class"]["num_left_out"] == results["class"]["num_queries"] == even.sum()
+    for key in ("recall@1", "recall@3", "precision@1", "r_precision", "map@r"):
+        assert results["class"][key] is None, key
+    assert results["group"]["num_left_out"] == 0
+    assert 0 < results["group"]["map@r"] <= 1
+    json.dumps(results)
+
+
 def test_the_table_picks_what_runs(setup):
     dataset, model, variables, config = setup
     config.evaluators = ("linear_probe",)

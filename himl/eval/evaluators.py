@@ -21,6 +21,7 @@ on the splits' labels before anything is embedded), and one row in `EVALUATORS`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -34,6 +35,18 @@ from himl.eval.knn import EvalInputError, as_embeddings, search_mesh
 from himl.eval.probe import linear_probe, stratified_split
 from himl.eval.retrieval import DEFAULT_MAX_K, query_gallery_retrieval_metrics
 from himl.hierarchy import prefix_ids
+
+# Rank metrics of a level where no query has an image of its label to find: PML's 0 (the
+# library functions keep it), recorded by the evaluators as None (JSON null), which the
+# table shows as "-" and no scalar log receives.
+RANK_METRICS = re.compile(r"^(recall@\d+|precision@1|r_precision|map@r)$")
+
+
+def none_where_nothing_found(metrics: dict) -> dict:
+    """`metrics` of one level with its rank metrics None when every query was left out."""
+    if not 0 < metrics.get("num_queries", 0) == metrics.get("num_left_out"):
+        return metrics
+    return {k: None if RANK_METRICS.match(k) else v for k, v in metrics.items()}
 
 
 def _has_pairs(labels: np.ndarray) -> bool:
@@ -93,6 +106,8 @@ class RetrievalEvaluator:
                 embeddings[name], labels, ks=self.ks, level_names=levels, metric=self.metric,
                 block_size=self.block_size, max_k=self.max_r or None, mesh=search_mesh(),
             )  # fmt: skip
+            for level in levels:
+                metrics[level] = none_where_nothing_found(metrics[level])
             results[name] = {**metrics, "num_samples": len(labels)}
         return results
 
@@ -131,11 +146,11 @@ class QueryGalleryEvaluator:
         results = {"num_samples": num_queries}
         for depth, level in enumerate(self.dataset.eval_level_names, start=1):
             ids = prefix_ids(labels, depth)  # one id space for query and gallery
-            results[level] = query_gallery_retrieval_metrics(
+            results[level] = none_where_nothing_found(query_gallery_retrieval_metrics(
                 embeddings[query], ids[:num_queries], embeddings[gallery], ids[num_queries:],
                 ks=self.ks, metric=self.metric, block_size=self.block_size,
                 max_k=self.max_r or None, mesh=search_mesh(),
-            )  # fmt: skip
+            ))  # fmt: skip
         return {f"{query}->{gallery}": results}
 
 

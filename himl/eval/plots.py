@@ -52,7 +52,11 @@ def plot_recall_at_k(results: dict, path, *, title: str = "Recall@K") -> str:
     for name, res in results.items():
         if not isinstance(res, dict):
             continue
-        pts = sorted((int(m.group(1)), float(v)) for k, v in res.items() if (m := _RECALL.match(k)))
+        pts = sorted(
+            (int(m.group(1)), float(v))
+            for k, v in res.items()
+            if (m := _RECALL.match(k)) and v is not None  # None: nothing to find at that level
+        )
         if not pts:
             continue
         ks, vals = zip(*pts, strict=True)
