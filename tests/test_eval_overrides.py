@@ -78,8 +78,11 @@ def test_config_file_differences_are_notes_and_old_plots_go(tiny_run, tmp_path):
         (["--config.eval.kz=1"], "bad --config or override (--config.eval.kz=1)"),
         (["--config.eval.ks=x"], "config.eval.ks must be a non-empty list of ints"),
         (["--config.data.crop_scale=0.5"], "config.data.crop_scale must be two numbers"),
+        # one of the two would silently win
+        (["--splits=unseen", "--config.eval.splits=seen_test"],
+         "give --splits or --config.eval.splits, not both"),
     ],
-)
+)  # fmt: skip
 def test_a_bad_override_is_one_line(tiny_run, args, expected):
     workdir, _ = tiny_run
     result = _eval(f"--workdir={workdir}", *args)

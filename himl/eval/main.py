@@ -77,6 +77,10 @@ def main(argv):
     from himl.eval.run import evaluate_checkpoint
 
     with exit_on_user_error("himl-eval"):
+        if _SPLITS.value is not None and "eval.splits" in flags.FLAGS["config"].override_values:
+            raise ConfigError(  # one would silently win
+                "give --splits or --config.eval.splits, not both (--splits is used as given)"
+            )
         evaluate_checkpoint(
             _WORKDIR.value,
             config=_CONFIG.value,
