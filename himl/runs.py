@@ -16,7 +16,9 @@ devices the run was trained on.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -109,6 +111,24 @@ def default_config() -> ml_collections.ConfigDict:
     from himl.configs import default
 
     return default.get_config()
+
+
+def unwritable_reason(path) -> str | None:
+    """Why a folder cannot be made (or written in) at `path`, naming its nearest existing
+    ancestor; None when it can. The permission bits do not tell all (root, read-only
+    mounts, /proc): a folder is made there and removed."""
+    existing = Path(path).expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is read-only"
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        return f"cannot create a folder in {existing} ({e.strerror})"
+    return None
 
 
 def load_run_config(workdir: Path) -> ml_collections.ConfigDict:

@@ -100,7 +100,7 @@ def test_a_bad_override_is_one_line(tiny_run, args, expected):
         ({"evaluators": ()}, "config.eval.evaluators is empty: name some of retrieval, "),
         ({"out_dir": "config.json/eval"}, "config.json is a file, not a directory"),
         # writable by its permission bits as root, yet no folder can be made there
-        ({"out_dir": "/proc/himl_eval"}, "(cannot create a folder in /proc|/proc is not writable)"),
+        ({"out_dir": "/proc/himl_eval"}, "(cannot create a folder in /proc|/proc is read-only)"),
     ],
 )
 def test_step_splits_and_out_are_checked_before_the_data_loads(

@@ -13,9 +13,9 @@ import test_reliability_run as reliability
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+import himl.runs as runs_module
 import himl.train.experiment as experiment
 import himl.train.loop as loop
-import himl.train.workdir as workdir_module
 from himl.data.sampling import make_batcher
 from himl.errors import ConfigError, UserError
 from himl.eval.report import results_table
@@ -238,10 +238,11 @@ def test_a_split_with_a_probe_alone_gets_no_table():
 
 
 def test_a_level_with_nothing_to_find_shows_no_retrieval_numbers():
-    """Query classes the gallery lacks (every query left out): PML's 0 would read as a
-    measured failure; the table shows "-" and says why, the clustering scores stay."""
+    """Query classes the gallery lacks (every query left out): the evaluators record None
+    (`none_where_nothing_found`, tested in test_evaluator.py); the table shows "-" and
+    says why, the clustering scores stay."""
     found = {"recall@1": 0.5, "map@r": 0.25, "num_queries": 4, "num_left_out": 1}
-    none = {"recall@1": 0.0, "map@r": 0.0, "num_queries": 4, "num_left_out": 4, "nmi": 0.5}
+    none = {"recall@1": None, "map@r": None, "num_queries": 4, "num_left_out": 4, "nmi": 0.5}
     results = {"trained": {"q->g": {"num_samples": 4, "group": found, "class": none}}}
     table = results_table(results, ["group", "class"], (1,))
     lines = table.splitlines()
@@ -268,7 +269,10 @@ def test_unusable_workdir_fails_before_the_data(config, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "build_experiment", lambda c: pytest.fail("data loaded"))
     with pytest.raises(WorkdirError, match="file is a file, not a directory"):
         train_and_evaluate(config, tmp_path / "file" / "run", progress=False)
-    monkeypatch.setattr(workdir_module.os, "access", lambda path, mode: False)
+    # writable by its permission bits as root, yet no folder can be made there
+    with pytest.raises(WorkdirError, match="(cannot create a folder in /proc|/proc is read-only)"):
+        Workdir("/proc/himl_run")
+    monkeypatch.setattr(runs_module.os, "access", lambda path, mode: False)
     with pytest.raises(UserError, match=f"{tmp_path} is read-only"):
         Workdir(tmp_path / "new" / "run")
 

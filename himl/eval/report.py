@@ -34,15 +34,11 @@ def results_table(results_by_model: dict, level_names, ks) -> str:
         for model_name, results in results_by_model.items():
             for level in level_names:
                 m = results.get(split, {}).get(level, {})
-                # query->gallery results have no clustering scores: shown as "-"; nor has a
-                # level where no query has an image of its label to find (PML's 0).
-                none_found = 0 < m.get("num_queries", 0) == m.get("num_left_out")
-                if none_found and level not in unmeasured:
+                # "-" for a value that is absent (query->gallery has no clustering scores)
+                # or None (a level with nothing to find: `none_where_nothing_found`)
+                if 0 < m.get("num_queries", 0) == m.get("num_left_out") and level not in unmeasured:
                     unmeasured.append(level)
-                rows.append([model_name, level] + [
-                    "-" if none_found and key not in ("nmi", "ami") else _percent(m.get(key))
-                    for key in keys
-                ])  # fmt: skip
+                rows.append([model_name, level] + [_percent(m.get(key)) for key in keys])
         first = next(r[split] for r in results_by_model.values() if split in r)
         notes = "".join(
             f"no query has an image of its {level} label to find: R@K and MAP@R not measured\n"

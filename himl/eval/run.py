@@ -7,9 +7,7 @@ optimizer, no loss, no pretrained file, and any number of devices.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -37,6 +35,7 @@ from himl.runs import (
     read_config_json,
     restore_model_variables,
     split_checkpoint_path,
+    unwritable_reason,
 )
 
 # The plots of a split, written beside metrics.json.
@@ -145,18 +144,9 @@ def write_report(out, about, dataset, evaluators, results, embeddings, config, *
 
 def check_writable_dir(path: Path, what: str) -> None:
     """RunError unless `path` is a directory, or can be made one, that we can write in."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunError(f"{what} {path}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"{what} {path}: {existing} is not writable")
-    try:  # the permission bits do not tell all (root, read-only mounts, /proc)
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as e:
-        reason = f"cannot create a folder in {existing} ({e.strerror})"
-        raise RunError(f"{what} {path}: {reason}") from None
+    reason = unwritable_reason(path)
+    if reason:
+        raise RunError(f"{what} {path}: {reason}")
 
 
 def _remove_previous_plots(out: Path) -> None:

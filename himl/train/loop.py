@@ -269,7 +269,7 @@ def _checkpointer(run_dir, config) -> Checkpointer:
 
 def eval_settings(config) -> dict:
     """The `config.eval` settings (EVAL_SETTINGS) an evaluation's numbers depend on."""
-    return jsonable({k: config.eval.get(k, EARLIER_EVAL_SETTINGS.get(k)) for k in EVAL_SETTINGS})
+    return jsonable({key: config.eval.get(key) for key in EVAL_SETTINGS})
 
 
 def _write_untrained(path, untrained: dict, config) -> None:

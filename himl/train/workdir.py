@@ -19,7 +19,7 @@ from pathlib import Path
 
 from himl.config_lib import PATH_FIELDS
 from himl.errors import ConfigError
-from himl.runs import RunError, config_differences, read_config_json
+from himl.runs import RunError, config_differences, read_config_json, unwritable_reason
 
 # Files a run writes at the top of its work directory (plus TensorBoard event files).
 DATA_FILE = "data.json"  # the fingerprint of the data the run trains on
@@ -176,15 +176,9 @@ class Workdir:
     def _check_writable(self) -> None:
         """Raises WorkdirError unless the directory, or its nearest existing ancestor (where
         it will be created), is a directory this process can write to."""
-        existing = self.path.absolute()
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise WorkdirError(
-                f"--workdir {self.path} cannot be created: {existing} is a file, not a directory"
-            )
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise WorkdirError(f"--workdir {self.path} cannot be written: {existing} is read-only")
+        reason = unwritable_reason(self.path)
+        if reason:
+            raise WorkdirError(f"--workdir {self.path} cannot be written: {reason}")
 
     def _read_config(self) -> dict | None:
         return read_config_json(self.path / "config.json")
